@@ -1,0 +1,181 @@
+//! The messages the proxy writes itself, encoded with pgwire, and the few it reads field by field.
+
+use bytes::{Bytes, BytesMut};
+use pgwire::error::ErrorInfo;
+use pgwire::messages::Message;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+
+use super::WireError;
+
+/// Severity of an error the proxy reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends after this message.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "ERROR",
+            Self::Fatal => "FATAL",
+        }
+    }
+}
+
+fn encode(message: &impl Message, out: &mut BytesMut) {
+    message
+        .encode(out)
+        .expect("messages the proxy builds are far below pgwire's size limits");
+}
+
+/// Appends an ErrorResponse with the given severity, SQLSTATE and message.
+pub fn put_error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    let mut info = ErrorInfo::new(severity.as_str().to_owned(), code.to_owned(), message.to_owned());
+    info.severity_nonlocalized = Some(severity.as_str().to_owned());
+    encode(&ErrorResponse::from(info), out);
+}
+
+/// Builds a standalone ErrorResponse.
+#[must_use]
+pub fn error(severity: Severity, code: &str, message: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    put_error(&mut out, severity, code, message);
+    out.freeze()
+}
+
+/// Appends a NoticeResponse (severity WARNING) for things the client should know but that are
+/// not errors.
+pub fn put_warning(out: &mut BytesMut, code: &str, message: &str) {
+    let info = ErrorInfo::new("WARNING".to_owned(), code.to_owned(), message.to_owned());
+    encode(&NoticeResponse::from(info), out);
+}
+
+/// Appends ReadyForQuery with the given transaction status byte (`I`, `T` or `E`).
+pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(&ReadyForQuery::new(status), out);
+}
+
+/// Appends a ParameterStatus.
+pub fn put_parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    encode(&ParameterStatus::new(name.to_owned(), value.to_owned()), out);
+}
+
+/// Appends the BackendKeyData the client will use for CancelRequest.
+pub fn put_backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
+    encode(&BackendKeyData::new(pid, SecretKey::I32(secret)), out);
+}
+
+/// Appends an Authentication message.
+pub fn put_authentication(out: &mut BytesMut, auth: &Authentication) {
+    encode(auth, out);
+}
+
+/// Appends NegotiateProtocolVersion: the proxy speaks 3.0 and none of the `_pq_` options.
+pub fn put_negotiate_protocol(out: &mut BytesMut, unsupported: Vec<String>) {
+    encode(&NegotiateProtocolVersion::new(0, unsupported), out);
+}
+
+/// Reads a NUL-terminated string at the front of `body`, returning it and the rest.
+///
+/// # Errors
+/// [`WireError::Protocol`] when the terminator is missing or the text is not UTF-8.
+pub fn take_cstr(body: &[u8]) -> Result<(&str, &[u8]), WireError> {
+    let end = body
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| WireError::protocol("string without terminator"))?;
+    let text = std::str::from_utf8(&body[..end])
+        .map_err(|_| WireError::protocol("string is not valid UTF-8"))?;
+    Ok((text, &body[end + 1..]))
+}
+
+/// The name and value of a ParameterStatus body.
+///
+/// # Errors
+/// As [`take_cstr`].
+pub fn parse_parameter_status(body: &[u8]) -> Result<(String, String), WireError> {
+    let (name, rest) = take_cstr(body)?;
+    let (value, _) = take_cstr(rest)?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// The fields of an ErrorResponse or NoticeResponse the proxy acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorFields {
+    /// Non-localized severity (`ERROR`, `FATAL`, ...).
+    pub severity: String,
+    /// SQLSTATE.
+    pub code: String,
+    /// Primary message.
+    pub message: String,
+}
+
+impl ErrorFields {
+    /// Decodes the body of an ErrorResponse; unknown fields are skipped.
+    #[must_use]
+    pub fn parse(body: &[u8]) -> Self {
+        let mut fields = Self::default();
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let Ok((value, after)) = take_cstr(tail) else {
+                break;
+            };
+            match kind {
+                b'V' => value.clone_into(&mut fields.severity),
+                b'S' if fields.severity.is_empty() => value.clone_into(&mut fields.severity),
+                b'C' => value.clone_into(&mut fields.code),
+                b'M' => value.clone_into(&mut fields.message),
+                _ => {}
+            }
+            rest = after;
+        }
+        fields
+    }
+}
+
+impl std::fmt::Display for ErrorFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Frame;
+
+    #[test]
+    fn error_round_trips_through_the_parser() {
+        let bytes = error(Severity::Fatal, "53300", "pool is full");
+        let mut buf = BytesMut::from(&bytes[..]);
+        let frame = Frame::split(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(frame.tag, b'E');
+        let fields = ErrorFields::parse(&frame.body);
+        assert_eq!(fields.code, "53300");
+        assert_eq!(fields.severity, "FATAL");
+        assert_eq!(fields.message, "pool is full");
+    }
+
+    #[test]
+    fn parameter_status_parses() {
+        let mut out = BytesMut::new();
+        put_parameter_status(&mut out, "TimeZone", "UTC");
+        let frame = Frame::split(&mut out, 1024).unwrap().unwrap();
+        let (name, value) = parse_parameter_status(&frame.body).unwrap();
+        assert_eq!((name.as_str(), value.as_str()), ("TimeZone", "UTC"));
+    }
+}

@@ -1,0 +1,22 @@
+//! SQLSTATE codes the proxy itself reports.
+
+/// Malformed or unexpected protocol traffic.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// The connection to the server was lost.
+pub const CONNECTION_FAILURE: &str = "08006";
+/// The server could not be reached at all.
+pub const CONNECTION_EXCEPTION: &str = "08001";
+/// Pool exhausted, client limit reached.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// Wrong password.
+pub const INVALID_PASSWORD: &str = "28P01";
+/// Unknown user or authentication method not allowed.
+pub const INVALID_AUTHORIZATION: &str = "28000";
+/// A message over the size limit.
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+/// Something the proxy does not support.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// The proxy is shutting down.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// The proxy is starting or not accepting this client right now.
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
