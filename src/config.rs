@@ -66,7 +66,9 @@ impl FromStr for PoolMode {
         match s {
             "transaction" => Ok(Self::Transaction),
             "session" => Ok(Self::Session),
-            other => Err(format!("expected `transaction` or `session`, got `{other}`")),
+            other => Err(format!(
+                "expected `transaction` or `session`, got `{other}`"
+            )),
         }
     }
 }
@@ -95,7 +97,9 @@ impl FromStr for AuthMethod {
         match s {
             "trust" => Ok(Self::Trust),
             "scram-sha-256" => Ok(Self::ScramSha256),
-            other => Err(format!("expected `trust` or `scram-sha-256`, got `{other}`")),
+            other => Err(format!(
+                "expected `trust` or `scram-sha-256`, got `{other}`"
+            )),
         }
     }
 }
@@ -331,11 +335,26 @@ impl Overrides {
         set(&mut file.pool.pool_mode, self.pool_mode.as_ref());
         set(&mut file.pool.pool_size, self.pool_size.as_ref());
         set(&mut file.pool.min_idle, self.min_idle.as_ref());
-        set(&mut file.pool.acquire_timeout, self.acquire_timeout.as_ref());
-        set(&mut file.pool.server_idle_timeout, self.server_idle_timeout.as_ref());
-        set(&mut file.pool.server_lifetime, self.server_lifetime.as_ref());
-        set(&mut file.pool.server_connect_timeout, self.server_connect_timeout.as_ref());
-        set(&mut file.client_login_timeout, self.client_login_timeout.as_ref());
+        set(
+            &mut file.pool.acquire_timeout,
+            self.acquire_timeout.as_ref(),
+        );
+        set(
+            &mut file.pool.server_idle_timeout,
+            self.server_idle_timeout.as_ref(),
+        );
+        set(
+            &mut file.pool.server_lifetime,
+            self.server_lifetime.as_ref(),
+        );
+        set(
+            &mut file.pool.server_connect_timeout,
+            self.server_connect_timeout.as_ref(),
+        );
+        set(
+            &mut file.client_login_timeout,
+            self.client_login_timeout.as_ref(),
+        );
         set(&mut file.max_client_conn, self.max_client_conn.as_ref());
         set(&mut file.max_message_size, self.max_message_size.as_ref());
         if file.upstream.is_none() {
@@ -381,7 +400,9 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
 /// A message naming the accepted forms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let value: f64 = number
         .parse()
@@ -391,7 +412,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit `{other}` in `{s}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{s}`: {e}"))
 }
@@ -434,7 +459,10 @@ impl FileConfig {
         let pool = self.pool.validate("", &default_pool())?;
         let mut databases = BTreeMap::new();
         for (name, file) in &self.databases {
-            databases.insert(name.clone(), file.validate(&format!("databases.{name}."), &pool)?);
+            databases.insert(
+                name.clone(),
+                file.validate(&format!("databases.{name}."), &pool)?,
+            );
         }
         let mut users = BTreeMap::new();
         for (name, file) in self.users {
@@ -449,7 +477,12 @@ impl FileConfig {
                 ));
             }
         };
-        let auth = field("auth", self.auth.as_ref(), AuthMethod::ScramSha256, str::parse)?;
+        let auth = field(
+            "auth",
+            self.auth.as_ref(),
+            AuthMethod::ScramSha256,
+            str::parse,
+        )?;
         if auth == AuthMethod::ScramSha256 && users.values().all(|u| u.verifier.is_none()) {
             return Err(invalid(
                 "users",
@@ -462,7 +495,12 @@ impl FileConfig {
             Some(v) => Some(socket_addr(&v.text()).map_err(|m| invalid("admin_listen", m))?),
         };
         Ok(Config {
-            listen: field("listen", self.listen.as_ref(), default_listen(), socket_addr)?,
+            listen: field(
+                "listen",
+                self.listen.as_ref(),
+                default_listen(),
+                socket_addr,
+            )?,
             admin_listen,
             upstream,
             auth,
@@ -518,9 +556,24 @@ impl PoolFile {
     fn validate(&self, prefix: &str, base: &PoolSettings) -> Result<PoolSettings, ConfigError> {
         let key = |name: &str| format!("{prefix}{name}");
         let settings = PoolSettings {
-            mode: field(&key("pool_mode"), self.pool_mode.as_ref(), base.mode, str::parse)?,
-            size: field(&key("pool_size"), self.pool_size.as_ref(), base.size, ranged(1, 10_000))?,
-            min_idle: field(&key("min_idle"), self.min_idle.as_ref(), base.min_idle, ranged(0, 10_000))?,
+            mode: field(
+                &key("pool_mode"),
+                self.pool_mode.as_ref(),
+                base.mode,
+                str::parse,
+            )?,
+            size: field(
+                &key("pool_size"),
+                self.pool_size.as_ref(),
+                base.size,
+                ranged(1, 10_000),
+            )?,
+            min_idle: field(
+                &key("min_idle"),
+                self.min_idle.as_ref(),
+                base.min_idle,
+                ranged(0, 10_000),
+            )?,
             acquire_timeout: field(
                 &key("acquire_timeout"),
                 self.acquire_timeout.as_ref(),
@@ -549,7 +602,10 @@ impl PoolFile {
         if settings.min_idle > settings.size {
             return Err(invalid(
                 key("min_idle"),
-                format!("{} is larger than pool_size {}", settings.min_idle, settings.size),
+                format!(
+                    "{} is larger than pool_size {}",
+                    settings.min_idle, settings.size
+                ),
             ));
         }
         if settings.acquire_timeout.is_zero() {
@@ -570,7 +626,8 @@ impl UserFile {
             }
             (Some(password), None) => Some(ScramVerifier::from_password(password)),
             (None, Some(text)) => Some(
-                ScramVerifier::parse(text).map_err(|m| invalid(format!("{prefix}scram_verifier"), m))?,
+                ScramVerifier::parse(text)
+                    .map_err(|m| invalid(format!("{prefix}scram_verifier"), m))?,
             ),
             (None, None) => None,
         };
@@ -602,7 +659,11 @@ mod tests {
             pool_size: Some("7".into()),
             ..Overrides::default()
         };
-        let config = load_str(&format!("{BASE}pool_size = 3\n[databases.big]\npool_size = 50\n"), &overrides).unwrap();
+        let config = load_str(
+            &format!("{BASE}pool_size = 3\n[databases.big]\npool_size = 50\n"),
+            &overrides,
+        )
+        .unwrap();
         assert_eq!(config.pool.size, 7);
         assert_eq!(config.pool_for("big").size, 50);
         assert_eq!(config.pool_for("other").size, 7);
@@ -613,9 +674,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = load_str(&format!("{BASE}[databases.app]\npool_size = 0\n"), &Overrides::default()).unwrap_err();
+        let err = load_str(
+            &format!("{BASE}[databases.app]\npool_size = 0\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("databases.app.pool_size"), "{err}");
-        let err = load_str(&format!("{BASE}acquire_timeout = \"5 parsecs\"\n"), &Overrides::default()).unwrap_err();
+        let err = load_str(
+            &format!("{BASE}acquire_timeout = \"5 parsecs\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("acquire_timeout"), "{err}");
         let err = load_str(&format!("{BASE}pool_sise = 3\n"), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("pool_sise"), "{err}");

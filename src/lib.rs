@@ -4,5 +4,8 @@
 //! connections and pools, [`wire`] frames the protocol for both, [`config`] and [`auth`] feed them.
 
 pub mod auth;
+pub mod backend;
 pub mod config;
+pub mod dev;
+pub mod frontend;
 pub mod wire;

@@ -1,1 +1,204 @@
-fn main() {}
+//! The `pgsidecar` command line: parse, load config, call the library, map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pgsidecar::config::{Config, Overrides};
+use pgsidecar::frontend::Proxy;
+use tokio::sync::watch;
+
+/// Exit status for a configuration the proxy refuses to start with.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "pgsidecar",
+    version,
+    about = "PostgreSQL sidecar proxy: pooling, tracing, gating, migrations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in front of an upstream PostgreSQL.
+    Proxy(ProxyArgs),
+    /// Start a local PostgreSQL + pgvector cluster under ./.pgsidecar and the proxy in front of it.
+    Dev(DevArgs),
+    /// Print a SCRAM-SHA-256 verifier for a users.NAME.scram_verifier entry.
+    Passwd {
+        /// The password; read from standard input when omitted.
+        password: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PGSIDECAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Client listener address.
+    #[arg(long, env = "PGSIDECAR_LISTEN")]
+    listen: Option<String>,
+    /// Admin HTTP listener address.
+    #[arg(long, env = "PGSIDECAR_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Upstream PostgreSQL URL; DATABASE_URL when not given.
+    #[arg(long, env = "PGSIDECAR_UPSTREAM")]
+    upstream: Option<String>,
+    /// Client authentication: trust or scram-sha-256.
+    #[arg(long, env = "PGSIDECAR_AUTH")]
+    auth: Option<String>,
+    /// transaction or session.
+    #[arg(long, env = "PGSIDECAR_POOL_MODE")]
+    pool_mode: Option<String>,
+    /// Server connections per (database, user).
+    #[arg(long, env = "PGSIDECAR_POOL_SIZE")]
+    pool_size: Option<String>,
+    /// Idle server connections kept open per pool.
+    #[arg(long, env = "PGSIDECAR_MIN_IDLE")]
+    min_idle: Option<String>,
+    /// How long a client waits for a server connection (e.g. 5s).
+    #[arg(long, env = "PGSIDECAR_ACQUIRE_TIMEOUT")]
+    acquire_timeout: Option<String>,
+    /// Idle server connections are closed after this.
+    #[arg(long, env = "PGSIDECAR_SERVER_IDLE_TIMEOUT")]
+    server_idle_timeout: Option<String>,
+    /// Server connections are replaced after this age.
+    #[arg(long, env = "PGSIDECAR_SERVER_LIFETIME")]
+    server_lifetime: Option<String>,
+    /// Limit for opening one server connection.
+    #[arg(long, env = "PGSIDECAR_SERVER_CONNECT_TIMEOUT")]
+    server_connect_timeout: Option<String>,
+    /// Clients must log in within this.
+    #[arg(long, env = "PGSIDECAR_CLIENT_LOGIN_TIMEOUT")]
+    client_login_timeout: Option<String>,
+    /// Maximum client connections.
+    #[arg(long, env = "PGSIDECAR_MAX_CLIENT_CONN")]
+    max_client_conn: Option<String>,
+    /// Largest client message (e.g. 64MiB).
+    #[arg(long, env = "PGSIDECAR_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<String>,
+}
+
+impl ProxyArgs {
+    fn load(self) -> Result<Config, pgsidecar::config::ConfigError> {
+        let overrides = Overrides {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            upstream: self.upstream,
+            auth: self.auth,
+            pool_mode: self.pool_mode,
+            pool_size: self.pool_size,
+            min_idle: self.min_idle,
+            acquire_timeout: self.acquire_timeout,
+            server_idle_timeout: self.server_idle_timeout,
+            server_lifetime: self.server_lifetime,
+            server_connect_timeout: self.server_connect_timeout,
+            client_login_timeout: self.client_login_timeout,
+            max_client_conn: self.max_client_conn,
+            max_message_size: self.max_message_size,
+            database_url: std::env::var("DATABASE_URL").ok(),
+        };
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where the cluster lives.
+    #[arg(long, default_value = ".pgsidecar")]
+    dir: PathBuf,
+    /// Proxy listener address.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    listen: String,
+}
+
+/// Turns true on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run_proxy(config: Config) -> anyhow::Result<()> {
+    let proxy = Proxy::bind(config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(listen = %proxy.local_addr()?, upstream = %format!("{}:{}", config.upstream.host, config.upstream.port), "pgsidecar proxy ready");
+    proxy.run(shutdown_on_signal()).await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pgsidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Proxy(args) => match args.load() {
+            Ok(config) => runtime.block_on(run_proxy(config)),
+            Err(e) => {
+                eprintln!("pgsidecar: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Command::Dev(args) => runtime
+            .block_on(pgsidecar::dev::run(
+                &args.dir,
+                &args.listen,
+                shutdown_on_signal,
+            ))
+            .map_err(anyhow::Error::from),
+        Command::Passwd { password } => passwd(password),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgsidecar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd(password: Option<String>) -> anyhow::Result<()> {
+    let password = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    println!(
+        "{}",
+        postgres_protocol::password::scram_sha_256(password.as_bytes())
+    );
+    Ok(())
+}

@@ -109,18 +109,29 @@ impl ScramServer {
     ///
     /// # Errors
     /// [`ScramError::Malformed`] or [`ScramError::ChannelBinding`].
-    pub fn start(verifier: ScramVerifier, client_first: &str) -> Result<(Self, String), ScramError> {
+    pub fn start(
+        verifier: ScramVerifier,
+        client_first: &str,
+    ) -> Result<(Self, String), ScramError> {
         let mut parts = client_first.splitn(3, ',');
-        let flag = parts.next().ok_or(ScramError::Malformed("missing gs2 header"))?;
-        let authzid = parts.next().ok_or(ScramError::Malformed("missing gs2 header"))?;
-        let bare = parts.next().ok_or(ScramError::Malformed("missing client-first-message-bare"))?;
+        let flag = parts
+            .next()
+            .ok_or(ScramError::Malformed("missing gs2 header"))?;
+        let authzid = parts
+            .next()
+            .ok_or(ScramError::Malformed("missing gs2 header"))?;
+        let bare = parts
+            .next()
+            .ok_or(ScramError::Malformed("missing client-first-message-bare"))?;
         match flag {
             "n" | "y" => {}
             f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad channel-binding flag")),
         }
         if !authzid.is_empty() {
-            return Err(ScramError::Malformed("authorization identities are not supported"));
+            return Err(ScramError::Malformed(
+                "authorization identities are not supported",
+            ));
         }
         let client_nonce = bare
             .split(',')
@@ -173,7 +184,10 @@ impl ScramServer {
             .ok()
             .and_then(|p| p.try_into().ok())
             .ok_or(ScramError::Malformed("proof is not 32 bytes of base64"))?;
-        let auth_message = format!("{},{},{without_proof}", self.client_first_bare, self.server_first);
+        let auth_message = format!(
+            "{},{},{without_proof}",
+            self.client_first_bare, self.server_first
+        );
         let client_signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
         let mut client_key = proof;
         for (k, s) in client_key.iter_mut().zip(client_signature) {
@@ -200,13 +214,16 @@ mod tests {
 
     fn exchange(stored_for: &str, client_password: &str) -> Result<(), ScramError> {
         let verifier = ScramVerifier::from_password(stored_for);
-        let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
+        let mut client =
+            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
         let first = String::from_utf8(client.message().to_vec()).unwrap();
         let (server, server_first) = ScramServer::start(verifier, &first)?;
         client.update(server_first.as_bytes()).unwrap();
         let client_final = String::from_utf8(client.message().to_vec()).unwrap();
         let server_final = server.finish(&client_final)?;
-        client.finish(server_final.as_bytes()).expect("client accepts the server signature");
+        client
+            .finish(server_final.as_bytes())
+            .expect("client accepts the server signature");
         Ok(())
     }
 

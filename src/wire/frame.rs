@@ -83,7 +83,11 @@ impl Frame {
 /// # Errors
 /// [`WireError::Closed`] when the peer closes between messages; otherwise as [`Frame::split`] or
 /// the socket's error.
-pub async fn read_frame<R>(reader: &mut R, buf: &mut BytesMut, limit: usize) -> Result<Frame, WireError>
+pub async fn read_frame<R>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Frame, WireError>
 where
     R: AsyncRead + Unpin,
 {
@@ -115,7 +119,13 @@ mod tests {
     #[test]
     fn complete_message_is_found() {
         let header = FrameHeader::peek(b"Q\0\0\0\x05aZ", 100).unwrap().unwrap();
-        assert_eq!(header, FrameHeader { tag: b'Q', total_len: 6 });
+        assert_eq!(
+            header,
+            FrameHeader {
+                tag: b'Q',
+                total_len: 6
+            }
+        );
     }
 
     #[test]
@@ -124,7 +134,10 @@ mod tests {
             FrameHeader::peek(b"Q\x7f\0\0\0", 1024),
             Err(WireError::TooLarge { limit: 1024, .. })
         ));
-        assert!(matches!(FrameHeader::peek(b"Q\0\0\0\x02", 1024), Err(WireError::Protocol(_))));
+        assert!(matches!(
+            FrameHeader::peek(b"Q\0\0\0\x02", 1024),
+            Err(WireError::Protocol(_))
+        ));
     }
 
     #[test]

@@ -36,7 +36,11 @@ fn encode(message: &impl Message, out: &mut BytesMut) {
 
 /// Appends an ErrorResponse with the given severity, SQLSTATE and message.
 pub fn put_error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
-    let mut info = ErrorInfo::new(severity.as_str().to_owned(), code.to_owned(), message.to_owned());
+    let mut info = ErrorInfo::new(
+        severity.as_str().to_owned(),
+        code.to_owned(),
+        message.to_owned(),
+    );
     info.severity_nonlocalized = Some(severity.as_str().to_owned());
     encode(&ErrorResponse::from(info), out);
 }
@@ -68,7 +72,10 @@ pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
 
 /// Appends a ParameterStatus.
 pub fn put_parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    encode(&ParameterStatus::new(name.to_owned(), value.to_owned()), out);
+    encode(
+        &ParameterStatus::new(name.to_owned(), value.to_owned()),
+        out,
+    );
 }
 
 /// Appends the BackendKeyData the client will use for CancelRequest.
@@ -149,7 +156,11 @@ impl ErrorFields {
 
 impl std::fmt::Display for ErrorFields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )
     }
 }
 

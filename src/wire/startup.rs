@@ -43,7 +43,9 @@ pub enum StartupRequest {
 /// # Errors
 /// [`WireError::Closed`] when the client hangs up first; [`WireError::Protocol`] for a length
 /// outside PostgreSQL's limits, an unknown request code or an unsupported major version.
-pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<StartupRequest, WireError> {
+pub async fn read_startup<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<StartupRequest, WireError> {
     let mut len_word = [0_u8; 4];
     match reader.read_exact(&mut len_word).await {
         Ok(_) => {}
@@ -52,7 +54,9 @@ pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startu
     }
     let len = u32::from_be_bytes(len_word) as usize;
     if !(8..=MAX_STARTUP_LEN).contains(&len) {
-        return Err(WireError::protocol(format!("invalid startup packet length {len}")));
+        return Err(WireError::protocol(format!(
+            "invalid startup packet length {len}"
+        )));
     }
     let mut packet = BytesMut::zeroed(len);
     packet[..4].copy_from_slice(&len_word);
@@ -122,8 +126,14 @@ mod tests {
 
     #[test]
     fn recognises_negotiation_and_cancel() {
-        assert_eq!(parse_startup(packet(SSL_REQUEST, b"")).unwrap(), StartupRequest::Ssl);
-        assert_eq!(parse_startup(packet(GSSENC_REQUEST, b"")).unwrap(), StartupRequest::GssEnc);
+        assert_eq!(
+            parse_startup(packet(SSL_REQUEST, b"")).unwrap(),
+            StartupRequest::Ssl
+        );
+        assert_eq!(
+            parse_startup(packet(GSSENC_REQUEST, b"")).unwrap(),
+            StartupRequest::GssEnc
+        );
         let mut key = Vec::new();
         key.extend_from_slice(&7_i32.to_be_bytes());
         key.extend_from_slice(&(-9_i32).to_be_bytes());
@@ -139,7 +149,13 @@ mod tests {
         params.insert("user".to_owned(), "app".to_owned());
         params.insert("database".to_owned(), "docs".to_owned());
         let parsed = parse_startup(encode_startup(&params)).unwrap();
-        assert_eq!(parsed, StartupRequest::Startup { minor_version: 0, params });
+        assert_eq!(
+            parsed,
+            StartupRequest::Startup {
+                minor_version: 0,
+                params
+            }
+        );
     }
 
     #[test]

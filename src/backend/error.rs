@@ -1,0 +1,38 @@
+//! Errors toward the server.
+
+use thiserror::Error;
+
+use crate::wire::WireError;
+use crate::wire::messages::ErrorFields;
+
+/// Why talking to the server failed.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// TCP connect or socket failure.
+    #[error("server i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connecting and logging in took longer than the configured limit.
+    #[error("server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The server answered with an ErrorResponse.
+    #[error("server error {0}")]
+    Server(ErrorFields),
+    /// The server asked for an authentication the proxy cannot give.
+    #[error("server authentication: {0}")]
+    Auth(String),
+    /// The server's bytes made no sense.
+    #[error("server protocol: {0}")]
+    Wire(#[from] WireError),
+}
+
+impl BackendError {
+    /// The SQLSTATE a client should see for this failure.
+    #[must_use]
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            Self::Server(fields) => &fields.code,
+            Self::Auth(_) => crate::wire::sqlstate::INVALID_AUTHORIZATION,
+            _ => crate::wire::sqlstate::CONNECTION_EXCEPTION,
+        }
+    }
+}

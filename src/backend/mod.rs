@@ -1,0 +1,14 @@
+//! Server-facing side: connections the proxy logs in itself, their pools, and the checkout guard
+//! that makes sure a dirty connection never reaches another client.
+
+mod error;
+mod login;
+mod params;
+mod pool;
+mod server;
+
+pub use error::BackendError;
+pub use login::LoginTarget;
+pub use params::{ServerParams, is_parameter_name};
+pub use pool::{AcquireError, Checkout, PoolKey, PoolRegistry, ServerPool};
+pub use server::{CancelTarget, ServerConn};

@@ -1,0 +1,315 @@
+//! Bounded pools of server connections per (database, user), built on deadpool, and the checkout
+//! guard that decides whether a connection goes back or is closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{
+    self, Metrics, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts,
+};
+
+use super::{BackendError, LoginTarget, ServerConn};
+use crate::config::{Config, PoolSettings};
+
+/// Identifies a pool: the database and user a client logged in with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// Client-facing database name.
+    pub database: String,
+    /// Client-facing user name.
+    pub user: String,
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.database, self.user)
+    }
+}
+
+/// Creates and vets server connections for deadpool.
+#[derive(Debug)]
+pub struct ServerManager {
+    target: LoginTarget,
+    settings: PoolSettings,
+}
+
+impl managed::Manager for ServerManager {
+    type Type = ServerConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<ServerConn, BackendError> {
+        ServerConn::connect(&self.target, self.settings.server_connect_timeout).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ServerConn,
+        metrics: &Metrics,
+    ) -> RecycleResult<BackendError> {
+        if metrics.age() > self.settings.server_lifetime {
+            return Err(managed::RecycleError::message("server_lifetime reached"));
+        }
+        if metrics.last_used() > self.settings.server_idle_timeout {
+            return Err(managed::RecycleError::message(
+                "server_idle_timeout reached",
+            ));
+        }
+        if !conn.is_idle_and_open() {
+            return Err(managed::RecycleError::message(
+                "server connection closed or not idle",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a client could not get a server connection.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// Every connection stayed busy for the whole acquire timeout.
+    #[error("no server connection became free within {0:?} (pool {1} is exhausted)")]
+    Timeout(Duration, String),
+    /// A new connection could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The pool is shutting down.
+    #[error("pool {0} is closed")]
+    Closed(String),
+}
+
+/// One bounded pool and the settings it was built with.
+#[derive(Debug)]
+pub struct ServerPool {
+    key: PoolKey,
+    settings: PoolSettings,
+    pool: Pool<ServerManager>,
+}
+
+impl ServerPool {
+    fn new(key: PoolKey, target: LoginTarget, settings: PoolSettings) -> Arc<Self> {
+        let pool = Pool::builder(ServerManager {
+            target,
+            settings: settings.clone(),
+        })
+        .max_size(settings.size)
+        .wait_timeout(Some(settings.acquire_timeout))
+        .queue_mode(QueueMode::Lifo)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .expect("a runtime is set, so the pool builds");
+        let pool = Arc::new(Self {
+            key,
+            settings,
+            pool,
+        });
+        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// The pool's key.
+    #[must_use]
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The pool's settings.
+    #[must_use]
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Server connections open now (idle and in use).
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.pool.status().size
+    }
+
+    /// Waits (FIFO, up to the acquire timeout) for a server connection.
+    ///
+    /// # Errors
+    /// [`AcquireError`].
+    pub async fn checkout(&self) -> Result<Checkout, AcquireError> {
+        match self.pool.get().await {
+            Ok(object) => Ok(Checkout {
+                object: Some(object),
+            }),
+            Err(PoolError::Timeout(_)) => Err(AcquireError::Timeout(
+                self.settings.acquire_timeout,
+                self.key.to_string(),
+            )),
+            Err(PoolError::Backend(e)) => Err(AcquireError::Backend(e)),
+            Err(_) => Err(AcquireError::Closed(self.key.to_string())),
+        }
+    }
+
+    fn evict_expired(&self) {
+        let settings = &self.settings;
+        self.pool.retain(|_, metrics| {
+            metrics.last_used() < settings.server_idle_timeout
+                && metrics.age() < settings.server_lifetime
+        });
+    }
+
+    async fn top_up_idle(&self) {
+        let status = self.pool.status();
+        let missing = self.settings.min_idle.saturating_sub(status.available);
+        let room = status.max_size.saturating_sub(status.size);
+        let wanted = missing.min(room);
+        if wanted == 0 {
+            return;
+        }
+        let timeouts = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..self.pool.timeouts()
+        };
+        let mut fresh = Vec::with_capacity(wanted);
+        for _ in 0..wanted {
+            match self.pool.timeout_get(&timeouts).await {
+                Ok(object) => fresh.push(object),
+                Err(e) => {
+                    tracing::warn!(pool = %self.key, error = ?e, "cannot open min_idle server connection");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stops handing out connections and closes the idle ones.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Evicts idle and aged connections and keeps `min_idle` open, for as long as the pool lives.
+async fn maintain(pool: Weak<ServerPool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.pool.is_closed() {
+            return;
+        }
+        pool.evict_expired();
+        pool.top_up_idle().await;
+    }
+}
+
+/// A server connection lent to one client. Unless [`Checkout::release`] says it is clean, it is
+/// closed rather than returned: a connection in an unknown state must never reach another client.
+#[derive(Debug)]
+pub struct Checkout {
+    object: Option<Object<ServerManager>>,
+}
+
+impl Checkout {
+    /// The connection.
+    ///
+    /// # Panics
+    /// Never: the object is only taken by `release`/`discard`, which consume the guard.
+    #[must_use]
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.object
+            .as_mut()
+            .expect("checkout holds its object until consumed")
+    }
+
+    /// Returns a connection known to be idle (ReadyForQuery `I`, nothing pending) to the pool.
+    pub fn release(mut self) {
+        drop(self.object.take());
+    }
+
+    /// Closes the connection instead of returning it; if it may be running something, asks the
+    /// server to cancel that first so that locks are released promptly.
+    pub async fn discard(mut self, cancel_running: bool) {
+        if let Some(object) = self.object.take() {
+            let conn = Object::take(object);
+            if cancel_running && let Err(e) = conn.cancel_target().send().await {
+                tracing::debug!(error = %e, "cancel of an abandoned server query failed");
+            }
+            drop(conn);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take() {
+            drop(Object::take(object));
+        }
+    }
+}
+
+/// All pools of one proxy, created on first use of a (database, user).
+#[derive(Debug)]
+pub struct PoolRegistry {
+    config: Arc<Config>,
+    pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
+}
+
+impl PoolRegistry {
+    /// An empty registry for `config`.
+    #[must_use]
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            config,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `key`, created if needed.
+    ///
+    /// # Panics
+    /// If the registry's lock was poisoned by a panic elsewhere.
+    pub fn get(&self, key: &PoolKey) -> Arc<ServerPool> {
+        let mut pools = self.pools.lock().expect("pool registry lock");
+        if let Some(pool) = pools.get(key) {
+            return Arc::clone(pool);
+        }
+        let upstream = &self.config.upstream;
+        let target = LoginTarget {
+            address: format!("{}:{}", upstream.host, upstream.port),
+            user: upstream.user.clone().unwrap_or_else(|| key.user.clone()),
+            database: upstream
+                .database
+                .clone()
+                .unwrap_or_else(|| key.database.clone()),
+            password: upstream.password.clone().or_else(|| {
+                self.config
+                    .users
+                    .get(&key.user)
+                    .and_then(|u| u.server_password.clone())
+            }),
+        };
+        let pool = ServerPool::new(
+            key.clone(),
+            target,
+            self.config.pool_for(&key.database).clone(),
+        );
+        pools.insert(key.clone(), Arc::clone(&pool));
+        pool
+    }
+
+    /// Every pool, for reporting.
+    ///
+    /// # Panics
+    /// If the registry's lock was poisoned.
+    #[must_use]
+    pub fn all(&self) -> Vec<Arc<ServerPool>> {
+        self.pools
+            .lock()
+            .expect("pool registry lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Closes every pool.
+    pub fn close_all(&self) {
+        for pool in self.all() {
+            pool.close();
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! One logged-in server connection: a raw protocol stream the proxy forwards bytes over.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{BackendError, LoginTarget, ServerParams};
+use crate::wire::messages::{ErrorFields, parse_parameter_status};
+use crate::wire::{WireError, read_frame};
+
+/// Largest message the proxy reads from a server when it converses itself (login, reset).
+const CONTROL_FRAME_LIMIT: usize = 64 << 20;
+
+/// Where to send a CancelRequest for whatever this server connection is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelTarget {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// The server backend's process id.
+    pub pid: i32,
+    /// The server backend's cancel secret.
+    pub secret: i32,
+}
+
+impl CancelTarget {
+    /// Sends a CancelRequest to the server. Failures only mean the query goes on; they are
+    /// returned for logging.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub async fn send(self) -> std::io::Result<()> {
+        let mut packet = BytesMut::with_capacity(16);
+        packet.put_u32(16);
+        packet.put_u32(80_877_102);
+        packet.put_i32(self.pid);
+        packet.put_i32(self.secret);
+        let mut stream = TcpStream::connect(self.addr).await?;
+        stream.write_all(&packet).await?;
+        stream.shutdown().await
+    }
+}
+
+/// A server connection owned by a pool. The session code reads and writes `stream` directly,
+/// using `buf` as its read buffer, and reports what it saw through the methods here.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet forwarded.
+    pub buf: BytesMut,
+    /// Session settings in effect.
+    pub params: ServerParams,
+    cancel: CancelTarget,
+}
+
+impl ServerConn {
+    /// Opens a connection and logs in, within `timeout`.
+    ///
+    /// # Errors
+    /// [`BackendError`] for an unreachable server, a refused login or a timeout.
+    pub async fn connect(target: &LoginTarget, timeout: Duration) -> Result<Self, BackendError> {
+        tokio::time::timeout(timeout, Self::connect_inner(target))
+            .await
+            .map_err(|_| BackendError::Timeout(timeout))?
+    }
+
+    async fn connect_inner(target: &LoginTarget) -> Result<Self, BackendError> {
+        let mut stream = TcpStream::connect(&target.address).await?;
+        stream.set_nodelay(true)?;
+        let addr = stream.peer_addr()?;
+        let mut buf = BytesMut::with_capacity(4096);
+        target.authenticate(&mut stream, &mut buf).await?;
+        let mut params = ServerParams::default();
+        let mut key = None;
+        loop {
+            let frame = read_frame(&mut stream, &mut buf, CONTROL_FRAME_LIMIT).await?;
+            match frame.tag {
+                b'S' => {
+                    let (name, value) = parse_parameter_status(&frame.body)?;
+                    params.reported.insert(name, value);
+                }
+                b'K' if frame.body.len() >= 8 => {
+                    let b = &frame.body;
+                    key = Some((
+                        i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                        i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                    ));
+                }
+                b'E' => return Err(BackendError::Server(ErrorFields::parse(&frame.body))),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        params.finish_login();
+        let (pid, secret) =
+            key.ok_or_else(|| BackendError::Auth("server sent no BackendKeyData".into()))?;
+        Ok(Self {
+            stream,
+            buf,
+            params,
+            cancel: CancelTarget { addr, pid, secret },
+        })
+    }
+
+    /// The key to cancel this connection's running query.
+    #[must_use]
+    pub fn cancel_target(&self) -> CancelTarget {
+        self.cancel
+    }
+
+    /// The server backend's process id, as `pg_stat_activity.pid` shows it.
+    #[must_use]
+    pub fn backend_pid(&self) -> i32 {
+        self.cancel.pid
+    }
+
+    /// True when the connection is idle and intact: nothing unread is buffered and the socket is
+    /// neither closed nor carrying unexpected bytes (such as a termination notice).
+    #[must_use]
+    pub fn is_idle_and_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0_u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Runs `sql` as a simple query whose results nobody sees, reading up to ReadyForQuery.
+    /// ParameterStatus changes are recorded. Used to apply settings and to reset a connection.
+    ///
+    /// # Errors
+    /// The first ErrorResponse, an unexpected COPY, or a socket failure.
+    pub async fn run_quietly(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        out.put_u8(b'Q');
+        out.put_u32(u32::try_from(sql.len() + 5).expect("proxy-built SQL is small"));
+        out.put_slice(sql.as_bytes());
+        out.put_u8(0);
+        self.stream.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            let frame = read_frame(&mut self.stream, &mut self.buf, CONTROL_FRAME_LIMIT).await?;
+            match frame.tag {
+                b'S' => {
+                    let (name, value) = parse_parameter_status(&frame.body)?;
+                    self.params.observe(&name, &value);
+                }
+                b'E' => failure = Some(ErrorFields::parse(&frame.body)),
+                b'G' | b'H' | b'W' => {
+                    return Err(WireError::protocol("unexpected COPY in a proxy statement").into());
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        failure.map_or(Ok(()), |e| Err(BackendError::Server(e)))
+    }
+}

@@ -1,0 +1,173 @@
+//! Accepting clients: admission limits, the login deadline, cancel dispatch, and one task per
+//! session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::ProxyContext;
+use super::login::{Admission, LoginError, authenticate, read_admission};
+use super::params::ClientParams;
+use super::session::Session;
+use crate::backend::PoolKey;
+use crate::config::Config;
+use crate::wire::sqlstate;
+
+/// A bound, not yet running proxy.
+pub struct Proxy {
+    ctx: Arc<ProxyContext>,
+    listener: TcpListener,
+}
+
+/// Counts a client connection for `max_client_conn` while it lives.
+struct ClientCount(Arc<ProxyContext>);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Proxy {
+    /// Binds the client listener.
+    ///
+    /// # Errors
+    /// The bind error, e.g. the address is in use.
+    pub async fn bind(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            ctx: ProxyContext::new(config),
+            listener,
+        })
+    }
+
+    /// The address clients connect to (useful when configured with port 0).
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared context, for the admin side.
+    #[must_use]
+    pub fn context(&self) -> Arc<ProxyContext> {
+        Arc::clone(&self.ctx)
+    }
+
+    /// Accepts clients until `shutdown` turns true, then closes the pools. Sessions already
+    /// running end when their clients or servers do.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let ctx = Arc::clone(&self.ctx);
+                        tokio::spawn(async move { handle_client(ctx, stream, peer).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.ctx.pools.close_all();
+    }
+}
+
+async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    let _counted = ClientCount(Arc::clone(&ctx));
+    let deadline = ctx.config.client_login_timeout;
+    let login = match tokio::time::timeout(deadline, login(&ctx, &mut stream, count)).await {
+        Ok(Ok(Some(login))) => login,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "login refused");
+            let _ = stream.write_all(&e.to_client()).await;
+            return;
+        }
+        Err(_) => {
+            let e = LoginError {
+                code: sqlstate::PROTOCOL_VIOLATION,
+                message: format!("login not completed within client_login_timeout ({deadline:?})"),
+            };
+            let _ = stream.write_all(&e.to_client()).await;
+            return;
+        }
+    };
+    let pool = ctx.pools.get(&PoolKey {
+        database: login.database,
+        user: login.user,
+    });
+    let cancel = ctx.cancels.issue();
+    let mut session = Session::new(Arc::clone(&ctx), stream, pool, login.params, cancel);
+    let held = match session.greet().await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "no server for a new client");
+            session.fail(&e).await;
+            return;
+        }
+    };
+    if let Err(e) = session.run(held).await {
+        tracing::info!(%peer, error = %e, "session ended with an error");
+    }
+}
+
+/// A client that has authenticated.
+struct Login {
+    user: String,
+    database: String,
+    params: ClientParams,
+}
+
+/// Reads the startup packet and authenticates; `None` means the connection was a cancel
+/// request and is done.
+async fn login(
+    ctx: &Arc<ProxyContext>,
+    stream: &mut TcpStream,
+    count: usize,
+) -> Result<Option<Login>, LoginError> {
+    let (user, database, params) = match read_admission(stream).await? {
+        Admission::Cancel { pid, secret } => {
+            if let Some(target) = ctx.cancels.resolve(pid, secret)
+                && let Err(e) = target.send().await
+            {
+                tracing::warn!(error = %e, "forwarding a cancel request failed");
+            }
+            return Ok(None);
+        }
+        Admission::Startup {
+            user,
+            database,
+            params,
+        } => (user, database, params),
+    };
+    if count > ctx.config.max_client_conn {
+        return Err(LoginError {
+            code: sqlstate::TOO_MANY_CONNECTIONS,
+            message: format!(
+                "sorry, too many clients already (max_client_conn is {})",
+                ctx.config.max_client_conn
+            ),
+        });
+    }
+    authenticate(ctx, stream, &user).await?;
+    Ok(Some(Login {
+        user,
+        database,
+        params,
+    }))
+}

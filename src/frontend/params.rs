@@ -1,0 +1,139 @@
+//! The session settings a client asked for in its startup packet, which the proxy re-applies on
+//! every server connection that serves the client.
+
+use std::collections::BTreeMap;
+
+use crate::backend::ServerParams;
+
+/// Startup keys that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Splits a libpq `options` value into its `-c name=value` / `--name=value` settings.
+///
+/// # Errors
+/// A message naming the switch that is not a setting.
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let assignment = if word == "-c" {
+            words.next().ok_or("`-c` without a setting")?
+        } else if let Some(rest) = word.strip_prefix("--").or_else(|| word.strip_prefix("-c")) {
+            rest.to_owned()
+        } else {
+            return Err(format!(
+                "unsupported startup option `{word}`; only -c name=value is allowed"
+            ));
+        };
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| format!("startup option `{assignment}` is not name=value"))?;
+        settings.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(settings)
+}
+
+/// The client's requested settings, kept in sync with what its own SQL changes.
+#[derive(Debug, Clone, Default)]
+pub struct ClientParams {
+    wanted: BTreeMap<String, String>,
+}
+
+impl ClientParams {
+    /// Collects the settings of a startup packet.
+    ///
+    /// # Errors
+    /// A message about a malformed `options` value or setting name.
+    pub fn from_startup(startup: &BTreeMap<String, String>) -> Result<Self, String> {
+        let mut wanted = BTreeMap::new();
+        for (name, value) in startup {
+            if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with("_pq_.") {
+                continue;
+            }
+            wanted.insert(name.clone(), value.clone());
+        }
+        if let Some(options) = startup.get("options") {
+            wanted.extend(parse_options(options)?);
+        }
+        if let Some(bad) = wanted
+            .keys()
+            .find(|n| !crate::backend::is_parameter_name(n))
+        {
+            return Err(format!("invalid parameter name \"{bad}\""));
+        }
+        Ok(Self { wanted })
+    }
+
+    /// The settings in effect for this client.
+    #[must_use]
+    pub fn wanted(&self) -> &BTreeMap<String, String> {
+        &self.wanted
+    }
+
+    /// Records a ParameterStatus the client's own statements caused.
+    pub fn observe(&mut self, name: &str, value: &str) {
+        self.wanted.insert(name.to_owned(), value.to_owned());
+    }
+
+    /// The SQL that brings `server` to this client's settings, if anything differs.
+    #[must_use]
+    pub fn sync_sql(&self, server: &ServerParams) -> Option<String> {
+        server.sync_sql(&self.wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_split_like_libpq_does() {
+        let parsed =
+            parse_options(r"-c statement_timeout=5s --search-path=a,b -c x.y=with\ space").unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+                ("search_path".to_owned(), "a,b".to_owned()),
+                ("x.y".to_owned(), "with space".to_owned()),
+            ]
+        );
+        assert!(parse_options("-d 5").is_err());
+    }
+
+    #[test]
+    fn startup_keeps_only_settings() {
+        let mut startup = BTreeMap::new();
+        for (k, v) in [
+            ("user", "u"),
+            ("database", "d"),
+            ("application_name", "app"),
+            ("_pq_.x", "1"),
+            ("options", "-c work_mem=8MB"),
+        ] {
+            startup.insert(k.to_owned(), v.to_owned());
+        }
+        let params = ClientParams::from_startup(&startup).unwrap();
+        let names: Vec<_> = params.wanted().keys().map(String::as_str).collect();
+        assert_eq!(names, ["application_name", "work_mem"]);
+        startup.insert("bad;name".to_owned(), "x".to_owned());
+        assert!(ClientParams::from_startup(&startup).is_err());
+    }
+}

@@ -1,0 +1,369 @@
+//! One client's session after login: waits for the client's next transaction, lends it a server
+//! connection, forwards bytes both ways, and gives the connection back at the first safe point.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::ProxyContext;
+use super::cancel::CancelSlot;
+use super::params::ClientParams;
+use super::tracker::{Tracker, is_frontend_tag};
+use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
+use crate::config::PoolMode;
+use crate::wire::messages::{
+    Severity, error, parse_parameter_status, put_backend_key, put_parameter_status,
+    put_ready_for_query,
+};
+use crate::wire::{FrameHeader, WireError, sqlstate};
+
+/// Bytes reserved per socket read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a session ended early; each variant knows what, if anything, the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client's socket failed; there is nobody to tell.
+    #[error("client i/o: {0}")]
+    ClientIo(#[from] std::io::Error),
+    /// The client broke the protocol or exceeded a limit.
+    #[error("client {0}")]
+    ClientProtocol(WireError),
+    /// The server connection failed mid-conversation.
+    #[error("server connection lost: {0}")]
+    ServerLost(String),
+    /// No server connection could be had.
+    #[error(transparent)]
+    Acquire(#[from] AcquireError),
+    /// Preparing a server connection for this client failed.
+    #[error("server refused the client's settings: {0}")]
+    Setup(BackendError),
+}
+
+impl SessionError {
+    /// The FATAL message the client gets before the proxy closes its connection.
+    #[must_use]
+    pub fn to_client(&self) -> Option<bytes::Bytes> {
+        let (code, message) = match self {
+            Self::ClientIo(_) => return None,
+            Self::ClientProtocol(WireError::TooLarge { len, limit }) => (
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!("message of {len} bytes exceeds max_message_size ({limit} bytes)"),
+            ),
+            Self::ClientProtocol(e) => (sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+            Self::ServerLost(e) => (
+                sqlstate::CONNECTION_FAILURE,
+                format!("server connection lost: {e}"),
+            ),
+            Self::Acquire(AcquireError::Timeout(..)) => (
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("pgsidecar: {}", self),
+            ),
+            Self::Acquire(AcquireError::Backend(BackendError::Server(fields)))
+            | Self::Setup(BackendError::Server(fields)) => {
+                (fields.code.as_str(), fields.message.clone())
+            }
+            Self::Acquire(AcquireError::Backend(e)) | Self::Setup(e) => (
+                e.sqlstate(),
+                format!("pgsidecar: cannot use the server: {e}"),
+            ),
+            Self::Acquire(e) => (sqlstate::CANNOT_CONNECT_NOW, format!("pgsidecar: {e}")),
+        };
+        Some(error(Severity::Fatal, code, &message))
+    }
+}
+
+/// How a stretch of forwarding ended.
+enum Step {
+    /// Transaction mode: the transaction is over and the server connection is free.
+    Released,
+    /// The client said Terminate or closed its socket.
+    ClientEnded,
+}
+
+/// A logged-in client.
+pub struct Session {
+    ctx: Arc<ProxyContext>,
+    client: TcpStream,
+    buf: BytesMut,
+    pool: Arc<ServerPool>,
+    params: ClientParams,
+    cancel: Arc<CancelSlot>,
+}
+
+impl Session {
+    /// A session for an authenticated client.
+    pub(super) fn new(
+        ctx: Arc<ProxyContext>,
+        client: TcpStream,
+        pool: Arc<ServerPool>,
+        params: ClientParams,
+        cancel: Arc<CancelSlot>,
+    ) -> Self {
+        Self {
+            ctx,
+            client,
+            buf: BytesMut::new(),
+            pool,
+            params,
+            cancel,
+        }
+    }
+
+    /// Finishes the login: takes a server connection (which proves the database and the
+    /// client's settings are acceptable), sends the client the server's ParameterStatus, its
+    /// cancel key and ReadyForQuery. In session mode the connection is kept for the session.
+    ///
+    /// # Errors
+    /// As [`Session::acquire`]; the caller reports it with [`Session::fail`].
+    pub(super) async fn greet(&mut self) -> Result<Option<Checkout>, SessionError> {
+        let mut checkout = self.acquire().await?;
+        let mut out = BytesMut::new();
+        for (name, value) in &checkout.conn().params.reported {
+            put_parameter_status(&mut out, name, value);
+        }
+        put_backend_key(&mut out, self.cancel.pid, self.cancel.secret);
+        put_ready_for_query(&mut out, b'I');
+        self.client.write_all(&out).await?;
+        if self.mode() == PoolMode::Transaction {
+            self.release(checkout);
+            Ok(None)
+        } else {
+            Ok(Some(checkout))
+        }
+    }
+
+    /// Tells the client why its session ends and forgets its cancel key.
+    pub(super) async fn fail(&mut self, e: &SessionError) {
+        if let Some(message) = e.to_client() {
+            let _ = self.client.write_all(&message).await;
+        }
+        self.ctx.cancels.remove(self.cancel.pid);
+    }
+
+    fn mode(&self) -> PoolMode {
+        self.pool.settings().mode
+    }
+
+    /// Takes a server connection from the pool and brings its settings to the client's.
+    pub(super) async fn acquire(&mut self) -> Result<Checkout, SessionError> {
+        let mut checkout = self.pool.checkout().await?;
+        let server = checkout.conn();
+        if let Some(sql) = self.params.sync_sql(&server.params) {
+            server
+                .run_quietly(&sql)
+                .await
+                .map_err(SessionError::Setup)?;
+            server.params.synced(self.params.wanted());
+        }
+        self.cancel.set(Some(server.cancel_target()));
+        Ok(checkout)
+    }
+
+    fn release(&self, checkout: Checkout) {
+        self.cancel.set(None);
+        checkout.release();
+    }
+
+    /// Serves the client until it leaves. `held` is the connection from login in session mode.
+    ///
+    /// # Errors
+    /// The reason the session ended early; the client has been told where it can be.
+    pub async fn run(mut self, mut held: Option<Checkout>) -> Result<(), SessionError> {
+        let result = self.serve_all(&mut held).await;
+        match &result {
+            Err(e) => self.fail(e).await,
+            Ok(()) => self.ctx.cancels.remove(self.cancel.pid),
+        }
+        result
+    }
+
+    async fn serve_all(&mut self, held: &mut Option<Checkout>) -> Result<(), SessionError> {
+        loop {
+            let mut checkout = match held.take() {
+                Some(checkout) => checkout,
+                None => {
+                    if !self.wait_for_request().await? {
+                        return Ok(());
+                    }
+                    self.acquire().await?
+                }
+            };
+            let mut tracker = Tracker::default();
+            match self.forward(checkout.conn(), &mut tracker).await {
+                Ok(Step::Released) => self.release(checkout),
+                Ok(Step::ClientEnded) => {
+                    self.finish(checkout, &tracker).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.cancel.set(None);
+                    let running = !matches!(e, SessionError::ServerLost(_));
+                    checkout.discard(running).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits, holding no server connection, until the client has sent a whole message. Returns
+    /// false when the client said Terminate or closed.
+    async fn wait_for_request(&mut self) -> Result<bool, SessionError> {
+        loop {
+            match FrameHeader::peek(&self.buf, self.ctx.config.max_message_size) {
+                Ok(Some(header)) if header.tag == b'X' => return Ok(false),
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) => {}
+                Err(e) => return Err(SessionError::ClientProtocol(e)),
+            }
+            if self.buf.is_empty() {
+                // An idle client holds no buffer: thousands of idle connections stay cheap.
+                self.buf = BytesMut::new();
+                self.client.readable().await?;
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.client.read_buf(&mut self.buf).await? == 0 {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Forwards both ways until the connection can be released or the client leaves.
+    async fn forward(
+        &mut self,
+        server: &mut ServerConn,
+        tracker: &mut Tracker,
+    ) -> Result<Step, SessionError> {
+        let transaction_mode = self.mode() == PoolMode::Transaction;
+        loop {
+            if self.forward_client_messages(server, tracker).await? {
+                return Ok(Step::ClientEnded);
+            }
+            self.buf.reserve(READ_CHUNK);
+            server.buf.reserve(READ_CHUNK);
+            tokio::select! {
+                read = self.client.read_buf(&mut self.buf) => {
+                    if read.unwrap_or(0) == 0 {
+                        return Ok(Step::ClientEnded);
+                    }
+                }
+                read = server.stream.read_buf(&mut server.buf) => {
+                    match read {
+                        Ok(0) => return Err(SessionError::ServerLost("server closed the connection".into())),
+                        Err(e) => return Err(SessionError::ServerLost(e.to_string())),
+                        Ok(_) => {}
+                    }
+                    if !self.forward_server_messages(server, tracker).await? {
+                        return Ok(Step::ClientEnded);
+                    }
+                    if transaction_mode && tracker.is_idle() && server.buf.is_empty() {
+                        return Ok(Step::Released);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends every complete client message to the server in one write. Returns true when the
+    /// client said Terminate.
+    async fn forward_client_messages(
+        &mut self,
+        server: &mut ServerConn,
+        tracker: &mut Tracker,
+    ) -> Result<bool, SessionError> {
+        let limit = self.ctx.config.max_message_size;
+        let mut end = 0;
+        let mut terminate = false;
+        while let Some(header) =
+            FrameHeader::peek(&self.buf[end..], limit).map_err(SessionError::ClientProtocol)?
+        {
+            if header.tag == b'X' {
+                terminate = true;
+                break;
+            }
+            if !is_frontend_tag(header.tag) {
+                return Err(SessionError::ClientProtocol(WireError::protocol(format!(
+                    "invalid frontend message type {}",
+                    header.tag
+                ))));
+            }
+            tracker.client_message(header.tag);
+            end += header.total_len;
+        }
+        if end > 0 {
+            let chunk = self.buf.split_to(end);
+            server
+                .stream
+                .write_all(&chunk)
+                .await
+                .map_err(|e| SessionError::ServerLost(e.to_string()))?;
+        }
+        if terminate {
+            self.buf.clear();
+        }
+        Ok(terminate)
+    }
+
+    /// Sends every complete server message to the client in one write, noting state changes.
+    /// Returns false when the client can no longer be written to.
+    async fn forward_server_messages(
+        &mut self,
+        server: &mut ServerConn,
+        tracker: &mut Tracker,
+    ) -> Result<bool, SessionError> {
+        let mut end = 0;
+        while let Some(header) = FrameHeader::peek(&server.buf[end..], usize::MAX)
+            .map_err(|e| SessionError::ServerLost(e.to_string()))?
+        {
+            let body = &server.buf[end + crate::wire::frame::HEADER_LEN..end + header.total_len];
+            if header.tag == b'S' {
+                if let Ok((name, value)) = parse_parameter_status(body) {
+                    server.params.observe(&name, &value);
+                    self.params.observe(&name, &value);
+                }
+            } else {
+                tracker.server_message(header.tag, body);
+            }
+            end += header.total_len;
+        }
+        if end > 0 {
+            let chunk = server.buf.split_to(end);
+            if self.client.write_all(&chunk).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The client has left: return its server connection clean, or close it.
+    async fn finish(&mut self, mut checkout: Checkout, tracker: &Tracker) {
+        self.cancel.set(None);
+        let server = checkout.conn();
+        if !tracker.is_quiet() || !server.buf.is_empty() {
+            checkout.discard(true).await;
+            return;
+        }
+        let mut cleanup = Vec::with_capacity(2);
+        if !tracker.is_idle() {
+            cleanup.push("ROLLBACK");
+        }
+        if self.mode() == PoolMode::Session {
+            // Not in the same Query as ROLLBACK: DISCARD ALL refuses to run inside a
+            // multi-statement string.
+            cleanup.push("DISCARD ALL");
+        }
+        for sql in cleanup {
+            if let Err(e) = server.run_quietly(sql).await {
+                tracing::debug!(error = %e, "server reset failed; closing the connection");
+                checkout.discard(false).await;
+                return;
+            }
+        }
+        if self.mode() == PoolMode::Session {
+            server.params.reset();
+        }
+        checkout.release();
+    }
+}
