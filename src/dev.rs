@@ -2,6 +2,7 @@
 //! `./.pgsidecar/`, and the proxy in front of it. [`LocalCluster`] is also what the test harness
 //! starts, so that the dev profile and the tests run PostgreSQL the same way.
 
+use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -216,7 +217,7 @@ impl LocalCluster {
             self.dir.display()
         );
         for (name, value) in settings {
-            options.push_str(&format!(" -c {name}={value}"));
+            let _ = write!(options, " -c {name}={value}");
         }
         let log = self.log_file().display().to_string();
         self.run(

@@ -1,5 +1,8 @@
 //! The `pgsidecar` command line: parse, load config, call the library, map errors to exit codes.
 
+// Doc comments here are the `--help` text users read; backticks would show up verbatim.
+#![allow(clippy::doc_markdown)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy in front of an upstream PostgreSQL.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Start a local PostgreSQL + pgvector cluster under ./.pgsidecar and the proxy in front of it.
     Dev(DevArgs),
     /// Print a SCRAM-SHA-256 verifier for a users.NAME.scram_verifier entry.
@@ -187,13 +190,12 @@ fn main() -> ExitCode {
 }
 
 fn passwd(password: Option<String>) -> anyhow::Result<()> {
-    let password = match password {
-        Some(p) => p,
-        None => {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line)?;
-            line.trim_end_matches(['\r', '\n']).to_owned()
-        }
+    let password = if let Some(p) = password {
+        p
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
     };
     anyhow::ensure!(!password.is_empty(), "the password is empty");
     println!(

@@ -75,6 +75,9 @@ impl ScramVerifier {
     }
 
     /// Derives a verifier from a plaintext password with a fresh salt, as PostgreSQL does.
+    ///
+    /// # Panics
+    /// Never: postgres-protocol's output always parses.
     #[must_use]
     pub fn from_password(password: &str) -> Self {
         let text = postgres_protocol::password::scram_sha_256(password.as_bytes());

@@ -115,8 +115,10 @@ mod tests {
 
     #[test]
     fn only_differences_are_sent() {
-        let mut params = ServerParams::default();
-        params.reported = map(&[("application_name", ""), ("TimeZone", "UTC")]);
+        let mut params = ServerParams {
+            reported: map(&[("application_name", ""), ("TimeZone", "UTC")]),
+            ..ServerParams::default()
+        };
         params.finish_login();
         assert_eq!(params.sync_sql(&map(&[("TimeZone", "UTC")])), None);
         let wanted = map(&[("application_name", "it's"), ("search_path", "app")]);
@@ -134,8 +136,10 @@ mod tests {
 
     #[test]
     fn observed_changes_count() {
-        let mut params = ServerParams::default();
-        params.reported = map(&[("DateStyle", "ISO, MDY")]);
+        let mut params = ServerParams {
+            reported: map(&[("DateStyle", "ISO, MDY")]),
+            ..ServerParams::default()
+        };
         params.finish_login();
         params.observe("DateStyle", "German, DMY");
         assert_eq!(params.effective("DateStyle"), Some("German, DMY"));

@@ -133,6 +133,9 @@ impl ServerConn {
     ///
     /// # Errors
     /// The first ErrorResponse, an unexpected COPY, or a socket failure.
+    ///
+    /// # Panics
+    /// If `sql` is longer than 4 GiB.
     pub async fn run_quietly(&mut self, sql: &str) -> Result<(), BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         out.put_u8(b'Q');

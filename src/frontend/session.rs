@@ -57,10 +57,9 @@ impl SessionError {
                 sqlstate::CONNECTION_FAILURE,
                 format!("server connection lost: {e}"),
             ),
-            Self::Acquire(AcquireError::Timeout(..)) => (
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!("pgsidecar: {}", self),
-            ),
+            Self::Acquire(AcquireError::Timeout(..)) => {
+                (sqlstate::TOO_MANY_CONNECTIONS, format!("pgsidecar: {self}"))
+            }
             Self::Acquire(AcquireError::Backend(BackendError::Server(fields)))
             | Self::Setup(BackendError::Server(fields)) => {
                 (fields.code.as_str(), fields.message.clone())
@@ -182,14 +181,13 @@ impl Session {
 
     async fn serve_all(&mut self, held: &mut Option<Checkout>) -> Result<(), SessionError> {
         loop {
-            let mut checkout = match held.take() {
-                Some(checkout) => checkout,
-                None => {
-                    if !self.wait_for_request().await? {
-                        return Ok(());
-                    }
-                    self.acquire().await?
+            let mut checkout = if let Some(checkout) = held.take() {
+                checkout
+            } else {
+                if !self.wait_for_request().await? {
+                    return Ok(());
                 }
+                self.acquire().await?
             };
             let mut tracker = Tracker::default();
             match self.forward(checkout.conn(), &mut tracker).await {

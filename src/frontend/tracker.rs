@@ -2,8 +2,10 @@
 //! the server connection back only when every Query and Sync has its ReadyForQuery, the server
 //! is idle (`I`), no COPY is in progress and no extended-protocol batch is half sent.
 
-/// Protocol position of one checkout.
+/// Protocol position of one checkout. The flags are independent facts of the protocol, not a
+/// state enum in disguise.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)]
 pub struct Tracker {
     /// Query, Sync and FunctionCall messages sent and not yet answered by ReadyForQuery.
     pending: usize,

@@ -100,6 +100,9 @@ pub fn parse_startup(mut packet: BytesMut) -> Result<StartupRequest, WireError> 
 }
 
 /// Encodes a v3.0 StartupMessage, for the proxy's own logins to the server.
+///
+/// # Panics
+/// If the parameters exceed the 10,000-byte startup limit.
 #[must_use]
 pub fn encode_startup(params: &BTreeMap<String, String>) -> BytesMut {
     let mut startup = Startup::new();

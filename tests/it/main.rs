@@ -1,1 +1,12 @@
+//! Integration tests: one binary, a module per area, all against a real PostgreSQL.
 
+#![allow(clippy::doc_markdown)]
+
+mod support;
+
+mod cli;
+mod copy;
+mod failures;
+mod pooling;
+mod protocol;
+mod tools;

@@ -1,0 +1,179 @@
+//! The test harness: one ephemeral PostgreSQL cluster per test run, a fresh database per test,
+//! and in-process proxies configured per test.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pgsidecar::config::{Config, Overrides};
+use pgsidecar::dev::{LocalCluster, free_port, pg_bindir};
+use pgsidecar::frontend::Proxy;
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+
+/// The cluster shared by all tests of this run.
+pub struct TestCluster {
+    cluster: LocalCluster,
+    dir: PathBuf,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+fn start_cluster() -> TestCluster {
+    let dir = std::env::temp_dir().join(format!("pgsidecar-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port().expect("a free port");
+    let cluster = LocalCluster::new(&dir, port);
+    cluster.init("scram-sha-256").expect("initdb");
+    cluster
+        .start(&[("max_connections", "400"), ("shared_buffers", "64MB")])
+        .expect("PostgreSQL starts");
+    // Stop the cluster and remove its files once this test process is gone.
+    let pg_ctl = pg_bindir().join("pg_ctl");
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         if [ \"$(id -u)\" = 0 ]; then runuser -u postgres -- {ctl} -D {data} -m immediate stop; \
+         else {ctl} -D {data} -m immediate stop; fi; rm -rf {dir}",
+        pid = std::process::id(),
+        ctl = pg_ctl.display(),
+        data = dir.join("data").display(),
+        dir = dir.display(),
+    );
+    // Deliberately never waited for: it must outlive this process to clean up after it.
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .args(["-c", &watchdog])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watchdog starts");
+    TestCluster { cluster, dir }
+}
+
+/// The shared cluster, started on first use.
+pub fn cluster() -> &'static TestCluster {
+    CLUSTER.get_or_init(start_cluster)
+}
+
+impl TestCluster {
+    /// The server's TCP port.
+    pub fn port(&self) -> u16 {
+        self.cluster.port()
+    }
+
+    /// A superuser URL straight to the server.
+    pub fn url(&self, database: &str) -> String {
+        self.cluster.url(database)
+    }
+
+    /// The cluster's directory (socket and log live there).
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// A direct superuser connection to `database`, bypassing the proxy.
+pub async fn direct(database: &str) -> Client {
+    connect(&cluster().url(database))
+        .await
+        .expect("direct connection")
+}
+
+/// Creates an empty database for one test and returns its name.
+pub async fn fresh_database() -> String {
+    let name = format!("it_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+    let admin = direct("postgres").await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    name
+}
+
+/// A proxy running inside the test process.
+pub struct TestProxy {
+    /// Where clients connect.
+    pub port: u16,
+    _shutdown: watch::Sender<bool>,
+}
+
+impl TestProxy {
+    /// A URL through the proxy as the `postgres` user.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:postgres@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    /// Connects through the proxy.
+    pub async fn connect(&self, database: &str) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.url(database)).await
+    }
+}
+
+/// Overrides for a trust-auth proxy in front of the shared cluster.
+pub fn overrides(pool_mode: &str, pool_size: usize) -> Overrides {
+    Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        upstream: Some(format!(
+            "postgres://postgres:postgres@127.0.0.1:{}",
+            cluster().port()
+        )),
+        auth: Some("trust".into()),
+        pool_mode: Some(pool_mode.into()),
+        pool_size: Some(pool_size.to_string()),
+        ..Overrides::default()
+    }
+}
+
+/// Starts a proxy with `overrides` and, optionally, a config file's text.
+pub async fn start_proxy_with(overrides: &Overrides, file: Option<&str>) -> TestProxy {
+    let path = file.map(|text| {
+        let path = std::env::temp_dir().join(format!(
+            "pgsidecar-it-{}-{}.toml",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).expect("write test config");
+        path
+    });
+    let config = Config::load(path.as_deref(), overrides).expect("valid test config");
+    let proxy = Proxy::bind(config).await.expect("proxy binds");
+    let port = proxy.local_addr().expect("local addr").port();
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(proxy.run(rx));
+    TestProxy {
+        port,
+        _shutdown: tx,
+    }
+}
+
+/// Starts a trust-auth proxy in the given mode and pool size.
+pub async fn start_proxy(pool_mode: &str, pool_size: usize) -> TestProxy {
+    start_proxy_with(&overrides(pool_mode, pool_size), None).await
+}
+
+/// The SQLSTATE of a tokio-postgres error, or a panic naming the error.
+pub fn sqlstate(error: &tokio_postgres::Error) -> String {
+    match error.code() {
+        Some(code) => code.code().to_owned(),
+        None => panic!("error without SQLSTATE: {error:?}"),
+    }
+}
+
+/// Path of a PostgreSQL client program (psql, pgbench).
+pub fn pg_program(name: &str) -> PathBuf {
+    pg_bindir().join(name)
+}
