@@ -121,9 +121,13 @@ async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: Sock
             return;
         }
     };
-    if let Err(e) = session.run(held).await {
-        tracing::info!(%peer, error = %e, "session ended with an error");
-    }
+    // The session runs as a task of its own so that an idle client costs only the session's
+    // state, not the (larger) login state machine this task carries.
+    tokio::spawn(async move {
+        if let Err(e) = session.run(held).await {
+            tracing::info!(%peer, error = %e, "session ended with an error");
+        }
+    });
 }
 
 /// A client that has authenticated.

@@ -187,19 +187,21 @@ impl Session {
                 if !self.wait_for_request().await? {
                     return Ok(());
                 }
-                self.acquire().await?
+                Box::pin(self.acquire()).await?
             };
             let mut tracker = Tracker::default();
-            match self.forward(checkout.conn(), &mut tracker).await {
+            // The busy-path futures are boxed: an idle session's task then only holds the
+            // small waiting state, which keeps thousands of idle clients cheap.
+            match Box::pin(self.forward(checkout.conn(), &mut tracker)).await {
                 Ok(Step::Released) => self.release(checkout),
                 Ok(Step::ClientEnded) => {
-                    self.finish(checkout, &tracker).await;
+                    Box::pin(self.finish(checkout, &tracker)).await;
                     return Ok(());
                 }
                 Err(e) => {
                     self.cancel.set(None);
                     let running = !matches!(e, SessionError::ServerLost(_));
-                    checkout.discard(running).await;
+                    Box::pin(checkout.discard(running)).await;
                     return Err(e);
                 }
             }

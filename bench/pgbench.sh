@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# pgbench -S through nothing, pgsidecar and PgBouncer, alternating, and the proxy's memory and
+# behaviour under many clients. Run by hand (not in CI): bench/pgbench.sh [seconds] [rounds]
+# Prints a markdown table of median TPS per target and client count, and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${1:-20}
+ROUNDS=${2:-3}
+CLIENT_COUNTS=${CLIENT_COUNTS:-"16 500"}
+POOL=20
+BIN=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/pgsidecar-bench.XXXX)
+chmod 755 "$work"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --quiet
+PGPORT=$(free_port); SIDECAR_PORT=$(free_port); BOUNCER_PORT=$(free_port)
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+
+cleanup() {
+  [ -n "${SIDECAR_PID:-}" ] && kill "$SIDECAR_PID" 2>/dev/null || true
+  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+  as_pg "$BIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+as_pg "$BIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
+  -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c max_connections=700 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
+  start >/dev/null
+"$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
+
+${SIDECAR_PREFIX:-} ./target/release/pgsidecar proxy --listen "127.0.0.1:$SIDECAR_PORT" \
+  --upstream "postgres://postgres@127.0.0.1:$PGPORT" --auth trust --pool-mode transaction \
+  --pool-size "$POOL" --max-client-conn 20000 --acquire-timeout 30s 2>"$work/sidecar.log" &
+SIDECAR_PID=$!
+
+cat > "$work/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$PGPORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = 20000
+query_wait_timeout = 30
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+echo '"postgres" ""' > "$work/userlist.txt"
+[ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
+as_pg pgbouncer -d "$work/pgbouncer.ini"
+sleep 1
+
+port_of() { case $1 in direct) echo "$PGPORT";; pgsidecar) echo "$SIDECAR_PORT";; pgbouncer) echo "$BOUNCER_PORT";; esac; }
+run_pgbench() { # target clients seconds -> "tps failed"
+  local out
+  out=$("$BIN/pgbench" -n -S -c "$2" -j 2 -T "$3" -h 127.0.0.1 -p "$(port_of "$1")" -U postgres postgres 2>&1) || true
+  local tps failed
+  tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out")
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+  echo "${tps:-0} ${failed:-?}"
+}
+
+declare -A results
+for round in $(seq "$ROUNDS"); do
+  for clients in $CLIENT_COUNTS; do
+    for target in direct pgsidecar pgbouncer; do
+      read -r tps failed < <(run_pgbench "$target" "$clients" "$SECONDS_PER_RUN")
+      results[$target,$clients]+="$tps "
+      echo "round $round  clients $clients  $target: tps $tps, failed $failed" >&2
+    done
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+echo
+echo "| clients | direct | pgsidecar | PgBouncer | pgsidecar/PgBouncer | pgsidecar/direct |"
+echo "|---|---|---|---|---|---|"
+for clients in $CLIENT_COUNTS; do
+  d=$(median <<<"${results[direct,$clients]}")
+  s=$(median <<<"${results[pgsidecar,$clients]}")
+  b=$(median <<<"${results[pgbouncer,$clients]}")
+  awk -v c="$clients" -v d="$d" -v s="$s" -v b="$b" \
+    'BEGIN { printf "| %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n", c, d, s, b, (b ? s / b : 0), (d ? s / d : 0) }'
+done
+
+echo
+python3 bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
+
+read -r tps failed < <(run_pgbench pgsidecar 5000 "$SECONDS_PER_RUN")
+echo "5000 clients on pool $POOL through pgsidecar: tps $tps, failed transactions $failed"
+echo "pgsidecar peak RSS: $(awk '/VmHWM/ {print $2}' "/proc/$SIDECAR_PID/status") KiB"
