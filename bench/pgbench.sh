@@ -60,6 +60,9 @@ echo '"postgres" ""' > "$work/userlist.txt"
 as_pg pgbouncer -d "$work/pgbouncer.ini"
 sleep 1
 
+# Memory first, on the fresh proxy: a warm-up batch of idle clients, then a measured one.
+python3 bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
+
 port_of() { case $1 in direct) echo "$PGPORT";; pgsidecar) echo "$SIDECAR_PORT";; pgbouncer) echo "$BOUNCER_PORT";; esac; }
 run_pgbench() { # target clients seconds -> "tps failed"
   local out
@@ -94,7 +97,6 @@ for clients in $CLIENT_COUNTS; do
 done
 
 echo
-python3 bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
 
 read -r tps failed < <(run_pgbench pgsidecar 5000 "$SECONDS_PER_RUN")
 echo "5000 clients on pool $POOL through pgsidecar: tps $tps, failed transactions $failed"

@@ -105,7 +105,9 @@ impl LocalCluster {
         self.port
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The data directory (`PGDATA`).
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 

@@ -7,6 +7,7 @@
 // backticking every one of them would bury the prose.
 #![allow(clippy::doc_markdown)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod config;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use pgsidecar::admin::AdminServer;
 use pgsidecar::config::{Config, Overrides};
 use pgsidecar::frontend::Proxy;
 use tokio::sync::watch;
@@ -140,7 +141,20 @@ async fn run_proxy(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(listen = %proxy.local_addr()?, upstream = %format!("{}:{}", config.upstream.host, config.upstream.port), "pgsidecar proxy ready");
-    proxy.run(shutdown_on_signal()).await;
+    let shutdown = shutdown_on_signal();
+    if let Some(addr) = config.admin_listen {
+        let admin = AdminServer::bind(addr, proxy.context())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
+        tracing::info!(admin = %admin.local_addr()?, "admin endpoints ready");
+        let admin_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin.run(admin_shutdown).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    proxy.run(shutdown).await;
     Ok(())
 }
 

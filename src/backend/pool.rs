@@ -120,10 +120,10 @@ impl ServerPool {
         &self.settings
     }
 
-    /// Server connections open now (idle and in use).
+    /// Server connections open, idle, and clients waiting, right now.
     #[must_use]
-    pub fn size(&self) -> usize {
-        self.pool.status().size
+    pub fn usage(&self) -> deadpool::Status {
+        self.pool.status()
     }
 
     /// Waits (FIFO, up to the acquire timeout) for a server connection.

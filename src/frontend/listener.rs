@@ -88,7 +88,7 @@ impl Proxy {
 async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    let _counted = ClientCount(Arc::clone(&ctx));
+    let counted = ClientCount(Arc::clone(&ctx));
     let deadline = ctx.config.client_login_timeout;
     let login = match tokio::time::timeout(deadline, login(&ctx, &mut stream, count)).await {
         Ok(Ok(Some(login))) => login,
@@ -124,6 +124,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: Sock
     // The session runs as a task of its own so that an idle client costs only the session's
     // state, not the (larger) login state machine this task carries.
     tokio::spawn(async move {
+        let _counted = counted;
         if let Err(e) = session.run(held).await {
             tracing::info!(%peer, error = %e, "session ended with an error");
         }

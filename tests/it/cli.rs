@@ -45,3 +45,73 @@ fn passwd_prints_a_verifier_the_config_accepts() {
     assert!(verifier.starts_with("SCRAM-SHA-256$4096:"));
     assert!(pgsidecar::auth::ScramVerifier::parse(verifier.trim()).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_profile_starts_postgres_with_pgvector_and_stops_cleanly() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = std::env::temp_dir().join(format!("pgsidecar-dev-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = pgsidecar::dev::free_port().unwrap();
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args([
+            "dev",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("DATABASE_URL=") {
+                return url.to_owned();
+            }
+        }
+        panic!("dev exited without printing DATABASE_URL");
+    })
+    .await
+    .expect("dev starts within a minute");
+    assert_eq!(
+        url,
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    );
+    let client = crate::support::connect(&url).await.unwrap();
+    let version: String = client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.8.0");
+    drop(client);
+    let pid = dev.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), dev.wait())
+        .await
+        .expect("dev stops within 30 s")
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push_str(&line);
+    }
+    assert!(rest.contains("stopped"), "{rest}");
+    assert!(
+        !dir.join("data/postmaster.pid").exists(),
+        "PostgreSQL is still running"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

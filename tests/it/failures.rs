@@ -196,3 +196,31 @@ async fn unknown_database_reports_the_server_error() {
     let err = proxy.connect("no_such_db").await.unwrap_err();
     assert_eq!(sqlstate(&err), "3D000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_logs_in_with_md5_and_cleartext_passwords() {
+    let db = fresh_database().await;
+    for (user, password) in [("md5_user", "md5pass"), ("plain_user", "plainpass")] {
+        let mut settings = overrides("transaction", 2);
+        settings.upstream = Some(format!(
+            "postgres://{user}:{password}@127.0.0.1:{}",
+            crate::support::cluster().port()
+        ));
+        let proxy = start_proxy_with(&settings, None).await;
+        let client = proxy.connect(&db).await.unwrap();
+        let who: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, user);
+        let mut wrong = overrides("transaction", 2);
+        wrong.upstream = Some(format!(
+            "postgres://{user}:nope@127.0.0.1:{}",
+            crate::support::cluster().port()
+        ));
+        let proxy = start_proxy_with(&wrong, None).await;
+        let err = proxy.connect(&db).await.unwrap_err();
+        assert_eq!(sqlstate(&err), "28P01", "{user}");
+    }
+}

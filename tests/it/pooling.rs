@@ -135,3 +135,28 @@ async fn session_mode_resets_state_before_reuse() {
     assert_eq!(row.get::<_, i64>(2), 0);
     assert!(row.get::<_, bool>(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_conn_refuses_the_extra_client_with_53300() {
+    let db = fresh_database().await;
+    let mut settings = overrides("transaction", 2);
+    settings.max_client_conn = Some("2".into());
+    let proxy = start_proxy_with(&settings, None).await;
+    let first = proxy.connect(&db).await.unwrap();
+    let second = proxy.connect(&db).await.unwrap();
+    let err = proxy.connect(&db).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "53300");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = proxy.connect(&db).await.unwrap();
+    for client in [&second, &third] {
+        assert_eq!(
+            client
+                .query_one("SELECT 1", &[])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            1
+        );
+    }
+}

@@ -27,6 +27,11 @@ fn start_cluster() -> TestCluster {
     let port = free_port().expect("a free port");
     let cluster = LocalCluster::new(&dir, port);
     cluster.init("scram-sha-256").expect("initdb");
+    // Two users that make the proxy log in with md5 and with a cleartext password.
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    let extra = "host all md5_user 127.0.0.1/32 md5\nhost all plain_user 127.0.0.1/32 password\n";
+    std::fs::write(&hba, format!("{extra}{rules}")).expect("write pg_hba.conf");
     cluster
         .start(&[("max_connections", "400"), ("shared_buffers", "64MB")])
         .expect("PostgreSQL starts");
@@ -50,6 +55,26 @@ fn start_cluster() -> TestCluster {
         .stderr(Stdio::null())
         .spawn()
         .expect("watchdog starts");
+    let setup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"), NoTls)
+                .await
+                .expect("connect for setup");
+            tokio::spawn(connection);
+            client
+                .batch_execute(
+                    "SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5pass'; \
+                     RESET password_encryption; CREATE ROLE plain_user LOGIN PASSWORD 'plainpass';",
+                )
+                .await
+                .expect("create test roles");
+        });
+    });
+    setup.join().expect("cluster setup");
     TestCluster { cluster, dir }
 }
 
@@ -105,6 +130,8 @@ pub async fn fresh_database() -> String {
 pub struct TestProxy {
     /// Where clients connect.
     pub port: u16,
+    /// The proxy's shared state, for the admin side.
+    pub ctx: std::sync::Arc<pgsidecar::frontend::ProxyContext>,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -152,10 +179,12 @@ pub async fn start_proxy_with(overrides: &Overrides, file: Option<&str>) -> Test
     let config = Config::load(path.as_deref(), overrides).expect("valid test config");
     let proxy = Proxy::bind(config).await.expect("proxy binds");
     let port = proxy.local_addr().expect("local addr").port();
+    let ctx = proxy.context();
     let (tx, rx) = watch::channel(false);
     tokio::spawn(proxy.run(rx));
     TestProxy {
         port,
+        ctx,
         _shutdown: tx,
     }
 }
