@@ -178,6 +178,8 @@ pub struct PoolSettings {
     pub server_lifetime: Duration,
     /// Limit on opening and logging in one server connection.
     pub server_connect_timeout: Duration,
+    /// Statements each server connection keeps prepared for transaction-mode clients (LRU).
+    pub max_prepared_statements: usize,
 }
 
 /// A user clients may log in as, and the secret the proxy uses toward the server for them.
@@ -271,6 +273,7 @@ struct PoolFile {
     server_idle_timeout: Option<Scalar>,
     server_lifetime: Option<Scalar>,
     server_connect_timeout: Option<Scalar>,
+    max_prepared_statements: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +317,7 @@ pub struct Overrides {
     pub server_idle_timeout: Option<String>,
     pub server_lifetime: Option<String>,
     pub server_connect_timeout: Option<String>,
+    pub max_prepared_statements: Option<String>,
     pub client_login_timeout: Option<String>,
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
@@ -350,6 +354,10 @@ impl Overrides {
         set(
             &mut file.pool.server_connect_timeout,
             self.server_connect_timeout.as_ref(),
+        );
+        set(
+            &mut file.pool.max_prepared_statements,
+            self.max_prepared_statements.as_ref(),
         );
         set(
             &mut file.client_login_timeout,
@@ -549,6 +557,7 @@ fn default_pool() -> PoolSettings {
         server_idle_timeout: Duration::from_secs(600),
         server_lifetime: Duration::from_secs(3600),
         server_connect_timeout: Duration::from_secs(5),
+        max_prepared_statements: 200,
     }
 }
 
@@ -597,6 +606,12 @@ impl PoolFile {
                 self.server_connect_timeout.as_ref(),
                 base.server_connect_timeout,
                 parse_duration,
+            )?,
+            max_prepared_statements: field(
+                &key("max_prepared_statements"),
+                self.max_prepared_statements.as_ref(),
+                base.max_prepared_statements,
+                ranged(1, 100_000),
             )?,
         };
         if settings.min_idle > settings.size {

@@ -77,6 +77,9 @@ struct ProxyArgs {
     /// Limit for opening one server connection.
     #[arg(long, env = "PGSIDECAR_SERVER_CONNECT_TIMEOUT")]
     server_connect_timeout: Option<String>,
+    /// Statements each server connection keeps prepared for transaction-mode clients.
+    #[arg(long, env = "PGSIDECAR_MAX_PREPARED_STATEMENTS")]
+    max_prepared_statements: Option<String>,
     /// Clients must log in within this.
     #[arg(long, env = "PGSIDECAR_CLIENT_LOGIN_TIMEOUT")]
     client_login_timeout: Option<String>,
@@ -102,6 +105,7 @@ impl ProxyArgs {
             server_idle_timeout: self.server_idle_timeout,
             server_lifetime: self.server_lifetime,
             server_connect_timeout: self.server_connect_timeout,
+            max_prepared_statements: self.max_prepared_statements,
             client_login_timeout: self.client_login_timeout,
             max_client_conn: self.max_client_conn,
             max_message_size: self.max_message_size,

@@ -38,6 +38,8 @@ pub struct PoolStatus {
 pub struct Status {
     /// Client connections open now.
     pub clients: usize,
+    /// Clients pinned to their server connection in transaction mode, since start.
+    pub pinned_clients_total: u64,
     /// Every pool created so far.
     pub pools: Vec<PoolStatus>,
 }
@@ -66,6 +68,7 @@ impl Status {
         pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
         Self {
             clients: ctx.clients.load(Ordering::Relaxed),
+            pinned_clients_total: ctx.pinned_clients.load(Ordering::Relaxed),
             pools,
         }
     }

@@ -5,10 +5,12 @@ mod error;
 mod login;
 mod params;
 mod pool;
+mod prepared;
 mod server;
 
 pub use error::BackendError;
 pub use login::LoginTarget;
 pub use params::{ServerParams, is_parameter_name};
 pub use pool::{AcquireError, Checkout, PoolKey, PoolRegistry, ServerPool};
+pub use prepared::PreparedSet;
 pub use server::{CancelTarget, ServerConn};

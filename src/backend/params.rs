@@ -70,12 +70,21 @@ impl ServerParams {
     /// [`ServerParams::synced`] once the server has run it.
     #[must_use]
     pub fn sync_sql(&self, wanted: &BTreeMap<String, String>) -> Option<String> {
-        let mut sql = String::new();
+        // set_config() takes a value in its text form, so list settings such as search_path
+        // keep their elements (SET x TO 'a, b' would make them one quoted element).
+        let mut sets = String::new();
         for (name, value) in wanted {
             if self.effective(name) != Some(value.as_str()) && is_parameter_name(name) {
-                let _ = write!(sql, "SET {name} TO {};", quote_literal(value));
+                sets.push_str(if sets.is_empty() { "SELECT " } else { ", " });
+                let _ = write!(
+                    sets,
+                    "set_config({}, {}, false)",
+                    quote_literal(name),
+                    quote_literal(value)
+                );
             }
         }
+        let mut sql = if sets.is_empty() { sets } else { sets + ";" };
         for name in self.applied.keys() {
             if !wanted.contains_key(name) && is_parameter_name(name) {
                 let _ = write!(sql, "RESET {name};");
@@ -94,6 +103,11 @@ impl ServerParams {
                 self.applied.insert(name.clone(), value.clone());
             }
         }
+    }
+
+    /// Records a `RESET name`: that setting is back to its login default.
+    pub fn forget(&mut self, name: &str) {
+        self.applied.remove(name);
     }
 
     /// Records a `DISCARD ALL` / `RESET ALL`: everything is back to the login defaults.
@@ -124,7 +138,7 @@ mod tests {
         let wanted = map(&[("application_name", "it's"), ("search_path", "app")]);
         assert_eq!(
             params.sync_sql(&wanted).unwrap(),
-            "SET application_name TO 'it''s';SET search_path TO 'app';"
+            "SELECT set_config('application_name', 'it''s', false), set_config('search_path', 'app', false);"
         );
         params.synced(&wanted);
         assert_eq!(params.sync_sql(&wanted), None);

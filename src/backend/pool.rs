@@ -40,7 +40,12 @@ impl managed::Manager for ServerManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
-        ServerConn::connect(&self.target, self.settings.server_connect_timeout).await
+        ServerConn::connect(
+            &self.target,
+            self.settings.server_connect_timeout,
+            self.settings.max_prepared_statements,
+        )
+        .await
     }
 
     async fn recycle(

@@ -7,12 +7,43 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{BackendError, LoginTarget, ServerParams};
+use super::{BackendError, LoginTarget, PreparedSet, ServerParams};
 use crate::wire::messages::{ErrorFields, parse_parameter_status};
 use crate::wire::{WireError, read_frame};
 
 /// Largest message the proxy reads from a server when it converses itself (login, reset).
 const CONTROL_FRAME_LIMIT: usize = 64 << 20;
+
+/// The columns of a DataRow body as text.
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
+    let short = || WireError::protocol("truncated DataRow");
+    let count = u16::from_be_bytes(
+        body.get(..2)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?,
+    );
+    let mut rest = &body[2..];
+    let mut values = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let len = i32::from_be_bytes(
+            rest.get(..4)
+                .ok_or_else(short)?
+                .try_into()
+                .map_err(|_| short())?,
+        );
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| short())?;
+        let value = rest.get(..len).ok_or_else(short)?;
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = &rest[len..];
+    }
+    Ok(values)
+}
 
 /// Where to send a CancelRequest for whatever this server connection is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +84,8 @@ pub struct ServerConn {
     pub buf: BytesMut,
     /// Session settings in effect.
     pub params: ServerParams,
+    /// Statements pgsidecar has prepared on this connection for transaction-mode clients.
+    pub prepared: PreparedSet,
     cancel: CancelTarget,
 }
 
@@ -61,13 +94,20 @@ impl ServerConn {
     ///
     /// # Errors
     /// [`BackendError`] for an unreachable server, a refused login or a timeout.
-    pub async fn connect(target: &LoginTarget, timeout: Duration) -> Result<Self, BackendError> {
-        tokio::time::timeout(timeout, Self::connect_inner(target))
+    pub async fn connect(
+        target: &LoginTarget,
+        timeout: Duration,
+        max_prepared: usize,
+    ) -> Result<Self, BackendError> {
+        tokio::time::timeout(timeout, Self::connect_inner(target, max_prepared))
             .await
             .map_err(|_| BackendError::Timeout(timeout))?
     }
 
-    async fn connect_inner(target: &LoginTarget) -> Result<Self, BackendError> {
+    async fn connect_inner(
+        target: &LoginTarget,
+        max_prepared: usize,
+    ) -> Result<Self, BackendError> {
         let mut stream = TcpStream::connect(&target.address).await?;
         stream.set_nodelay(true)?;
         let addr = stream.peer_addr()?;
@@ -101,6 +141,7 @@ impl ServerConn {
             stream,
             buf,
             params,
+            prepared: PreparedSet::new(max_prepared),
             cancel: CancelTarget { addr, pid, secret },
         })
     }
@@ -128,6 +169,47 @@ impl ServerConn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
+    /// Runs a simple query and returns its first row as text (NULL as `None`), for the proxy's
+    /// own bookkeeping queries.
+    ///
+    /// # Errors
+    /// As [`ServerConn::run_quietly`].
+    ///
+    /// # Panics
+    /// If `sql` is longer than 4 GiB.
+    pub async fn fetch_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, BackendError> {
+        self.send_query(sql).await?;
+        let mut row = None;
+        let mut failure = None;
+        loop {
+            let frame = read_frame(&mut self.stream, &mut self.buf, CONTROL_FRAME_LIMIT).await?;
+            match frame.tag {
+                b'D' if row.is_none() => row = Some(parse_data_row(&frame.body)?),
+                b'S' => {
+                    let (name, value) = parse_parameter_status(&frame.body)?;
+                    self.params.observe(&name, &value);
+                }
+                b'E' => failure = Some(ErrorFields::parse(&frame.body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some(e) => Err(BackendError::Server(e)),
+            None => Ok(row.unwrap_or_default()),
+        }
+    }
+
+    async fn send_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        out.put_u8(b'Q');
+        out.put_u32(u32::try_from(sql.len() + 5).expect("proxy-built SQL is small"));
+        out.put_slice(sql.as_bytes());
+        out.put_u8(0);
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
     /// Runs `sql` as a simple query whose results nobody sees, reading up to ReadyForQuery.
     /// ParameterStatus changes are recorded. Used to apply settings and to reset a connection.
     ///
@@ -137,12 +219,7 @@ impl ServerConn {
     /// # Panics
     /// If `sql` is longer than 4 GiB.
     pub async fn run_quietly(&mut self, sql: &str) -> Result<(), BackendError> {
-        let mut out = BytesMut::with_capacity(sql.len() + 6);
-        out.put_u8(b'Q');
-        out.put_u32(u32::try_from(sql.len() + 5).expect("proxy-built SQL is small"));
-        out.put_slice(sql.as_bytes());
-        out.put_u8(0);
-        self.stream.write_all(&out).await?;
+        self.send_query(sql).await?;
         let mut failure = None;
         loop {
             let frame = read_frame(&mut self.stream, &mut self.buf, CONTROL_FRAME_LIMIT).await?;

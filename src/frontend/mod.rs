@@ -4,11 +4,15 @@ mod cancel;
 mod listener;
 mod login;
 mod params;
+mod responses;
+mod rewrite;
 mod session;
+mod sql;
+mod statements;
 mod tracker;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 pub use cancel::{CancelRegistry, CancelSlot};
 pub use listener::Proxy;
@@ -29,6 +33,8 @@ pub struct ProxyContext {
     pub cancels: CancelRegistry,
     /// Client connections open now.
     pub clients: AtomicUsize,
+    /// Clients pinned to a server connection in transaction mode, since start.
+    pub pinned_clients: AtomicU64,
 }
 
 impl ProxyContext {
@@ -41,6 +47,7 @@ impl ProxyContext {
             config,
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
+            pinned_clients: AtomicU64::new(0),
         })
     }
 }

@@ -53,6 +53,7 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
 /// The client's requested settings, kept in sync with what its own SQL changes.
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
+    startup: BTreeMap<String, String>,
     wanted: BTreeMap<String, String>,
 }
 
@@ -78,7 +79,10 @@ impl ClientParams {
         {
             return Err(format!("invalid parameter name \"{bad}\""));
         }
-        Ok(Self { wanted })
+        Ok(Self {
+            startup: wanted.clone(),
+            wanted,
+        })
     }
 
     /// The settings in effect for this client.
@@ -90,6 +94,23 @@ impl ClientParams {
     /// Records a ParameterStatus the client's own statements caused.
     pub fn observe(&mut self, name: &str, value: &str) {
         self.wanted.insert(name.to_owned(), value.to_owned());
+    }
+
+    /// `RESET name`: back to the startup value, or the server default.
+    pub fn reset(&mut self, name: &str) {
+        match self.startup.get(name) {
+            Some(value) => {
+                self.wanted.insert(name.to_owned(), value.clone());
+            }
+            None => {
+                self.wanted.remove(name);
+            }
+        }
+    }
+
+    /// `RESET ALL` / `DISCARD ALL`: back to the startup settings.
+    pub fn reset_all(&mut self) {
+        self.wanted.clone_from(&self.startup);
     }
 
     /// The SQL that brings `server` to this client's settings, if anything differs.

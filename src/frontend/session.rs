@@ -1,7 +1,9 @@
 //! One client's session after login: waits for the client's next transaction, lends it a server
 //! connection, forwards bytes both ways, and gives the connection back at the first safe point.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,7 +12,11 @@ use tokio::net::TcpStream;
 use super::ProxyContext;
 use super::cancel::CancelSlot;
 use super::params::ClientParams;
-use super::tracker::{Tracker, is_frontend_tag};
+use super::responses::ResponseQueue;
+use super::rewrite::Relay;
+use super::sql::Effect;
+use super::statements::ClientStatements;
+use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
 use crate::config::PoolMode;
 use crate::wire::messages::{
@@ -82,6 +88,22 @@ enum Step {
     ClientEnded,
 }
 
+/// The protocol position of one checkout: what the server still owes.
+#[derive(Default)]
+struct Conversation {
+    tracker: Tracker,
+    queue: ResponseQueue,
+    /// Session-level effects of statements sent, applied once the server is idle again.
+    effects: Vec<Effect>,
+}
+
+impl Conversation {
+    /// Nothing is owed and no transaction is open: the connection may go back.
+    fn is_idle(&self) -> bool {
+        self.tracker.is_idle() && self.queue.is_empty()
+    }
+}
+
 /// A logged-in client.
 pub struct Session {
     ctx: Arc<ProxyContext>,
@@ -89,6 +111,9 @@ pub struct Session {
     buf: BytesMut,
     pool: Arc<ServerPool>,
     params: ClientParams,
+    statements: ClientStatements,
+    /// Why the client keeps its server connection for the rest of its session, if it does.
+    pinned: Option<&'static str>,
     cancel: Arc<CancelSlot>,
 }
 
@@ -107,6 +132,8 @@ impl Session {
             buf: BytesMut::new(),
             pool,
             params,
+            statements: ClientStatements::default(),
+            pinned: None,
             cancel,
         }
     }
@@ -189,13 +216,13 @@ impl Session {
                 }
                 Box::pin(self.acquire()).await?
             };
-            let mut tracker = Tracker::default();
+            let mut talk = Conversation::default();
             // The busy-path futures are boxed: an idle session's task then only holds the
             // small waiting state, which keeps thousands of idle clients cheap.
-            match Box::pin(self.forward(checkout.conn(), &mut tracker)).await {
+            match Box::pin(self.forward(checkout.conn(), &mut talk)).await {
                 Ok(Step::Released) => self.release(checkout),
                 Ok(Step::ClientEnded) => {
-                    Box::pin(self.finish(checkout, &tracker)).await;
+                    Box::pin(self.finish(checkout, &talk)).await;
                     return Ok(());
                 }
                 Err(e) => {
@@ -234,12 +261,15 @@ impl Session {
     async fn forward(
         &mut self,
         server: &mut ServerConn,
-        tracker: &mut Tracker,
+        talk: &mut Conversation,
     ) -> Result<Step, SessionError> {
         let transaction_mode = self.mode() == PoolMode::Transaction;
         loop {
-            if self.forward_client_messages(server, tracker).await? {
+            if self.forward_client_messages(server, talk).await? {
                 return Ok(Step::ClientEnded);
+            }
+            if let Some(step) = self.at_rest(server, talk, transaction_mode).await? {
+                return Ok(step);
             }
             self.buf.reserve(READ_CHUNK);
             server.buf.reserve(READ_CHUNK);
@@ -255,55 +285,157 @@ impl Session {
                         Err(e) => return Err(SessionError::ServerLost(e.to_string())),
                         Ok(_) => {}
                     }
-                    if !self.forward_server_messages(server, tracker).await? {
+                    if !self.forward_server_messages(server, talk).await? {
                         return Ok(Step::ClientEnded);
                     }
-                    if transaction_mode && tracker.is_idle() && server.buf.is_empty() {
-                        return Ok(Step::Released);
+                    if let Some(step) = self.at_rest(server, talk, transaction_mode).await? {
+                        return Ok(step);
                     }
                 }
             }
         }
     }
 
-    /// Sends every complete client message to the server in one write. Returns true when the
-    /// client said Terminate.
+    /// When the server owes nothing and no transaction is open: applies the session effects of
+    /// what just ran, and says whether the connection can go back to the pool.
+    async fn at_rest(
+        &mut self,
+        server: &mut ServerConn,
+        talk: &mut Conversation,
+        transaction_mode: bool,
+    ) -> Result<Option<Step>, SessionError> {
+        if !talk.is_idle() || !server.buf.is_empty() {
+            return Ok(None);
+        }
+        if !talk.effects.is_empty() {
+            let effects = std::mem::take(&mut talk.effects);
+            self.settle(server, effects).await?;
+        }
+        Ok((transaction_mode && self.pinned.is_none()).then_some(Step::Released))
+    }
+
+    /// Brings the client's view of its session up to date with statements that changed it, and
+    /// the server connection up to the client's view.
+    async fn settle(
+        &mut self,
+        server: &mut ServerConn,
+        effects: Vec<Effect>,
+    ) -> Result<(), SessionError> {
+        let mut changed: Vec<String> = Vec::new();
+        let mut resync_prepared = false;
+        for effect in effects {
+            match effect {
+                Effect::Pin(reason) => self.pin(reason),
+                Effect::Set(name) => {
+                    if !changed.contains(&name) {
+                        changed.push(name);
+                    }
+                }
+                Effect::Reset(name) => {
+                    changed.retain(|n| *n != name);
+                    self.params.reset(&name);
+                    server.params.forget(&name);
+                }
+                Effect::ResetAll | Effect::DiscardAll => {
+                    changed.clear();
+                    self.params.reset_all();
+                    server.params.reset();
+                    resync_prepared = true;
+                }
+                Effect::ClientReset => {
+                    changed.clear();
+                    self.params.reset_all();
+                }
+                Effect::Deallocate(None) => resync_prepared = true,
+                Effect::Deallocate(Some(_)) => {}
+            }
+        }
+        if !changed.is_empty() {
+            let mut sql = String::from("SELECT ");
+            for (i, name) in changed.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let _ = write!(sql, "current_setting('{}', true)", name.replace('\'', "''"));
+            }
+            let values = server.fetch_row(&sql).await.map_err(SessionError::Setup)?;
+            for (name, value) in changed.iter().zip(values) {
+                if let Some(value) = value {
+                    server.params.observe(name, &value);
+                    self.params.observe(name, &value);
+                }
+            }
+        }
+        if resync_prepared && self.mode() == PoolMode::Transaction {
+            resync_prepared_set(server)
+                .await
+                .map_err(SessionError::Setup)?;
+        }
+        if let Some(sql) = self.params.sync_sql(&server.params) {
+            server
+                .run_quietly(&sql)
+                .await
+                .map_err(SessionError::Setup)?;
+            server.params.synced(self.params.wanted());
+        }
+        Ok(())
+    }
+
+    /// Keeps the client on its server connection for the rest of its session.
+    fn pin(&mut self, reason: &'static str) {
+        if self.pinned.is_none() && self.mode() == PoolMode::Transaction {
+            self.pinned = Some(reason);
+            self.ctx.pinned_clients.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pool = %self.pool.key(),
+                reason,
+                "client pinned to its server connection for the rest of its session"
+            );
+        }
+    }
+
+    fn relay<'a>(
+        &'a mut self,
+        server: &'a mut ServerConn,
+        talk: &'a mut Conversation,
+    ) -> Relay<'a> {
+        Relay {
+            statements: &mut self.statements,
+            prepared: &mut server.prepared,
+            queue: &mut talk.queue,
+            tracker: &mut talk.tracker,
+            rename: self.pool.settings().mode == PoolMode::Transaction,
+            pinned: self.pinned.is_some(),
+            effects: &mut talk.effects,
+        }
+    }
+
+    /// Sends every complete client message to the server in one write, and the proxy's own
+    /// answers to the client. Returns true when the client said Terminate.
     async fn forward_client_messages(
         &mut self,
         server: &mut ServerConn,
-        tracker: &mut Tracker,
+        talk: &mut Conversation,
     ) -> Result<bool, SessionError> {
         let limit = self.ctx.config.max_message_size;
-        let mut end = 0;
-        let mut terminate = false;
-        while let Some(header) =
-            FrameHeader::peek(&self.buf[end..], limit).map_err(SessionError::ClientProtocol)?
-        {
-            if header.tag == b'X' {
-                terminate = true;
-                break;
-            }
-            if !is_frontend_tag(header.tag) {
-                return Err(SessionError::ClientProtocol(WireError::protocol(format!(
-                    "invalid frontend message type {}",
-                    header.tag
-                ))));
-            }
-            tracker.client_message(header.tag);
-            end += header.total_len;
-        }
-        if end > 0 {
-            let chunk = self.buf.split_to(end);
+        let mut buf = std::mem::take(&mut self.buf);
+        let taken = self
+            .relay(server, talk)
+            .take_client_messages(&mut buf, limit);
+        self.buf = buf;
+        let chunk = taken.map_err(SessionError::ClientProtocol)?;
+        if !chunk.to_server.is_empty() {
             server
                 .stream
-                .write_all(&chunk)
+                .write_all(&chunk.to_server)
                 .await
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
         }
-        if terminate {
-            self.buf.clear();
+        let due = self.relay(server, talk).due_responses();
+        if !due.is_empty() {
+            self.client.write_all(&due).await?;
         }
-        Ok(terminate)
+        Ok(chunk.terminate)
     }
 
     /// Sends every complete server message to the client in one write, noting state changes.
@@ -311,42 +443,37 @@ impl Session {
     async fn forward_server_messages(
         &mut self,
         server: &mut ServerConn,
-        tracker: &mut Tracker,
+        talk: &mut Conversation,
     ) -> Result<bool, SessionError> {
-        let mut end = 0;
-        while let Some(header) = FrameHeader::peek(&server.buf[end..], usize::MAX)
-            .map_err(|e| SessionError::ServerLost(e.to_string()))?
-        {
-            let body = &server.buf[end + crate::wire::frame::HEADER_LEN..end + header.total_len];
-            if header.tag == b'S' {
-                if let Ok((name, value)) = parse_parameter_status(body) {
-                    server.params.observe(&name, &value);
-                    self.params.observe(&name, &value);
-                }
-            } else {
-                tracker.server_message(header.tag, body);
-            }
-            end += header.total_len;
+        let mut buf = std::mem::take(&mut server.buf);
+        let mut reported = Vec::new();
+        let taken = self
+            .relay(server, talk)
+            .take_server_messages(&mut buf, |body| {
+                reported.extend(parse_parameter_status(body));
+            });
+        server.buf = buf;
+        for (name, value) in reported {
+            server.params.observe(&name, &value);
+            self.params.observe(&name, &value);
         }
-        if end > 0 {
-            let chunk = server.buf.split_to(end);
-            if self.client.write_all(&chunk).await.is_err() {
-                return Ok(false);
-            }
+        let chunk = taken.map_err(|e| SessionError::ServerLost(e.to_string()))?;
+        if !chunk.is_empty() && self.client.write_all(&chunk).await.is_err() {
+            return Ok(false);
         }
         Ok(true)
     }
 
     /// The client has left: return its server connection clean, or close it.
-    async fn finish(&mut self, mut checkout: Checkout, tracker: &Tracker) {
+    async fn finish(&mut self, mut checkout: Checkout, talk: &Conversation) {
         self.cancel.set(None);
         let server = checkout.conn();
-        if !tracker.is_quiet() || !server.buf.is_empty() {
+        if !talk.tracker.is_quiet() || !talk.queue.is_empty() || !server.buf.is_empty() {
             checkout.discard(true).await;
             return;
         }
         let mut cleanup = Vec::with_capacity(2);
-        if !tracker.is_idle() {
+        if !talk.tracker.is_idle() {
             cleanup.push("ROLLBACK");
         }
         if self.mode() == PoolMode::Session {
@@ -363,7 +490,26 @@ impl Session {
         }
         if self.mode() == PoolMode::Session {
             server.params.reset();
+            server.prepared.clear();
         }
         checkout.release();
     }
+}
+
+/// Re-reads which pgsidecar statements a server connection holds, after the client ran something
+/// that may have dropped them (`DISCARD ALL`, `DEALLOCATE ALL` on a pinned connection).
+async fn resync_prepared_set(server: &mut ServerConn) -> Result<(), BackendError> {
+    let row = server
+        .fetch_row(&format!(
+            "SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE name LIKE '{}%'",
+            super::statements::SERVER_NAME_PREFIX
+        ))
+        .await?;
+    server.prepared.clear();
+    if let Some(Some(names)) = row.into_iter().next() {
+        for name in names.split(',') {
+            let _ = server.prepared.insert(name.into());
+        }
+    }
+    Ok(())
 }

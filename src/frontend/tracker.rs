@@ -117,6 +117,12 @@ impl Tracker {
         self.pending == 0 && !self.open_batch && !self.copy_in && !self.copy_out
     }
 
+    /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
+    #[must_use]
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
     /// Quiet and outside any transaction block: the connection may serve someone else.
     #[must_use]
     pub fn is_idle(&self) -> bool {

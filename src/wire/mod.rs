@@ -5,8 +5,10 @@
 //! itself sends. It knows nothing of pools, sessions or configuration.
 
 pub mod error;
+pub mod extended;
 pub mod frame;
 pub mod messages;
+pub mod splice;
 pub mod sqlstate;
 pub mod startup;
 

@@ -9,5 +9,7 @@ mod cli;
 mod copy;
 mod failures;
 mod pooling;
+mod prepared;
 mod protocol;
+mod session_state;
 mod tools;

@@ -1,0 +1,337 @@
+//! The responses a server connection owes the client, in order. Transaction pooling sometimes
+//! sends the server a Parse or Close the client never sent (a statement missing on this
+//! connection, an eviction) and sometimes answers a client message itself (a Parse the connection
+//! already has, a Close of a shared statement); this queue says which server responses to
+//! swallow and where the proxy's own responses go, so the client sees exactly what PostgreSQL
+//! would have sent it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::wire::extended::{put_command_complete, put_empty};
+use crate::wire::messages::put_ready_for_query;
+
+/// Who a ParseComplete/CloseComplete is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client sent the message; the response goes to it.
+    Client,
+    /// The proxy sent the message on its own; the response is swallowed.
+    Injected,
+    /// The proxy answers the client itself; the server is not involved.
+    Synthetic,
+}
+
+/// One expected response.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// ParseComplete. `prepared` names the server-side statement this Parse creates.
+    Parse {
+        /// Whose response it is.
+        origin: Origin,
+        /// Server-side statement created by this Parse, if pgsidecar named it.
+        prepared: Option<Arc<str>>,
+    },
+    /// BindComplete.
+    Bind,
+    /// ParameterDescription/RowDescription/NoData for a Describe.
+    Describe,
+    /// The results of an Execute, up to CommandComplete/EmptyQuery/PortalSuspended.
+    Execute,
+    /// CloseComplete.
+    Close {
+        /// Whose response it is.
+        origin: Origin,
+    },
+    /// ReadyForQuery for a Sync.
+    Sync,
+    /// Everything up to ReadyForQuery for a simple Query or FunctionCall.
+    Query,
+    /// Where the client ended a COPY FROM STDIN (CopyDone/CopyFail); owes nothing, but marks
+    /// which Syncs the server swallows while it is copying.
+    CopyEnd,
+    /// A simple Query the proxy answers itself with CommandComplete `tag` and ReadyForQuery.
+    LocalCommand {
+        /// Command tag, e.g. `DEALLOCATE`.
+        tag: &'static str,
+    },
+}
+
+impl Expect {
+    fn is_synthetic(&self) -> bool {
+        matches!(
+            self,
+            Self::Parse {
+                origin: Origin::Synthetic,
+                ..
+            } | Self::Close {
+                origin: Origin::Synthetic
+            } | Self::LocalCommand { .. }
+        )
+    }
+}
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it to the client.
+    Forward,
+    /// Drop it: it answers something the proxy sent on its own.
+    Swallow,
+}
+
+/// The queue of expected responses of one checkout.
+#[derive(Debug, Default)]
+pub struct ResponseQueue {
+    entries: VecDeque<Expect>,
+    /// The server is in COPY FROM STDIN and ignores Syncs until the client's CopyDone/CopyFail.
+    copy_in: bool,
+}
+
+impl ResponseQueue {
+    /// Records that a message owing `expect` was sent (or is answered by the proxy).
+    pub fn push(&mut self, expect: Expect) {
+        match expect {
+            Expect::Sync if self.copy_in => {}
+            Expect::CopyEnd if self.copy_in => self.copy_in = false,
+            expect => self.entries.push_back(expect),
+        }
+    }
+
+    /// The server started COPY FROM STDIN for the request at the front: the Syncs the client
+    /// sent after that request and before ending the copy are ignored by the server.
+    fn start_copy_in(&mut self) {
+        let end = self
+            .entries
+            .iter()
+            .skip(1)
+            .position(|e| matches!(e, Expect::CopyEnd))
+            .map(|i| i + 1);
+        let stop = end.unwrap_or(self.entries.len());
+        let mut index = 1;
+        let mut remaining = stop;
+        while index < remaining {
+            if matches!(self.entries[index], Expect::Sync) {
+                self.entries.remove(index);
+                remaining -= 1;
+            } else {
+                index += 1;
+            }
+        }
+        match end {
+            Some(_) => {
+                self.entries.remove(remaining);
+            }
+            None => self.copy_in = true,
+        }
+    }
+
+    /// Nothing is owed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the proxy's own responses that are now due (everything before them has been
+    /// answered). `status` is the transaction status a local ReadyForQuery reports.
+    pub fn emit_due(&mut self, out: &mut BytesMut, status: u8) {
+        while self.entries.front().is_some_and(Expect::is_synthetic) {
+            match self.entries.pop_front() {
+                Some(Expect::Parse { .. }) => put_empty(out, b'1'),
+                Some(Expect::Close { .. }) => put_empty(out, b'3'),
+                Some(Expect::LocalCommand { tag }) => {
+                    put_command_complete(out, tag);
+                    put_ready_for_query(out, status);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Accounts for one server message. Server-side statements whose Parse failed or was skipped
+    /// after an error are appended to `unprepared`.
+    pub fn on_server(&mut self, tag: u8, unprepared: &mut Vec<Arc<str>>) -> Verdict {
+        match tag {
+            b'1' => {
+                if let Some(Expect::Parse { origin, .. }) =
+                    self.pop_matching(|e| matches!(e, Expect::Parse { .. }))
+                {
+                    if origin == Origin::Injected {
+                        return Verdict::Swallow;
+                    }
+                }
+            }
+            b'2' => {
+                self.pop_matching(|e| matches!(e, Expect::Bind));
+            }
+            b'3' => {
+                if let Some(Expect::Close { origin }) =
+                    self.pop_matching(|e| matches!(e, Expect::Close { .. }))
+                {
+                    if origin == Origin::Injected {
+                        return Verdict::Swallow;
+                    }
+                }
+            }
+            b'T' | b'n' => {
+                if matches!(self.entries.front(), Some(Expect::Describe)) {
+                    self.entries.pop_front();
+                }
+            }
+            b'C' | b'I' | b's' => {
+                if matches!(self.entries.front(), Some(Expect::Execute)) {
+                    self.entries.pop_front();
+                }
+            }
+            b'E' => self.on_error(unprepared),
+            b'G' => self.start_copy_in(),
+            b'Z' => {
+                self.copy_in = false;
+                while let Some(entry) = self.entries.pop_front() {
+                    if matches!(entry, Expect::Sync | Expect::Query) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Verdict::Forward
+    }
+
+    /// The server skips everything up to the next Sync after an error in an extended batch.
+    fn on_error(&mut self, unprepared: &mut Vec<Arc<str>>) {
+        if matches!(self.entries.front(), Some(Expect::Query)) {
+            return;
+        }
+        while let Some(entry) = self.entries.front() {
+            if matches!(entry, Expect::Sync | Expect::Query) {
+                break;
+            }
+            if let Some(Expect::Parse {
+                origin: Origin::Client | Origin::Injected,
+                prepared: Some(name),
+            }) = self.entries.pop_front()
+            {
+                unprepared.push(name);
+            }
+        }
+    }
+
+    fn pop_matching(&mut self, wanted: impl Fn(&Expect) -> bool) -> Option<Expect> {
+        if self.entries.front().is_some_and(&wanted) {
+            self.entries.pop_front()
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(origin: Origin) -> Expect {
+        Expect::Parse {
+            origin,
+            prepared: Some("pgsc_a".into()),
+        }
+    }
+
+    #[test]
+    fn injected_parse_is_swallowed_and_synthetic_parse_emitted_in_place() {
+        let mut queue = ResponseQueue::default();
+        let mut gone = Vec::new();
+        queue.push(Expect::Bind);
+        queue.push(Expect::Execute);
+        queue.push(parse(Origin::Synthetic));
+        queue.push(parse(Origin::Injected));
+        queue.push(Expect::Bind);
+        queue.push(Expect::Sync);
+        let mut out = BytesMut::new();
+        queue.emit_due(&mut out, b'I');
+        assert!(
+            out.is_empty(),
+            "the synthetic ParseComplete waits for the Execute"
+        );
+        assert_eq!(queue.on_server(b'2', &mut gone), Verdict::Forward);
+        assert_eq!(queue.on_server(b'D', &mut gone), Verdict::Forward);
+        assert_eq!(queue.on_server(b'C', &mut gone), Verdict::Forward);
+        queue.emit_due(&mut out, b'I');
+        assert_eq!(&out[..], b"1\0\0\0\x04");
+        assert_eq!(queue.on_server(b'1', &mut gone), Verdict::Swallow);
+        assert_eq!(queue.on_server(b'2', &mut gone), Verdict::Forward);
+        assert_eq!(queue.on_server(b'Z', &mut gone), Verdict::Forward);
+        assert!(queue.is_empty() && gone.is_empty());
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_reports_unprepared_statements() {
+        let mut queue = ResponseQueue::default();
+        let mut gone = Vec::new();
+        queue.push(Expect::Bind);
+        queue.push(parse(Origin::Synthetic));
+        queue.push(parse(Origin::Client));
+        queue.push(Expect::Sync);
+        queue.push(Expect::Bind);
+        queue.push(Expect::Sync);
+        assert_eq!(queue.on_server(b'E', &mut gone), Verdict::Forward);
+        let mut out = BytesMut::new();
+        queue.emit_due(&mut out, b'I');
+        assert!(out.is_empty(), "a skipped Parse gets no ParseComplete");
+        assert_eq!(gone, vec![Arc::<str>::from("pgsc_a")]);
+        queue.on_server(b'Z', &mut gone);
+        queue.on_server(b'2', &mut gone);
+        queue.on_server(b'Z', &mut gone);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_not_answered() {
+        let mut gone = Vec::new();
+        // B E S d c S, all sent before the server's CopyInResponse.
+        let mut queue = ResponseQueue::default();
+        for e in [
+            Expect::Bind,
+            Expect::Execute,
+            Expect::Sync,
+            Expect::CopyEnd,
+            Expect::Sync,
+        ] {
+            queue.push(e);
+        }
+        for tag in b"2GCZ" {
+            queue.on_server(*tag, &mut gone);
+        }
+        assert!(queue.is_empty());
+        // B E S, CopyInResponse, then d S c S.
+        let mut queue = ResponseQueue::default();
+        for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
+            queue.push(e);
+        }
+        queue.on_server(b'2', &mut gone);
+        queue.on_server(b'G', &mut gone);
+        for e in [Expect::Sync, Expect::CopyEnd, Expect::Sync] {
+            queue.push(e);
+        }
+        queue.on_server(b'C', &mut gone);
+        assert!(!queue.is_empty());
+        queue.on_server(b'Z', &mut gone);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn errors_inside_a_simple_query_wait_for_its_ready() {
+        let mut queue = ResponseQueue::default();
+        let mut gone = Vec::new();
+        queue.push(Expect::Query);
+        queue.push(Expect::LocalCommand { tag: "DEALLOCATE" });
+        queue.on_server(b'T', &mut gone);
+        queue.on_server(b'E', &mut gone);
+        queue.on_server(b'Z', &mut gone);
+        let mut out = BytesMut::new();
+        queue.emit_due(&mut out, b'T');
+        assert_eq!(&out[..], b"C\0\0\0\x0fDEALLOCATE\0Z\0\0\0\x05T");
+    }
+}

@@ -1,0 +1,317 @@
+//! Turning a client's buffered messages into what the server connection is sent, and the
+//! server's into what the client sees. In transaction mode, named statements are renamed to
+//! their server-side names and prepared on demand on whichever connection the client holds;
+//! [`ResponseQueue`] keeps the two streams matched.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::responses::{Expect, Origin, ResponseQueue, Verdict};
+use super::sql::{Effect, classify, may_have_effects};
+use super::statements::{ClientStatements, StatementDef};
+use super::tracker::{Tracker, is_frontend_tag};
+use crate::backend::PreparedSet;
+use crate::wire::extended::{BindMessage, ParseMessage, TargetMessage, put_parse, put_target};
+use crate::wire::frame::HEADER_LEN;
+use crate::wire::messages::take_cstr;
+use crate::wire::splice::Splicer;
+use crate::wire::{FrameHeader, WireError};
+
+/// The state one pass over buffered messages reads and updates.
+pub struct Relay<'a> {
+    /// The client's named statements.
+    pub statements: &'a mut ClientStatements,
+    /// What the server connection has prepared.
+    pub prepared: &'a mut PreparedSet,
+    /// Responses owed to the client.
+    pub queue: &'a mut ResponseQueue,
+    /// Protocol position, for releasing the connection.
+    pub tracker: &'a mut Tracker,
+    /// Whether statement names are rewritten (transaction mode).
+    pub rename: bool,
+    /// The client keeps its server connection for good (session state that cannot move).
+    pub pinned: bool,
+    /// What the client's statements do to its session, for the session to apply.
+    pub effects: &'a mut Vec<Effect>,
+}
+
+/// What the client's buffered messages amount to.
+pub struct ClientChunk {
+    /// Bytes to send to the server (possibly empty).
+    pub to_server: BytesMut,
+    /// The client sent Terminate.
+    pub terminate: bool,
+}
+
+impl Relay<'_> {
+    /// Makes sure the server connection has `def` prepared, injecting Close messages for
+    /// evicted statements and a Parse whose response the client never sees.
+    fn ensure_prepared(&mut self, def: &StatementDef, out: &mut BytesMut) {
+        if self.prepared.touch(&def.server_name) {
+            return;
+        }
+        self.prepare(def, Origin::Injected, out);
+    }
+
+    fn prepare(&mut self, def: &StatementDef, origin: Origin, out: &mut BytesMut) {
+        for evicted in self.prepared.insert(Arc::clone(&def.server_name)) {
+            put_target(out, b'C', b'S', &evicted);
+            self.queue.push(Expect::Close {
+                origin: Origin::Injected,
+            });
+        }
+        put_parse(out, &def.server_name, &def.parse_tail);
+        self.queue.push(Expect::Parse {
+            origin,
+            prepared: Some(Arc::clone(&def.server_name)),
+        });
+    }
+
+    /// Rewrites one client message into `out`; returns false when it passes unchanged.
+    fn rewrite_client(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, WireError> {
+        match tag {
+            b'P' => {
+                let parse = ParseMessage::decode(body)?;
+                self.note_effects(parse.query());
+                if parse.name.is_empty() {
+                    self.queue.push(Expect::Parse {
+                        origin: Origin::Client,
+                        prepared: None,
+                    });
+                    return Ok(false);
+                }
+                let def = Arc::new(StatementDef::new(Bytes::copy_from_slice(parse.tail)));
+                self.statements.insert(parse.name, Arc::clone(&def));
+                if self.prepared.touch(&def.server_name) {
+                    self.queue.push(Expect::Parse {
+                        origin: Origin::Synthetic,
+                        prepared: None,
+                    });
+                } else {
+                    self.prepare(&def, Origin::Client, out);
+                }
+                Ok(true)
+            }
+            b'B' => {
+                let bind = BindMessage::decode(body)?;
+                let def = (!bind.statement.is_empty())
+                    .then(|| self.statements.get(bind.statement).cloned())
+                    .flatten();
+                let rewritten = def.is_some_and(|def| {
+                    self.ensure_prepared(&def, out);
+                    bind.put_renamed(out, &def.server_name);
+                    true
+                });
+                self.queue.push(Expect::Bind);
+                Ok(rewritten)
+            }
+            b'D' => {
+                let target = TargetMessage::decode(body)?;
+                let def = (target.kind == b'S' && !target.name.is_empty())
+                    .then(|| self.statements.get(target.name).cloned())
+                    .flatten();
+                let rewritten = def.is_some_and(|def| {
+                    self.ensure_prepared(&def, out);
+                    put_target(out, b'D', b'S', &def.server_name);
+                    true
+                });
+                self.queue.push(Expect::Describe);
+                Ok(rewritten)
+            }
+            b'C' => {
+                let target = TargetMessage::decode(body)?;
+                if target.kind == b'S' && !target.name.is_empty() {
+                    // Server-side statements are shared; the client's name just goes away.
+                    self.statements.remove(target.name);
+                    self.queue.push(Expect::Close {
+                        origin: Origin::Synthetic,
+                    });
+                    Ok(true)
+                } else {
+                    self.queue.push(Expect::Close {
+                        origin: Origin::Client,
+                    });
+                    Ok(false)
+                }
+            }
+            _ => {
+                self.account_plain(tag);
+                Ok(false)
+            }
+        }
+    }
+
+    fn note_effects(&mut self, sql: &str) {
+        if may_have_effects(sql) {
+            self.effects.extend(classify(sql).effects);
+        }
+    }
+
+    /// Answers a lone `DEALLOCATE` / `DISCARD ALL` from the client's own view of its session:
+    /// the server connection, shared with others, is left alone. Returns the command tag.
+    fn answer_locally(&mut self, sql: &str) -> Option<&'static str> {
+        if !may_have_effects(sql) {
+            return None;
+        }
+        let classified = classify(sql);
+        let lone = classified.statements == 1 && classified.effects.len() == 1;
+        if !lone || self.pinned || self.tracker.status() == b'E' {
+            self.effects.extend(classified.effects);
+            return None;
+        }
+        let tag = match &classified.effects[0] {
+            Effect::Deallocate(Some(name)) if self.statements.remove(name) => "DEALLOCATE",
+            Effect::Deallocate(None) => {
+                self.statements.clear();
+                "DEALLOCATE ALL"
+            }
+            Effect::DiscardAll if self.tracker.status() == b'I' => {
+                self.statements.clear();
+                self.effects.push(Effect::ClientReset);
+                "DISCARD ALL"
+            }
+            _ => {
+                self.effects.extend(classified.effects);
+                return None;
+            }
+        };
+        Some(tag)
+    }
+
+    fn account_plain(&mut self, tag: u8) {
+        match tag {
+            b'P' => self.queue.push(Expect::Parse {
+                origin: Origin::Client,
+                prepared: None,
+            }),
+            b'B' => self.queue.push(Expect::Bind),
+            b'D' => self.queue.push(Expect::Describe),
+            b'C' => self.queue.push(Expect::Close {
+                origin: Origin::Client,
+            }),
+            b'E' => self.queue.push(Expect::Execute),
+            b'S' => {
+                self.queue.push(Expect::Sync);
+                self.prepared.start_batch();
+            }
+            b'Q' | b'F' => {
+                self.queue.push(Expect::Query);
+                self.prepared.start_batch();
+            }
+            b'c' | b'f' => self.queue.push(Expect::CopyEnd),
+            _ => {}
+        }
+    }
+
+    /// Takes every complete message off the front of the client's buffer.
+    ///
+    /// # Errors
+    /// [`WireError`] for an oversized, malformed or unknown message.
+    pub fn take_client_messages(
+        &mut self,
+        buf: &mut BytesMut,
+        limit: usize,
+    ) -> Result<ClientChunk, WireError> {
+        let mut splicer = Splicer::default();
+        let mut end = 0;
+        let mut terminate = false;
+        let mut scratch = BytesMut::new();
+        while let Some(header) = FrameHeader::peek(&buf[end..], limit)? {
+            let next = end + header.total_len;
+            if header.tag == b'X' {
+                terminate = true;
+                break;
+            }
+            if !is_frontend_tag(header.tag) {
+                return Err(WireError::protocol(format!(
+                    "invalid frontend message type {}",
+                    header.tag
+                )));
+            }
+            let body = &buf[end + HEADER_LEN..next];
+            if self.rename && header.tag == b'Q' {
+                let (sql, _) = take_cstr(body)?;
+                if let Some(tag) = self.answer_locally(sql) {
+                    splicer.cut(buf, end, next);
+                    self.queue.push(Expect::LocalCommand { tag });
+                    end = next;
+                    continue;
+                }
+            }
+            let replaced = if self.rename && matches!(header.tag, b'P' | b'B' | b'D' | b'C') {
+                self.rewrite_client(header.tag, body, &mut scratch)?
+            } else {
+                self.account_plain(header.tag);
+                false
+            };
+            if replaced {
+                splicer.cut(buf, end, next);
+                splicer.insert(buf, next, &scratch);
+                scratch.clear();
+            }
+            self.tracker.client_message(header.tag);
+            end = next;
+        }
+        let to_server = splicer.finish(buf, end);
+        if terminate {
+            buf.clear();
+        }
+        Ok(ClientChunk {
+            to_server,
+            terminate,
+        })
+    }
+
+    /// Takes every complete message off the front of the server's buffer, with the proxy's own
+    /// responses spliced in and the responses to its injected messages cut out.
+    ///
+    /// # Errors
+    /// [`WireError`] if the server's framing is broken.
+    pub fn take_server_messages(
+        &mut self,
+        buf: &mut BytesMut,
+        mut on_parameter: impl FnMut(&[u8]),
+    ) -> Result<BytesMut, WireError> {
+        let mut splicer = Splicer::default();
+        let mut end = 0;
+        let mut unprepared = Vec::new();
+        let mut due = BytesMut::new();
+        while let Some(header) = FrameHeader::peek(&buf[end..], usize::MAX)? {
+            let next = end + header.total_len;
+            let body = &buf[end + HEADER_LEN..next];
+            if header.tag == b'S' {
+                on_parameter(body);
+            } else {
+                self.tracker.server_message(header.tag, body);
+            }
+            if self.queue.on_server(header.tag, &mut unprepared) == Verdict::Swallow {
+                splicer.cut(buf, end, next);
+            }
+            self.queue.emit_due(&mut due, self.tracker.status());
+            if !due.is_empty() {
+                splicer.insert(buf, next, &due);
+                due.clear();
+            }
+            end = next;
+        }
+        for name in unprepared {
+            self.prepared.remove(&name);
+        }
+        Ok(splicer.finish(buf, end))
+    }
+
+    /// The proxy's own responses that are due now, e.g. a ParseComplete for a statement the
+    /// connection already had, when nothing else is outstanding.
+    #[must_use]
+    pub fn due_responses(&mut self) -> BytesMut {
+        let mut due = BytesMut::new();
+        self.queue.emit_due(&mut due, self.tracker.status());
+        due
+    }
+}

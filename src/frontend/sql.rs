@@ -1,0 +1,352 @@
+//! Just enough SQL lexing to see what a client's statements do to its session: settings it
+//! changes, statements it deallocates, and state that cannot be shared across server connections.
+//! Quotes, dollar quotes and comments are honoured so that text inside them never counts.
+
+/// Something a statement does that transaction pooling must account for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A session-level `SET name ...` (not `SET LOCAL`).
+    Set(String),
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DEALLOCATE name`, or `DEALLOCATE ALL` when `None`.
+    Deallocate(Option<String>),
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// State that lives in the server session: the client must keep its connection.
+    Pin(&'static str),
+    /// The proxy answered `DISCARD ALL` itself: the client's settings go back to its startup
+    /// values, while the shared server connection was not touched.
+    ClientReset,
+}
+
+/// The effects of a query string and how many statements it holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Classified {
+    /// Non-empty statements in the string.
+    pub statements: usize,
+    /// Effects, in order.
+    pub effects: Vec<Effect>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    /// A keyword or unquoted identifier, lowercased.
+    Word(String),
+    /// A quoted identifier, as written.
+    Quoted(String),
+    /// A string literal's contents.
+    Literal(String),
+    /// Any other character.
+    Punct(char),
+    /// End of a statement.
+    Semicolon,
+}
+
+fn lex(sql: &str) -> Vec<Token> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            c if c.is_whitespace() => i += 1,
+            '-' if chars.get(i + 1) == Some(&'-') => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '/' if chars.get(i + 1) == Some(&'*') => {
+                let mut depth = 0;
+                while i < chars.len() {
+                    if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            '\'' | '"' => {
+                let mut text = String::new();
+                i += 1;
+                while i < chars.len() {
+                    if chars[i] == c {
+                        if chars.get(i + 1) == Some(&c) {
+                            text.push(c);
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    text.push(chars[i]);
+                    i += 1;
+                }
+                i += 1;
+                tokens.push(if c == '"' {
+                    Token::Quoted(text)
+                } else {
+                    Token::Literal(text)
+                });
+            }
+            '$' if dollar_tag(&chars, i).is_some() => {
+                let tag = dollar_tag(&chars, i).unwrap_or_default();
+                i += tag.len();
+                let mut text = String::new();
+                while i < chars.len() && !chars[i..].starts_with(&tag) {
+                    text.push(chars[i]);
+                    i += 1;
+                }
+                i += tag.len();
+                tokens.push(Token::Literal(text));
+            }
+            ';' => {
+                tokens.push(Token::Semicolon);
+                i += 1;
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+                {
+                    i += 1;
+                }
+                tokens.push(Token::Word(
+                    chars[start..i].iter().collect::<String>().to_lowercase(),
+                ));
+            }
+            c => {
+                tokens.push(Token::Punct(c));
+                i += 1;
+            }
+        }
+    }
+    tokens
+}
+
+/// The `$tag$` opening a dollar-quoted string at `i`, if one starts there.
+fn dollar_tag(chars: &[char], i: usize) -> Option<Vec<char>> {
+    let mut end = i + 1;
+    while end < chars.len() && (chars[end].is_alphanumeric() || chars[end] == '_') {
+        end += 1;
+    }
+    if chars.get(end) == Some(&'$') && !chars.get(i + 1).is_some_and(char::is_ascii_digit) {
+        Some(chars[i..=end].to_vec())
+    } else {
+        None
+    }
+}
+
+fn word(token: Option<&Token>) -> Option<&str> {
+    match token {
+        Some(Token::Word(w)) => Some(w),
+        _ => None,
+    }
+}
+
+/// A setting name at the front of `tokens`: `name`, `"Name"` or `ext.name`.
+fn setting_name(tokens: &[Token]) -> Option<String> {
+    let mut name = match tokens.first()? {
+        Token::Word(w) => w.clone(),
+        Token::Quoted(q) => q.clone(),
+        _ => return None,
+    };
+    if tokens.get(1) == Some(&Token::Punct('.')) {
+        if let Some(Token::Word(w) | Token::Quoted(w)) = tokens.get(2) {
+            name = format!("{name}.{w}");
+        }
+    }
+    Some(name)
+}
+
+fn special_setting(tokens: &[Token]) -> Option<(&'static str, usize)> {
+    match (word(tokens.first()), word(tokens.get(1))) {
+        (Some("time"), Some("zone")) => Some(("TimeZone", 2)),
+        (Some("names"), _) => Some(("client_encoding", 1)),
+        (Some("session"), Some("authorization")) => Some(("session_authorization", 2)),
+        (Some("role"), _) => Some(("role", 1)),
+        _ => None,
+    }
+}
+
+fn classify_statement(tokens: &[Token], effects: &mut Vec<Effect>) {
+    const SESSION_LOCKS: &[&str] = &[
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+    ];
+    let words: Vec<&str> = tokens.iter().filter_map(|t| word(Some(t))).collect();
+    if words.iter().any(|w| SESSION_LOCKS.contains(w)) {
+        effects.push(Effect::Pin("session advisory lock"));
+    }
+    if words.contains(&"set_config") {
+        effects.push(Effect::Pin("set_config()"));
+    }
+    match words.first().copied() {
+        Some("set") => {
+            let mut rest = &tokens[1..];
+            match word(rest.first()) {
+                Some("local" | "transaction" | "constraints") => return,
+                Some("session") if word(rest.get(1)) != Some("authorization") => rest = &rest[1..],
+                _ => {}
+            }
+            if let Some((name, _)) = special_setting(rest) {
+                effects.push(Effect::Set(name.to_owned()));
+            } else if let Some(name) = setting_name(rest) {
+                effects.push(Effect::Set(name));
+            }
+        }
+        Some("reset") => {
+            let rest = &tokens[1..];
+            if word(rest.first()) == Some("all") {
+                effects.push(Effect::ResetAll);
+            } else if let Some((name, _)) = special_setting(rest) {
+                effects.push(Effect::Reset(name.to_owned()));
+            } else if let Some(name) = setting_name(rest) {
+                effects.push(Effect::Reset(name));
+            }
+        }
+        Some("deallocate") => {
+            let mut rest = &tokens[1..];
+            if word(rest.first()) == Some("prepare") {
+                rest = &rest[1..];
+            }
+            match rest.first() {
+                Some(Token::Word(w)) if w == "all" => effects.push(Effect::Deallocate(None)),
+                Some(Token::Word(w) | Token::Quoted(w)) => {
+                    effects.push(Effect::Deallocate(Some(w.clone())));
+                }
+                _ => {}
+            }
+        }
+        Some("discard") if words.get(1) == Some(&"all") => effects.push(Effect::DiscardAll),
+        Some("listen") => effects.push(Effect::Pin("LISTEN")),
+        Some("prepare") => effects.push(Effect::Pin("SQL PREPARE")),
+        Some("create")
+            if words[1..]
+                .iter()
+                .take(2)
+                .any(|w| matches!(*w, "temp" | "temporary")) =>
+        {
+            effects.push(Effect::Pin("temporary table"));
+        }
+        Some("declare") if words.windows(2).any(|w| w == ["with", "hold"]) => {
+            effects.push(Effect::Pin("WITH HOLD cursor"));
+        }
+        _ => {}
+    }
+}
+
+/// What the statements of `sql` do to the session.
+#[must_use]
+pub fn classify(sql: &str) -> Classified {
+    let tokens = lex(sql);
+    let mut classified = Classified::default();
+    for statement in tokens.split(|t| *t == Token::Semicolon) {
+        if statement.is_empty() {
+            continue;
+        }
+        classified.statements += 1;
+        classify_statement(statement, &mut classified.effects);
+    }
+    classified
+}
+
+/// Whether a query string could possibly matter to [`classify`]: a cheap screen so that
+/// ordinary queries are not lexed on the hot path.
+#[must_use]
+pub fn may_have_effects(sql: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "set", "reset", "dealloc", "discard", "listen", "prepare", "temp", "hold", "advisory",
+    ];
+    let lower = sql.to_ascii_lowercase();
+    MARKERS.iter().any(|m| lower.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effects(sql: &str) -> Vec<Effect> {
+        classify(sql).effects
+    }
+
+    #[test]
+    fn settings() {
+        assert_eq!(
+            effects("SET search_path TO app, public"),
+            [Effect::Set("search_path".into())]
+        );
+        assert_eq!(
+            effects("set session work_mem = '8MB'"),
+            [Effect::Set("work_mem".into())]
+        );
+        assert_eq!(effects("SET LOCAL work_mem = '8MB'"), []);
+        assert_eq!(effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), []);
+        assert_eq!(
+            effects("SET TIME ZONE 'UTC'"),
+            [Effect::Set("TimeZone".into())]
+        );
+        assert_eq!(
+            effects("SET myapp.tenant = '7'"),
+            [Effect::Set("myapp.tenant".into())]
+        );
+        assert_eq!(
+            effects("RESET statement_timeout"),
+            [Effect::Reset("statement_timeout".into())]
+        );
+        assert_eq!(effects("reset all"), [Effect::ResetAll]);
+    }
+
+    #[test]
+    fn statements_and_pins() {
+        assert_eq!(
+            effects("DEALLOCATE PREPARE s1"),
+            [Effect::Deallocate(Some("s1".into()))]
+        );
+        assert_eq!(effects("deallocate all"), [Effect::Deallocate(None)]);
+        assert_eq!(effects("DISCARD ALL"), [Effect::DiscardAll]);
+        assert_eq!(effects("LISTEN jobs"), [Effect::Pin("LISTEN")]);
+        assert_eq!(
+            effects("CREATE TEMP TABLE t (x int)"),
+            [Effect::Pin("temporary table")]
+        );
+        assert_eq!(
+            effects("SELECT pg_advisory_lock(1)"),
+            [Effect::Pin("session advisory lock")]
+        );
+        assert_eq!(effects("SELECT pg_advisory_xact_lock(1)"), []);
+        assert_eq!(
+            effects("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+            [Effect::Pin("WITH HOLD cursor")]
+        );
+        assert_eq!(
+            effects("PREPARE q AS SELECT 1"),
+            [Effect::Pin("SQL PREPARE")]
+        );
+    }
+
+    #[test]
+    fn quotes_and_comments_hide_text() {
+        assert_eq!(effects("SELECT 'SET x = 1; LISTEN y'"), []);
+        assert_eq!(effects("SELECT $$ LISTEN y $$, $tag$;RESET ALL;$tag$"), []);
+        assert_eq!(effects("/* LISTEN x */ SELECT 1 -- RESET ALL\n"), []);
+        assert_eq!(effects("SELECT \"listen\" FROM t"), []);
+        let multi = classify("BEGIN; SET statement_timeout = 5; COMMIT;");
+        assert_eq!(multi.statements, 3);
+        assert_eq!(multi.effects, [Effect::Set("statement_timeout".into())]);
+        assert!(!may_have_effects(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        ));
+        assert!(may_have_effects("reset all"));
+    }
+}

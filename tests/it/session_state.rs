@@ -1,0 +1,171 @@
+//! Session state in transaction mode: settings follow their client, state that cannot move pins
+//! the client, and DEALLOCATE / DISCARD ALL touch only the client's own view.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use crate::support::{fresh_database, sqlstate, start_proxy};
+
+async fn setting(client: &tokio_postgres::Client, name: &str) -> String {
+    client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_set_follows_the_client_and_no_one_else() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 2).await;
+    let setter = proxy.connect(&db).await.unwrap();
+    let others: Vec<_> = futures::future::try_join_all((0..4).map(|_| proxy.connect(&db)))
+        .await
+        .unwrap();
+    setter
+        .batch_execute("SET work_mem = '3MB'; SET search_path = app, public")
+        .await
+        .unwrap();
+    setter
+        .batch_execute("BEGIN; SET LOCAL statement_timeout = '1s'; COMMIT")
+        .await
+        .unwrap();
+    for round in 0..10 {
+        assert_eq!(setting(&setter, "work_mem").await, "3MB", "round {round}");
+        assert_eq!(
+            setting(&setter, "search_path").await,
+            "app, public",
+            "round {round}"
+        );
+        assert_eq!(
+            setting(&setter, "statement_timeout").await,
+            "0",
+            "round {round}"
+        );
+        for other in &others {
+            assert_eq!(setting(other, "work_mem").await, "4MB", "round {round}");
+            assert_eq!(setting(other, "search_path").await, "\"$user\", public");
+        }
+    }
+    setter.batch_execute("RESET work_mem").await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(setting(&setter, "work_mem").await, "4MB");
+        assert_eq!(setting(&setter, "search_path").await, "app, public");
+    }
+    setter.batch_execute("SET work_mem = '5MB'").await.unwrap();
+    setter.batch_execute("RESET ALL").await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(setting(&setter, "work_mem").await, "4MB");
+        assert_eq!(setting(&setter, "search_path").await, "\"$user\", public");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_inside_a_rolled_back_transaction_does_not_stick() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 2).await;
+    let client = proxy.connect(&db).await.unwrap();
+    client
+        .batch_execute("BEGIN; SET work_mem = '9MB'; ROLLBACK")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN; SET work_mem = '7MB'; COMMIT")
+        .await
+        .unwrap();
+    let other = proxy.connect(&db).await.unwrap();
+    other.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(setting(&client, "work_mem").await, "7MB");
+    other.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_advisory_lock_pins_the_client() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 2).await;
+    let locker = proxy.connect(&db).await.unwrap();
+    let others: Vec<_> = futures::future::try_join_all((0..3).map(|_| proxy.connect(&db)))
+        .await
+        .unwrap();
+    locker
+        .batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    let mut pids = HashSet::new();
+    for _ in 0..20 {
+        let pid: i32 = locker
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        pids.insert(pid);
+        for other in &others {
+            let held: bool = other
+                .query_one("SELECT pg_try_advisory_xact_lock(4242)", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(!held, "another client got the pinned client's lock");
+        }
+    }
+    assert_eq!(pids.len(), 1, "the pinned client moved: {pids:?}");
+    assert_eq!(proxy.ctx.pinned_clients.load(Ordering::Relaxed), 1);
+    locker
+        .batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_and_execute_work_by_pinning() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 2).await;
+    let client = proxy.connect(&db).await.unwrap();
+    let busy = proxy.connect(&db).await.unwrap();
+    client
+        .batch_execute("PREPARE twice(int) AS SELECT $1 * 2")
+        .await
+        .unwrap();
+    for n in 0..10_i32 {
+        busy.batch_execute("SELECT 1").await.unwrap();
+        let rows = client
+            .simple_query(&format!("EXECUTE twice({n})"))
+            .await
+            .unwrap();
+        let value = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(value, (n * 2).to_string());
+    }
+    client.batch_execute("DEALLOCATE twice").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_all_and_discard_all_touch_only_the_callers_view() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 1).await;
+    let a = proxy.connect(&db).await.unwrap();
+    let b = proxy.connect(&db).await.unwrap();
+    let text = "SELECT 40 + 2";
+    let from_a = a.prepare(text).await.unwrap();
+    let from_b = b.prepare(text).await.unwrap();
+    a.batch_execute("DEALLOCATE ALL").await.unwrap();
+    let err = a.query_one(&from_a, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "26000");
+    assert_eq!(
+        b.query_one(&from_b, &[]).await.unwrap().get::<_, i32>(0),
+        42
+    );
+    b.batch_execute("SET work_mem = '6MB'").await.unwrap();
+    assert_eq!(setting(&b, "work_mem").await, "6MB");
+    b.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(setting(&b, "work_mem").await, "4MB");
+    let err = b.query_one(&from_b, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "26000");
+    let again = a.prepare(text).await.unwrap();
+    assert_eq!(a.query_one(&again, &[]).await.unwrap().get::<_, i32>(0), 42);
+}
