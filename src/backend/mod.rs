@@ -12,5 +12,5 @@ pub use error::BackendError;
 pub use login::LoginTarget;
 pub use params::{ServerParams, is_parameter_name};
 pub use pool::{AcquireError, Checkout, PoolKey, PoolRegistry, ServerPool};
-pub use prepared::PreparedSet;
+pub use prepared::{KnownStatements, PreparedSet};
 pub use server::{CancelTarget, ServerConn};

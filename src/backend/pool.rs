@@ -10,7 +10,7 @@ use deadpool::managed::{
     self, Metrics, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts,
 };
 
-use super::{BackendError, LoginTarget, ServerConn};
+use super::{BackendError, KnownStatements, LoginTarget, ServerConn};
 use crate::config::{Config, PoolSettings};
 
 /// Identifies a pool: the database and user a client logged in with.
@@ -90,6 +90,7 @@ pub struct ServerPool {
     key: PoolKey,
     settings: PoolSettings,
     pool: Pool<ServerManager>,
+    known: KnownStatements,
 }
 
 impl ServerPool {
@@ -108,6 +109,7 @@ impl ServerPool {
             key,
             settings,
             pool,
+            known: KnownStatements::default(),
         });
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
@@ -117,6 +119,12 @@ impl ServerPool {
     #[must_use]
     pub fn key(&self) -> &PoolKey {
         &self.key
+    }
+
+    /// Statements known to parse on this pool's server.
+    #[must_use]
+    pub fn known_statements(&self) -> &KnownStatements {
+        &self.known
     }
 
     /// The pool's settings.

@@ -1,8 +1,49 @@
 //! Which statements one server connection has prepared under pgsidecar's server-side names, with
 //! least-recently-used eviction so that a long-lived connection does not accumulate plans forever.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Server-side statements that some connection of a pool has parsed without error. A client's
+/// Parse of one of them, outside a transaction, is answered without taking a server connection,
+/// so that a driver preparing statements in blocking calls cannot starve the pool.
+#[derive(Debug, Default)]
+pub struct KnownStatements {
+    names: Mutex<HashSet<Arc<str>>>,
+}
+
+impl KnownStatements {
+    /// Forget everything past this many statements, so that ad-hoc statement texts do not grow
+    /// the set without bound.
+    const CAPACITY: usize = 10_000;
+
+    /// Records statements that parsed.
+    ///
+    /// # Panics
+    /// If the lock was poisoned.
+    pub fn remember(&self, names: Vec<Arc<str>>) {
+        if names.is_empty() {
+            return;
+        }
+        let mut known = self.names.lock().expect("known statements lock");
+        if known.len() + names.len() > Self::CAPACITY {
+            known.clear();
+        }
+        known.extend(names);
+    }
+
+    /// Whether `name` has parsed on some connection.
+    ///
+    /// # Panics
+    /// If the lock was poisoned.
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.names
+            .lock()
+            .expect("known statements lock")
+            .contains(name)
+    }
+}
 
 /// The prepared statements of one server connection.
 #[derive(Debug, Clone)]

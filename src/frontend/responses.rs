@@ -73,6 +73,15 @@ impl Expect {
     }
 }
 
+/// Server-side statements whose Parse the server answered.
+#[derive(Debug, Default)]
+pub struct PrepareOutcome {
+    /// Created: the statement text is valid.
+    pub created: Vec<Arc<str>>,
+    /// Not created: the Parse failed or the server skipped it.
+    pub failed: Vec<Arc<str>>,
+}
+
 /// What to do with one server message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -150,14 +159,15 @@ impl ResponseQueue {
         }
     }
 
-    /// Accounts for one server message. Server-side statements whose Parse failed or was skipped
-    /// after an error are appended to `unprepared`.
-    pub fn on_server(&mut self, tag: u8, unprepared: &mut Vec<Arc<str>>) -> Verdict {
+    /// Accounts for one server message, noting in `outcome` which server-side statements were
+    /// created and which were not (their Parse failed or was skipped after an error).
+    pub fn on_server(&mut self, tag: u8, outcome: &mut PrepareOutcome) -> Verdict {
         match tag {
             b'1' => {
-                if let Some(Expect::Parse { origin, .. }) =
+                if let Some(Expect::Parse { origin, prepared }) =
                     self.pop_matching(|e| matches!(e, Expect::Parse { .. }))
                 {
+                    outcome.created.extend(prepared);
                     if origin == Origin::Injected {
                         return Verdict::Swallow;
                     }
@@ -185,7 +195,7 @@ impl ResponseQueue {
                     self.entries.pop_front();
                 }
             }
-            b'E' => self.on_error(unprepared),
+            b'E' => self.on_error(&mut outcome.failed),
             b'G' => self.start_copy_in(),
             b'Z' => {
                 self.copy_in = false;
@@ -242,7 +252,7 @@ mod tests {
     #[test]
     fn injected_parse_is_swallowed_and_synthetic_parse_emitted_in_place() {
         let mut queue = ResponseQueue::default();
-        let mut gone = Vec::new();
+        let mut gone = PrepareOutcome::default();
         queue.push(Expect::Bind);
         queue.push(Expect::Execute);
         queue.push(parse(Origin::Synthetic));
@@ -263,13 +273,14 @@ mod tests {
         assert_eq!(queue.on_server(b'1', &mut gone), Verdict::Swallow);
         assert_eq!(queue.on_server(b'2', &mut gone), Verdict::Forward);
         assert_eq!(queue.on_server(b'Z', &mut gone), Verdict::Forward);
-        assert!(queue.is_empty() && gone.is_empty());
+        assert!(queue.is_empty() && gone.failed.is_empty());
+        assert_eq!(gone.created.len(), 1);
     }
 
     #[test]
     fn error_skips_to_sync_and_reports_unprepared_statements() {
         let mut queue = ResponseQueue::default();
-        let mut gone = Vec::new();
+        let mut gone = PrepareOutcome::default();
         queue.push(Expect::Bind);
         queue.push(parse(Origin::Synthetic));
         queue.push(parse(Origin::Client));
@@ -280,7 +291,7 @@ mod tests {
         let mut out = BytesMut::new();
         queue.emit_due(&mut out, b'I');
         assert!(out.is_empty(), "a skipped Parse gets no ParseComplete");
-        assert_eq!(gone, vec![Arc::<str>::from("pgsc_a")]);
+        assert_eq!(gone.failed, vec![Arc::<str>::from("pgsc_a")]);
         queue.on_server(b'Z', &mut gone);
         queue.on_server(b'2', &mut gone);
         queue.on_server(b'Z', &mut gone);
@@ -289,7 +300,7 @@ mod tests {
 
     #[test]
     fn syncs_sent_during_copy_in_are_not_answered() {
-        let mut gone = Vec::new();
+        let mut gone = PrepareOutcome::default();
         // B E S d c S, all sent before the server's CopyInResponse.
         let mut queue = ResponseQueue::default();
         for e in [
@@ -324,7 +335,7 @@ mod tests {
     #[test]
     fn errors_inside_a_simple_query_wait_for_its_ready() {
         let mut queue = ResponseQueue::default();
-        let mut gone = Vec::new();
+        let mut gone = PrepareOutcome::default();
         queue.push(Expect::Query);
         queue.push(Expect::LocalCommand { tag: "DEALLOCATE" });
         queue.on_server(b'T', &mut gone);

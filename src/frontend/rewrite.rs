@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::responses::{Expect, Origin, ResponseQueue, Verdict};
+use super::responses::{Expect, Origin, PrepareOutcome, ResponseQueue, Verdict};
 use super::sql::{Effect, classify, may_have_effects};
 use super::statements::{ClientStatements, StatementDef};
 use super::tracker::{Tracker, is_frontend_tag};
-use crate::backend::PreparedSet;
+use crate::backend::{KnownStatements, PreparedSet};
 use crate::wire::extended::{BindMessage, ParseMessage, TargetMessage, put_parse, put_target};
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::take_cstr;
@@ -24,6 +24,8 @@ pub struct Relay<'a> {
     pub statements: &'a mut ClientStatements,
     /// What the server connection has prepared.
     pub prepared: &'a mut PreparedSet,
+    /// Statements known to parse in this pool.
+    pub known: &'a KnownStatements,
     /// Responses owed to the client.
     pub queue: &'a mut ResponseQueue,
     /// Protocol position, for releasing the connection.
@@ -280,7 +282,7 @@ impl Relay<'_> {
     ) -> Result<BytesMut, WireError> {
         let mut splicer = Splicer::default();
         let mut end = 0;
-        let mut unprepared = Vec::new();
+        let mut outcome = PrepareOutcome::default();
         let mut due = BytesMut::new();
         while let Some(header) = FrameHeader::peek(&buf[end..], usize::MAX)? {
             let next = end + header.total_len;
@@ -290,7 +292,7 @@ impl Relay<'_> {
             } else {
                 self.tracker.server_message(header.tag, body);
             }
-            if self.queue.on_server(header.tag, &mut unprepared) == Verdict::Swallow {
+            if self.queue.on_server(header.tag, &mut outcome) == Verdict::Swallow {
                 splicer.cut(buf, end, next);
             }
             self.queue.emit_due(&mut due, self.tracker.status());
@@ -300,9 +302,10 @@ impl Relay<'_> {
             }
             end = next;
         }
-        for name in unprepared {
-            self.prepared.remove(&name);
+        for name in &outcome.failed {
+            self.prepared.remove(name);
         }
+        self.known.remember(outcome.created);
         Ok(splicer.finish(buf, end))
     }
 

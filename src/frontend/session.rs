@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,11 +14,13 @@ use super::cancel::CancelSlot;
 use super::params::ClientParams;
 use super::responses::ResponseQueue;
 use super::rewrite::Relay;
-use super::sql::Effect;
-use super::statements::ClientStatements;
+use super::sql::{Effect, may_have_effects};
+use super::statements::{ClientStatements, StatementDef};
 use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
 use crate::config::PoolMode;
+use crate::wire::extended::{ParseMessage, put_empty};
+use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::{
     Severity, error, parse_parameter_status, put_backend_key, put_parameter_status,
     put_ready_for_query,
@@ -214,6 +216,9 @@ impl Session {
                 if !self.wait_for_request().await? {
                     return Ok(());
                 }
+                if self.answer_prepares_locally().await? {
+                    continue;
+                }
                 Box::pin(self.acquire()).await?
             };
             let mut talk = Conversation::default();
@@ -255,6 +260,53 @@ impl Session {
                 return Ok(false);
             }
         }
+    }
+
+    /// Answers a batch of nothing but Parse (of statements the pool already knows to be valid)
+    /// and Sync without taking a server connection: the statements are recorded for the client
+    /// and prepared on whichever connection later runs them. Returns false, consuming nothing,
+    /// when the batch needs a server.
+    async fn answer_prepares_locally(&mut self) -> Result<bool, SessionError> {
+        if self.mode() != PoolMode::Transaction {
+            return Ok(false);
+        }
+        let limit = self.ctx.config.max_message_size;
+        let mut end = 0;
+        let mut parsed = Vec::new();
+        loop {
+            let Some(header) =
+                FrameHeader::peek(&self.buf[end..], limit).map_err(SessionError::ClientProtocol)?
+            else {
+                return Ok(false);
+            };
+            let body = &self.buf[end + HEADER_LEN..end + header.total_len];
+            end += header.total_len;
+            match header.tag {
+                b'P' => {
+                    let parse = ParseMessage::decode(body).map_err(SessionError::ClientProtocol)?;
+                    if parse.name.is_empty() || may_have_effects(parse.query()) {
+                        return Ok(false);
+                    }
+                    let def = StatementDef::new(Bytes::copy_from_slice(parse.tail));
+                    if !self.pool.known_statements().contains(&def.server_name) {
+                        return Ok(false);
+                    }
+                    parsed.push((parse.name.to_owned(), Arc::new(def)));
+                }
+                b'H' => {}
+                b'S' if !parsed.is_empty() => break,
+                _ => return Ok(false),
+            }
+        }
+        let mut out = BytesMut::with_capacity(parsed.len() * 5 + 6);
+        for (name, def) in parsed {
+            self.statements.insert(&name, def);
+            put_empty(&mut out, b'1');
+        }
+        put_ready_for_query(&mut out, b'I');
+        self.buf.advance(end);
+        self.client.write_all(&out).await?;
+        Ok(true)
     }
 
     /// Forwards both ways until the connection can be released or the client leaves.
@@ -402,6 +454,7 @@ impl Session {
         Relay {
             statements: &mut self.statements,
             prepared: &mut server.prepared,
+            known: self.pool.known_statements(),
             queue: &mut talk.queue,
             tracker: &mut talk.tracker,
             rename: self.pool.settings().mode == PoolMode::Transaction,

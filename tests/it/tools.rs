@@ -131,3 +131,54 @@ async fn pgbench_select_only_and_tpcb_through_both_modes() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_extended_and_prepared_in_transaction_mode() {
+    let db = fresh_database().await;
+    let init = tokio::process::Command::new(pg_program("pgbench"))
+        .args(["-i", "-q", "-s", "1", &cluster().url(&db)])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let proxy = start_proxy("transaction", 2).await;
+    for protocol in ["extended", "prepared"] {
+        for builtin in ["select-only", "tpcb-like"] {
+            let out = tokio::process::Command::new(pg_program("pgbench"))
+                .args([
+                    "-n",
+                    "-c",
+                    "20",
+                    "-j",
+                    "2",
+                    "-t",
+                    "50",
+                    "-b",
+                    builtin,
+                    "-M",
+                    protocol,
+                    &proxy.url(&db),
+                ])
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let label = format!("{protocol}/{builtin}");
+            assert!(
+                out.status.success(),
+                "{label}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(failed_transactions(&stdout), Some(0), "{label}: {stdout}");
+            assert_eq!(
+                processed_transactions(&stdout),
+                Some(1000),
+                "{label}: {stdout}"
+            );
+        }
+    }
+}
