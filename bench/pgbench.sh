@@ -61,7 +61,7 @@ as_pg pgbouncer -d "$work/pgbouncer.ini"
 sleep 1
 
 # Memory first, on the fresh proxy: a warm-up batch of idle clients, then a measured one.
-python3 bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
+.venv/bin/python bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
 
 port_of() { case $1 in direct) echo "$PGPORT";; pgsidecar) echo "$SIDECAR_PORT";; pgbouncer) echo "$BOUNCER_PORT";; esac; }
 run_pgbench() { # target clients seconds -> "tps failed"

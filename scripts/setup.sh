@@ -47,8 +47,11 @@ if ! grep -qs "default_version = '${PGVECTOR_VERSION}'" "$ext_dir/vector.control
   $SUDO make -s -C "$work/src" PG_CONFIG="$PG_CONFIG" install >/dev/null
 fi
 
-if ! python3 -c 'import psycopg' 2>/dev/null; then
-  log "installing psycopg"
-  python3 -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.2,<4'
+# The Python test clients run in a virtual environment of the project's own.
+venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if ! "$venv/bin/python" -c 'import psycopg' 2>/dev/null; then
+  log "creating $venv with psycopg"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.2,<4'
 fi
 log "ready: PostgreSQL ${PG_MAJOR}, pgvector ${PGVECTOR_VERSION}, pgbench, pgbouncer, psycopg"

@@ -5,6 +5,7 @@ mod listener;
 mod login;
 mod params;
 mod responses;
+mod retry;
 mod rewrite;
 mod session;
 mod sql;

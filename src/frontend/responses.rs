@@ -137,6 +137,12 @@ impl ResponseQueue {
         }
     }
 
+    /// Whether the next response owed answers a Bind.
+    #[must_use]
+    pub fn front_is_bind(&self) -> bool {
+        matches!(self.entries.front(), Some(Expect::Bind))
+    }
+
     /// Nothing is owed.
     #[must_use]
     pub fn is_empty(&self) -> bool {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::responses::{Expect, Origin, PrepareOutcome, ResponseQueue, Verdict};
+use super::retry::StalePlanRetry;
 use super::sql::{Effect, classify, may_have_effects};
 use super::statements::{ClientStatements, StatementDef};
 use super::tracker::{Tracker, is_frontend_tag};
@@ -30,6 +31,8 @@ pub struct Relay<'a> {
     pub queue: &'a mut ResponseQueue,
     /// Protocol position, for releasing the connection.
     pub tracker: &'a mut Tracker,
+    /// The current batch, kept to hide a stale-plan error.
+    pub retry: &'a mut StalePlanRetry,
     /// Whether statement names are rewritten (transaction mode).
     pub rename: bool,
     /// The client keeps its server connection for good (session state that cannot move).
@@ -50,14 +53,32 @@ impl Relay<'_> {
     /// Makes sure the server connection has `def` prepared, injecting Close messages for
     /// evicted statements and a Parse whose response the client never sees.
     fn ensure_prepared(&mut self, def: &StatementDef, out: &mut BytesMut) {
-        if self.prepared.touch(&def.server_name) {
+        if self.server_has(def, out) {
             return;
         }
         self.prepare(def, Origin::Injected, out);
     }
 
+    /// Whether the server connection holds a usable copy of `def`. A copy older than a
+    /// stale-plan report is closed (its CloseComplete swallowed) and counts as missing.
+    fn server_has(&mut self, def: &StatementDef, out: &mut BytesMut) -> bool {
+        match self.prepared.touch(&def.server_name) {
+            Some(epoch) if !self.known.is_stale(&def.server_name, epoch) => true,
+            Some(_) => {
+                self.prepared.remove(&def.server_name);
+                put_target(out, b'C', b'S', &def.server_name);
+                self.queue.push(Expect::Close {
+                    origin: Origin::Injected,
+                });
+                false
+            }
+            None => false,
+        }
+    }
+
     fn prepare(&mut self, def: &StatementDef, origin: Origin, out: &mut BytesMut) {
-        for evicted in self.prepared.insert(Arc::clone(&def.server_name)) {
+        let epoch = self.known.epoch();
+        for evicted in self.prepared.insert(Arc::clone(&def.server_name), epoch) {
             put_target(out, b'C', b'S', &evicted);
             self.queue.push(Expect::Close {
                 origin: Origin::Injected,
@@ -90,7 +111,7 @@ impl Relay<'_> {
                 }
                 let def = Arc::new(StatementDef::new(Bytes::copy_from_slice(parse.tail)));
                 self.statements.insert(parse.name, Arc::clone(&def));
-                if self.prepared.touch(&def.server_name) {
+                if self.server_has(&def, out) {
                     self.queue.push(Expect::Parse {
                         origin: Origin::Synthetic,
                         prepared: None,
@@ -292,7 +313,9 @@ impl Relay<'_> {
             } else {
                 self.tracker.server_message(header.tag, body);
             }
-            if self.queue.on_server(header.tag, &mut outcome) == Verdict::Swallow {
+            let bind_failed = header.tag == b'E' && self.queue.front_is_bind();
+            let hidden = self.retry.on_server(header.tag, body, bind_failed);
+            if self.queue.on_server(header.tag, &mut outcome) == Verdict::Swallow || hidden {
                 splicer.cut(buf, end, next);
             }
             self.queue.emit_due(&mut due, self.tracker.status());
@@ -307,6 +330,22 @@ impl Relay<'_> {
         }
         self.known.remember(outcome.created);
         Ok(splicer.finish(buf, end))
+    }
+
+    /// Prepares the statement of a stale-plan retry afresh: closes the server's outdated copy
+    /// (its CloseComplete is swallowed) so that the replayed Bind re-prepares it.
+    pub fn renew_statement_of(&mut self, batch: &[u8], out: &mut BytesMut) {
+        let Ok(bind) = BindMessage::decode(batch.get(HEADER_LEN..).unwrap_or_default()) else {
+            return;
+        };
+        if let Some(def) = self.statements.get(bind.statement).cloned() {
+            self.known.mark_stale(&def.server_name);
+            self.prepared.remove(&def.server_name);
+            put_target(out, b'C', b'S', &def.server_name);
+            self.queue.push(Expect::Close {
+                origin: Origin::Injected,
+            });
+        }
     }
 
     /// The proxy's own responses that are due now, e.g. a ParseComplete for a statement the

@@ -13,6 +13,7 @@ use super::ProxyContext;
 use super::cancel::CancelSlot;
 use super::params::ClientParams;
 use super::responses::ResponseQueue;
+use super::retry::StalePlanRetry;
 use super::rewrite::Relay;
 use super::sql::{Effect, may_have_effects};
 use super::statements::{ClientStatements, StatementDef};
@@ -97,6 +98,8 @@ struct Conversation {
     queue: ResponseQueue,
     /// Session-level effects of statements sent, applied once the server is idle again.
     effects: Vec<Effect>,
+    /// The batch in flight, kept to hide a stale-plan error.
+    retry: StalePlanRetry,
 }
 
 impl Conversation {
@@ -419,7 +422,8 @@ impl Session {
             }
         }
         if resync_prepared && self.mode() == PoolMode::Transaction {
-            resync_prepared_set(server)
+            let epoch = self.pool.known_statements().epoch();
+            resync_prepared_set(server, epoch)
                 .await
                 .map_err(SessionError::Setup)?;
         }
@@ -456,6 +460,7 @@ impl Session {
             prepared: &mut server.prepared,
             known: self.pool.known_statements(),
             queue: &mut talk.queue,
+            retry: &mut talk.retry,
             tracker: &mut talk.tracker,
             rename: self.pool.settings().mode == PoolMode::Transaction,
             pinned: self.pinned.is_some(),
@@ -471,6 +476,9 @@ impl Session {
         talk: &mut Conversation,
     ) -> Result<bool, SessionError> {
         let limit = self.ctx.config.max_message_size;
+        if talk.is_idle() && self.mode() == PoolMode::Transaction {
+            talk.retry.arm(&self.buf, limit);
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let taken = self
             .relay(server, talk)
@@ -514,6 +522,23 @@ impl Session {
         if !chunk.is_empty() && self.client.write_all(&chunk).await.is_err() {
             return Ok(false);
         }
+        if let Some((mut batch, replay)) = talk.retry.take_stale() {
+            tracing::debug!(pool = %self.pool.key(), replay, "stale plan: dropping the server's copy");
+            let mut relay = self.relay(server, talk);
+            let mut out = BytesMut::new();
+            relay.renew_statement_of(&batch, &mut out);
+            if replay {
+                let again = relay
+                    .take_client_messages(&mut batch, usize::MAX)
+                    .map_err(SessionError::ClientProtocol)?;
+                out.extend_from_slice(&again.to_server);
+            }
+            server
+                .stream
+                .write_all(&out)
+                .await
+                .map_err(|e| SessionError::ServerLost(e.to_string()))?;
+        }
         Ok(true)
     }
 
@@ -529,7 +554,10 @@ impl Session {
         if !talk.tracker.is_idle() {
             cleanup.push("ROLLBACK");
         }
-        if self.mode() == PoolMode::Session {
+        // A pinned client leaves session state behind (locks, LISTEN, temp tables, SQL
+        // prepared statements): the connection is reset as in session mode.
+        let reset_session = self.mode() == PoolMode::Session || self.pinned.is_some();
+        if reset_session {
             // Not in the same Query as ROLLBACK: DISCARD ALL refuses to run inside a
             // multi-statement string.
             cleanup.push("DISCARD ALL");
@@ -541,7 +569,7 @@ impl Session {
                 return;
             }
         }
-        if self.mode() == PoolMode::Session {
+        if reset_session {
             server.params.reset();
             server.prepared.clear();
         }
@@ -551,7 +579,7 @@ impl Session {
 
 /// Re-reads which pgsidecar statements a server connection holds, after the client ran something
 /// that may have dropped them (`DISCARD ALL`, `DEALLOCATE ALL` on a pinned connection).
-async fn resync_prepared_set(server: &mut ServerConn) -> Result<(), BackendError> {
+async fn resync_prepared_set(server: &mut ServerConn, epoch: u64) -> Result<(), BackendError> {
     let row = server
         .fetch_row(&format!(
             "SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE name LIKE '{}%'",
@@ -561,7 +589,7 @@ async fn resync_prepared_set(server: &mut ServerConn) -> Result<(), BackendError
     server.prepared.clear();
     if let Some(Some(names)) = row.into_iter().next() {
         for name in names.split(',') {
-            let _ = server.prepared.insert(name.into());
+            let _ = server.prepared.insert(name.into(), epoch);
         }
     }
     Ok(())

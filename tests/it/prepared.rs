@@ -189,3 +189,67 @@ async fn failed_prepare_leaves_no_trace() {
     let statement = client.prepare("SELECT * FROM missing_table").await.unwrap();
     assert!(client.query(&statement, &[]).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_prepared_threshold_and_pipeline_mode() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 2).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "run scripts/setup.sh to create .venv");
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/python/psycopg_transaction_mode.py"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            proxy.port
+        ))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_plan_drops_the_server_copy_so_preparing_again_works() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 2).await;
+    let client = proxy.connect(&db).await.unwrap();
+    let ddl = proxy.connect(&db).await.unwrap();
+    ddl.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    let everything = client.prepare("SELECT * FROM t ORDER BY a").await.unwrap();
+    assert_eq!(client.query(&everything, &[]).await.unwrap().len(), 2);
+    ddl.batch_execute("ALTER TABLE t ADD COLUMN b text DEFAULT 'new'")
+        .await
+        .unwrap();
+    // tokio-postgres keeps the row description from prepare time, so it gets PostgreSQL's own
+    // error (psycopg, which describes each portal, gets the retry: tests/python). What matters
+    // is that preparing again works on every server connection.
+    let err = client.query(&everything, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000");
+    for _ in 0..3 {
+        let fresh = client.prepare("SELECT * FROM t ORDER BY a").await.unwrap();
+        let rows = client.query(&fresh, &[]).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].get::<_, &str>(1), "new");
+        ddl.batch_execute("SELECT 1").await.unwrap();
+    }
+    // Inside a transaction block the error is PostgreSQL's to report.
+    ddl.batch_execute("ALTER TABLE t ADD COLUMN c int")
+        .await
+        .unwrap();
+    let fresh = client.prepare("SELECT * FROM t ORDER BY a").await.unwrap();
+    ddl.batch_execute("ALTER TABLE t ADD COLUMN d int")
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client.query(&fresh, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000");
+    client.batch_execute("ROLLBACK").await.unwrap();
+}

@@ -169,3 +169,29 @@ async fn deallocate_all_and_discard_all_touch_only_the_callers_view() {
     let again = a.prepare(text).await.unwrap();
     assert_eq!(a.query_one(&again, &[]).await.unwrap().get::<_, i32>(0), 42);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_client_leaving_leaves_nothing_behind() {
+    let db = fresh_database().await;
+    let proxy = start_proxy("transaction", 1).await;
+    let locker = proxy.connect(&db).await.unwrap();
+    locker
+        .batch_execute(
+            "SELECT pg_advisory_lock(77); CREATE TEMP TABLE mine (x int); SET work_mem = '2MB'",
+        )
+        .await
+        .unwrap();
+    drop(locker);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let next = proxy.connect(&db).await.unwrap();
+    let row = next
+        .query_one(
+            "SELECT pg_try_advisory_lock(77), to_regclass('mine') IS NULL, current_setting('work_mem')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the advisory lock was left behind");
+    assert!(row.get::<_, bool>(1), "the temporary table was left behind");
+    assert_eq!(row.get::<_, String>(2), "4MB");
+}
