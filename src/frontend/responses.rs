@@ -34,10 +34,11 @@ pub enum Expect {
         /// Server-side statement created by this Parse, if pgsidecar named it.
         prepared: Option<Arc<str>>,
     },
-    /// BindComplete.
-    Bind,
-    /// ParameterDescription/RowDescription/NoData for a Describe.
-    Describe,
+    /// BindComplete; the server-side statement bound, if pgsidecar named it.
+    Bind(Option<Arc<str>>),
+    /// ParameterDescription/RowDescription/NoData for a Describe; the server-side statement
+    /// described, if pgsidecar named it.
+    Describe(Option<Arc<str>>),
     /// The results of an Execute, up to CommandComplete/EmptyQuery/PortalSuspended.
     Execute,
     /// CloseComplete.
@@ -137,10 +138,14 @@ impl ResponseQueue {
         }
     }
 
-    /// Whether the next response owed answers a Bind.
+    /// The pgsidecar statement that the next response owed answers a Bind or Describe of: the
+    /// statement an ErrorResponse now would be about.
     #[must_use]
-    pub fn front_is_bind(&self) -> bool {
-        matches!(self.entries.front(), Some(Expect::Bind))
+    pub fn statement_in_question(&self) -> Option<&Arc<str>> {
+        match self.entries.front() {
+            Some(Expect::Bind(name) | Expect::Describe(name)) => name.as_ref(),
+            _ => None,
+        }
     }
 
     /// Nothing is owed.
@@ -180,7 +185,7 @@ impl ResponseQueue {
                 }
             }
             b'2' => {
-                self.pop_matching(|e| matches!(e, Expect::Bind));
+                self.pop_matching(|e| matches!(e, Expect::Bind(_)));
             }
             b'3' => {
                 if let Some(Expect::Close { origin }) =
@@ -192,7 +197,7 @@ impl ResponseQueue {
                 }
             }
             b'T' | b'n' => {
-                if matches!(self.entries.front(), Some(Expect::Describe)) {
+                if matches!(self.entries.front(), Some(Expect::Describe(_))) {
                     self.entries.pop_front();
                 }
             }
@@ -259,11 +264,11 @@ mod tests {
     fn injected_parse_is_swallowed_and_synthetic_parse_emitted_in_place() {
         let mut queue = ResponseQueue::default();
         let mut gone = PrepareOutcome::default();
-        queue.push(Expect::Bind);
+        queue.push(Expect::Bind(None));
         queue.push(Expect::Execute);
         queue.push(parse(Origin::Synthetic));
         queue.push(parse(Origin::Injected));
-        queue.push(Expect::Bind);
+        queue.push(Expect::Bind(None));
         queue.push(Expect::Sync);
         let mut out = BytesMut::new();
         queue.emit_due(&mut out, b'I');
@@ -287,11 +292,11 @@ mod tests {
     fn error_skips_to_sync_and_reports_unprepared_statements() {
         let mut queue = ResponseQueue::default();
         let mut gone = PrepareOutcome::default();
-        queue.push(Expect::Bind);
+        queue.push(Expect::Bind(None));
         queue.push(parse(Origin::Synthetic));
         queue.push(parse(Origin::Client));
         queue.push(Expect::Sync);
-        queue.push(Expect::Bind);
+        queue.push(Expect::Bind(None));
         queue.push(Expect::Sync);
         assert_eq!(queue.on_server(b'E', &mut gone), Verdict::Forward);
         let mut out = BytesMut::new();
@@ -310,7 +315,7 @@ mod tests {
         // B E S d c S, all sent before the server's CopyInResponse.
         let mut queue = ResponseQueue::default();
         for e in [
-            Expect::Bind,
+            Expect::Bind(None),
             Expect::Execute,
             Expect::Sync,
             Expect::CopyEnd,
@@ -324,7 +329,7 @@ mod tests {
         assert!(queue.is_empty());
         // B E S, CopyInResponse, then d S c S.
         let mut queue = ResponseQueue::default();
-        for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
+        for e in [Expect::Bind(None), Expect::Execute, Expect::Sync] {
             queue.push(e);
         }
         queue.on_server(b'2', &mut gone);

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::responses::{Expect, Origin, PrepareOutcome, ResponseQueue, Verdict};
-use super::retry::StalePlanRetry;
+use super::retry::{STALE_PLAN, StalePlanRetry};
 use super::sql::{Effect, classify, may_have_effects};
 use super::statements::{ClientStatements, StatementDef};
 use super::tracker::{Tracker, is_frontend_tag};
 use crate::backend::{KnownStatements, PreparedSet};
 use crate::wire::extended::{BindMessage, ParseMessage, TargetMessage, put_parse, put_target};
 use crate::wire::frame::HEADER_LEN;
-use crate::wire::messages::take_cstr;
+use crate::wire::messages::{ErrorFields, take_cstr};
 use crate::wire::splice::Splicer;
 use crate::wire::{FrameHeader, WireError};
 
@@ -126,12 +126,13 @@ impl Relay<'_> {
                 let def = (!bind.statement.is_empty())
                     .then(|| self.statements.get(bind.statement).cloned())
                     .flatten();
-                let rewritten = def.is_some_and(|def| {
+                let statement = def.map(|def| {
                     self.ensure_prepared(&def, out);
                     bind.put_renamed(out, &def.server_name);
-                    true
+                    Arc::clone(&def.server_name)
                 });
-                self.queue.push(Expect::Bind);
+                let rewritten = statement.is_some();
+                self.queue.push(Expect::Bind(statement));
                 Ok(rewritten)
             }
             b'D' => {
@@ -139,12 +140,13 @@ impl Relay<'_> {
                 let def = (target.kind == b'S' && !target.name.is_empty())
                     .then(|| self.statements.get(target.name).cloned())
                     .flatten();
-                let rewritten = def.is_some_and(|def| {
+                let statement = def.map(|def| {
                     self.ensure_prepared(&def, out);
                     put_target(out, b'D', b'S', &def.server_name);
-                    true
+                    Arc::clone(&def.server_name)
                 });
-                self.queue.push(Expect::Describe);
+                let rewritten = statement.is_some();
+                self.queue.push(Expect::Describe(statement));
                 Ok(rewritten)
             }
             b'C' => {
@@ -213,8 +215,8 @@ impl Relay<'_> {
                 origin: Origin::Client,
                 prepared: None,
             }),
-            b'B' => self.queue.push(Expect::Bind),
-            b'D' => self.queue.push(Expect::Describe),
+            b'B' => self.queue.push(Expect::Bind(None)),
+            b'D' => self.queue.push(Expect::Describe(None)),
             b'C' => self.queue.push(Expect::Close {
                 origin: Origin::Client,
             }),
@@ -313,8 +315,7 @@ impl Relay<'_> {
             } else {
                 self.tracker.server_message(header.tag, body);
             }
-            let bind_failed = header.tag == b'E' && self.queue.front_is_bind();
-            let hidden = self.retry.on_server(header.tag, body, bind_failed);
+            let hidden = self.watch_for_stale_plan(header.tag, body);
             if self.queue.on_server(header.tag, &mut outcome) == Verdict::Swallow || hidden {
                 splicer.cut(buf, end, next);
             }
@@ -332,20 +333,77 @@ impl Relay<'_> {
         Ok(splicer.finish(buf, end))
     }
 
-    /// Prepares the statement of a stale-plan retry afresh: closes the server's outdated copy
-    /// (its CloseComplete is swallowed) so that the replayed Bind re-prepares it.
-    pub fn renew_statement_of(&mut self, batch: &[u8], out: &mut BytesMut) {
-        let Ok(bind) = BindMessage::decode(batch.get(HEADER_LEN..).unwrap_or_default()) else {
-            return;
-        };
-        if let Some(def) = self.statements.get(bind.statement).cloned() {
-            self.known.mark_stale(&def.server_name);
-            self.prepared.remove(&def.server_name);
-            put_target(out, b'C', b'S', &def.server_name);
-            self.queue.push(Expect::Close {
-                origin: Origin::Injected,
-            });
+    /// Looks at one server message for a stale-plan error about the statement in question;
+    /// true when the message is hidden from the client (the batch will be replayed).
+    fn watch_for_stale_plan(&mut self, tag: u8, body: &[u8]) -> bool {
+        if tag == b'Z' {
+            return self.retry.on_ready();
         }
+        if tag != b'E' {
+            return self.retry.is_hiding();
+        }
+        let Some(statement) = self.queue.statement_in_question().cloned() else {
+            return false;
+        };
+
+        if ErrorFields::parse(body).code != STALE_PLAN {
+            return false;
+        }
+        // Every copy in the pool, this one included, is replaced before its next use.
+        self.known.mark_stale(&statement);
+        let replay_from = if self.retry.is_armed() {
+            self.replay_start(&statement)
+        } else {
+            None
+        };
+        match replay_from {
+            Some(offset) => {
+                self.retry.hide_and_replay_from(offset);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where the kept batch can be sent again from: the first Bind of `statement`, if nothing
+    /// before it was bound or executed and the batch describes the portal, so that the client
+    /// learns the new row shape. `None` means the error goes to the client (as for a failing
+    /// Describe of the statement: its ParameterDescription has already gone out).
+    fn replay_start(&self, statement: &str) -> Option<usize> {
+        let batch = self.retry.batch()?;
+        let refers = |name: &str| {
+            self.statements
+                .get(name)
+                .is_some_and(|d| &*d.server_name == statement)
+        };
+        let mut end = 0;
+        let mut bind_at = None;
+        while let Ok(Some(header)) = FrameHeader::peek(&batch[end..], usize::MAX) {
+            let body = &batch[end + HEADER_LEN..end + header.total_len];
+            match (header.tag, bind_at) {
+                (b'E', None) => return None,
+                (b'B', None) => {
+                    // A portal bound before the failing message would not survive the error.
+                    if !BindMessage::decode(body).is_ok_and(|b| refers(b.statement)) {
+                        return None;
+                    }
+                    bind_at = Some(end);
+                }
+                (b'D', Some(from)) if body.first() == Some(&b'P') => return Some(from),
+                _ => {}
+            }
+            end += header.total_len;
+        }
+        None
+    }
+
+    /// Sends the rest of a batch again after a hidden stale-plan error; the statement, now
+    /// stale, is closed and prepared afresh on the way.
+    ///
+    /// # Errors
+    /// As [`Relay::take_client_messages`].
+    pub fn replay(&mut self, mut batch: BytesMut) -> Result<BytesMut, WireError> {
+        Ok(self.take_client_messages(&mut batch, usize::MAX)?.to_server)
     }
 
     /// The proxy's own responses that are due now, e.g. a ParseComplete for a statement the

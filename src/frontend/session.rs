@@ -478,6 +478,8 @@ impl Session {
         let limit = self.ctx.config.max_message_size;
         if talk.is_idle() && self.mode() == PoolMode::Transaction {
             talk.retry.arm(&self.buf, limit);
+        } else {
+            talk.retry.collect(&self.buf, limit);
         }
         let mut buf = std::mem::take(&mut self.buf);
         let taken = self
@@ -522,20 +524,15 @@ impl Session {
         if !chunk.is_empty() && self.client.write_all(&chunk).await.is_err() {
             return Ok(false);
         }
-        if let Some((mut batch, replay)) = talk.retry.take_stale() {
-            tracing::debug!(pool = %self.pool.key(), replay, "stale plan: dropping the server's copy");
-            let mut relay = self.relay(server, talk);
-            let mut out = BytesMut::new();
-            relay.renew_statement_of(&batch, &mut out);
-            if replay {
-                let again = relay
-                    .take_client_messages(&mut batch, usize::MAX)
-                    .map_err(SessionError::ClientProtocol)?;
-                out.extend_from_slice(&again.to_server);
-            }
+        if let Some(batch) = talk.retry.take_replay() {
+            tracing::debug!(pool = %self.pool.key(), "stale plan: replaying the batch once");
+            let again = self
+                .relay(server, talk)
+                .replay(batch)
+                .map_err(SessionError::ClientProtocol)?;
             server
                 .stream
-                .write_all(&out)
+                .write_all(&again)
                 .await
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
         }
