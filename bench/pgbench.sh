@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-20}
 ROUNDS=${2:-3}
 CLIENT_COUNTS=${CLIENT_COUNTS:-"16 500"}
+QUERY_MODES=${QUERY_MODES:-"simple prepared"}
 POOL=20
 BIN=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /tmp/pgsidecar-bench.XXXX)
@@ -64,40 +65,45 @@ sleep 1
 .venv/bin/python bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
 
 port_of() { case $1 in direct) echo "$PGPORT";; pgsidecar) echo "$SIDECAR_PORT";; pgbouncer) echo "$BOUNCER_PORT";; esac; }
-run_pgbench() { # target clients seconds -> "tps failed"
+run_pgbench() { # target clients seconds [query mode] -> "tps failed"
   local out
-  out=$("$BIN/pgbench" -n -S -c "$2" -j 2 -T "$3" -h 127.0.0.1 -p "$(port_of "$1")" -U postgres postgres 2>&1) || true
-  local tps failed
+  out=$("$BIN/pgbench" -n -S -M "${4:-simple}" -c "$2" -j 2 -T "$3" -h 127.0.0.1 -p "$(port_of "$1")" -U postgres postgres 2>&1) || true
+  local tps failed aborted
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out")
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
-  echo "${tps:-0} ${failed:-?}"
+  # Aborted clients (e.g. "prepared statement does not exist") are not failed transactions.
+  aborted=$(grep -c 'aborted in command' <<<"$out" || true)
+  echo "${tps:-0} ${failed:-?}+${aborted}aborted"
 }
 
 declare -A results
 for round in $(seq "$ROUNDS"); do
-  for clients in $CLIENT_COUNTS; do
-    for target in direct pgsidecar pgbouncer; do
-      read -r tps failed < <(run_pgbench "$target" "$clients" "$SECONDS_PER_RUN")
-      results[$target,$clients]+="$tps "
-      echo "round $round  clients $clients  $target: tps $tps, failed $failed" >&2
+  for mode in $QUERY_MODES; do
+    for clients in $CLIENT_COUNTS; do
+      for target in direct pgsidecar pgbouncer; do
+        read -r tps failed < <(run_pgbench "$target" "$clients" "$SECONDS_PER_RUN" "$mode")
+        results[$mode,$target,$clients]+="$tps "
+        echo "round $round  -M $mode  clients $clients  $target: tps $tps, failed $failed" >&2
+      done
     done
   done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
-echo "| clients | direct | pgsidecar | PgBouncer | pgsidecar/PgBouncer | pgsidecar/direct |"
-echo "|---|---|---|---|---|---|"
-for clients in $CLIENT_COUNTS; do
-  d=$(median <<<"${results[direct,$clients]}")
-  s=$(median <<<"${results[pgsidecar,$clients]}")
-  b=$(median <<<"${results[pgbouncer,$clients]}")
-  awk -v c="$clients" -v d="$d" -v s="$s" -v b="$b" \
-    'BEGIN { printf "| %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n", c, d, s, b, (b ? s / b : 0), (d ? s / d : 0) }'
+echo "| -M | clients | direct | pgsidecar | PgBouncer | pgsidecar/PgBouncer | pgsidecar/direct |"
+echo "|---|---|---|---|---|---|---|"
+for mode in $QUERY_MODES; do
+  for clients in $CLIENT_COUNTS; do
+    d=$(median <<<"${results[$mode,direct,$clients]}")
+    s=$(median <<<"${results[$mode,pgsidecar,$clients]}")
+    b=$(median <<<"${results[$mode,pgbouncer,$clients]}")
+    awk -v m="$mode" -v c="$clients" -v d="$d" -v s="$s" -v b="$b" \
+      'BEGIN { printf "| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n", m, c, d, s, b, (b ? s / b : 0), (d ? s / d : 0) }'
+  done
 done
 
 echo
-
 read -r tps failed < <(run_pgbench pgsidecar 5000 "$SECONDS_PER_RUN")
 echo "5000 clients on pool $POOL through pgsidecar: tps $tps, failed transactions $failed"
 echo "pgsidecar peak RSS: $(awk '/VmHWM/ {print $2}' "/proc/$SIDECAR_PID/status") KiB"

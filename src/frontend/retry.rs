@@ -42,8 +42,13 @@ pub struct StalePlanRetry {
 
 impl StalePlanRetry {
     /// Starts keeping a copy of the batch at the front of `buf` so that it can be replayed.
-    /// Called when a batch starts outside a transaction.
+    /// Called when a batch starts outside a transaction; only a batch that starts with a Bind
+    /// can be replayed, so nothing else is copied.
     pub fn arm(&mut self, buf: &[u8], limit: usize) {
+        if buf.first() != Some(&b'B') {
+            *self = Self::default();
+            return;
+        }
         *self = Self {
             batch: Some(BytesMut::new()),
             state: State::Collecting,

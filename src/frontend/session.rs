@@ -182,13 +182,7 @@ impl Session {
     pub(super) async fn acquire(&mut self) -> Result<Checkout, SessionError> {
         let mut checkout = self.pool.checkout().await?;
         let server = checkout.conn();
-        if let Some(sql) = self.params.sync_sql(&server.params) {
-            server
-                .run_quietly(&sql)
-                .await
-                .map_err(SessionError::Setup)?;
-            server.params.synced(self.params.wanted());
-        }
+        self.sync_settings(server).await?;
         self.cancel.set(Some(server.cancel_target()));
         Ok(checkout)
     }
@@ -427,6 +421,11 @@ impl Session {
                 .await
                 .map_err(SessionError::Setup)?;
         }
+        self.sync_settings(server).await
+    }
+
+    /// Brings the server connection's settings to the client's, sending only what differs.
+    async fn sync_settings(&self, server: &mut ServerConn) -> Result<(), SessionError> {
         if let Some(sql) = self.params.sync_sql(&server.params) {
             server
                 .run_quietly(&sql)

@@ -261,15 +261,29 @@ pub fn classify(sql: &str) -> Classified {
     classified
 }
 
-/// Whether a query string could possibly matter to [`classify`]: a cheap screen so that
-/// ordinary queries are not lexed on the hot path.
+/// Whether a query string could possibly matter to [`classify`]: a cheap screen, without
+/// allocating, so that ordinary queries are not lexed on the hot path. It looks for words that
+/// start with one of the keywords involved.
 #[must_use]
 pub fn may_have_effects(sql: &str) -> bool {
-    const MARKERS: &[&str] = &[
-        "set", "reset", "dealloc", "discard", "listen", "prepare", "temp", "hold", "advisory",
+    const MARKERS: &[&[u8]] = &[
+        b"set",
+        b"reset",
+        b"dealloc",
+        b"discard",
+        b"listen",
+        b"prepare",
+        b"temp",
+        b"hold",
+        b"advisory",
     ];
-    let lower = sql.to_ascii_lowercase();
-    MARKERS.iter().any(|m| lower.contains(m))
+    sql.as_bytes()
+        .split(|b| !b.is_ascii_alphabetic())
+        .any(|word| {
+            MARKERS
+                .iter()
+                .any(|m| word.len() >= m.len() && word[..m.len()].eq_ignore_ascii_case(m))
+        })
 }
 
 #[cfg(test)]
@@ -347,6 +361,10 @@ mod tests {
         assert!(!may_have_effects(
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
         ));
+        assert!(!may_have_effects("SELECT * FROM t OFFSET 5"));
         assert!(may_have_effects("reset all"));
+        assert!(may_have_effects("SELECT pg_advisory_lock(1)"));
+        assert!(may_have_effects("select set_config('a', 'b', false)"));
+        assert!(may_have_effects("CREATE TEMPORARY TABLE x ()"));
     }
 }

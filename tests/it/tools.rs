@@ -77,8 +77,8 @@ fn processed_transactions(stdout: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbench_select_only_and_tpcb_through_both_modes() {
+/// A fresh database initialised by `pgbench -i` (scale 1), directly on the server.
+async fn pgbench_database() -> String {
     let db = fresh_database().await;
     let init = tokio::process::Command::new(pg_program("pgbench"))
         .args(["-i", "-q", "-s", "1", &cluster().url(&db)])
@@ -90,95 +90,54 @@ async fn pgbench_select_only_and_tpcb_through_both_modes() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
+    db
+}
+
+/// Runs pgbench through the proxy and checks it processed `expected` transactions, none failed.
+async fn pgbench_without_failures(url: &str, args: &[&str], expected: u64) {
+    let out = tokio::process::Command::new(pg_program("pgbench"))
+        .args(["-n", "-j", "2"])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let label = args.join(" ");
+    assert!(
+        out.status.success(),
+        "{label}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(failed_transactions(&stdout), Some(0), "{label}: {stdout}");
+    assert_eq!(
+        processed_transactions(&stdout),
+        Some(expected),
+        "{label}: {stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_select_only_and_tpcb_through_both_modes() {
+    let db = pgbench_database().await;
     for mode in ["session", "transaction"] {
         // Session mode holds a server connection per client, so its pool fits all eight.
         let proxy = start_proxy(mode, if mode == "session" { 8 } else { 4 }).await;
         for builtin in ["select-only", "tpcb-like"] {
-            let out = tokio::process::Command::new(pg_program("pgbench"))
-                .args([
-                    "-n",
-                    "-c",
-                    "8",
-                    "-j",
-                    "2",
-                    "-t",
-                    "100",
-                    "-b",
-                    builtin,
-                    "-M",
-                    "extended",
-                    &proxy.url(&db),
-                ])
-                .output()
-                .await
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{mode}/{builtin}: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(
-                failed_transactions(&stdout),
-                Some(0),
-                "{mode}/{builtin}: {stdout}"
-            );
-            assert_eq!(
-                processed_transactions(&stdout),
-                Some(800),
-                "{mode}/{builtin}: {stdout}"
-            );
+            let args = ["-c", "8", "-t", "100", "-b", builtin, "-M", "extended"];
+            pgbench_without_failures(&proxy.url(&db), &args, 800).await;
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_extended_and_prepared_in_transaction_mode() {
-    let db = fresh_database().await;
-    let init = tokio::process::Command::new(pg_program("pgbench"))
-        .args(["-i", "-q", "-s", "1", &cluster().url(&db)])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let db = pgbench_database().await;
     let proxy = start_proxy("transaction", 2).await;
     for protocol in ["extended", "prepared"] {
         for builtin in ["select-only", "tpcb-like"] {
-            let out = tokio::process::Command::new(pg_program("pgbench"))
-                .args([
-                    "-n",
-                    "-c",
-                    "20",
-                    "-j",
-                    "2",
-                    "-t",
-                    "50",
-                    "-b",
-                    builtin,
-                    "-M",
-                    protocol,
-                    &proxy.url(&db),
-                ])
-                .output()
-                .await
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let label = format!("{protocol}/{builtin}");
-            assert!(
-                out.status.success(),
-                "{label}: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(failed_transactions(&stdout), Some(0), "{label}: {stdout}");
-            assert_eq!(
-                processed_transactions(&stdout),
-                Some(1000),
-                "{label}: {stdout}"
-            );
+            let args = ["-c", "20", "-t", "50", "-b", builtin, "-M", protocol];
+            pgbench_without_failures(&proxy.url(&db), &args, 1000).await;
         }
     }
 }
