@@ -1,261 +1,30 @@
-//! Typed configuration: a TOML file, overridden key by key by `PGSIDECAR_*` environment variables
-//! and command-line flags (the binary feeds both in as [`Overrides`]). Every validation error
-//! names the key at fault so that a bad deploy is fixed in one look.
+//! The file's shape and its validation into [`Config`]: every value, from TOML, environment or
+//! flag, goes through one path that names its key when it is wrong.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
 
+use super::values::{field, ranged, socket_addr};
+use super::{
+    AuthMethod, Config, ConfigError, PoolMode, PoolSettings, Upstream, UserSecret, invalid,
+    parse_duration, parse_size,
+};
 use crate::auth::ScramVerifier;
-
-/// Why a configuration could not be loaded. The binary exits with status 2 on any of these.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has an unknown key.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// The TOML parser's message, which names the key.
-        message: String,
-    },
-    /// A value is missing or out of range.
-    #[error("invalid config key `{key}`: {message}")]
-    Invalid {
-        /// Dotted key, e.g. `databases.app.pool_size`.
-        key: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
-/// How long a client keeps a server connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// From the first message of a transaction to its ReadyForQuery `I`.
-    Transaction,
-    /// For the client's whole session; reset with `DISCARD ALL` before reuse.
-    Session,
-}
-
-impl FromStr for PoolMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "transaction" => Ok(Self::Transaction),
-            "session" => Ok(Self::Session),
-            other => Err(format!(
-                "expected `transaction` or `session`, got `{other}`"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for PoolMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Transaction => "transaction",
-            Self::Session => "session",
-        })
-    }
-}
-
-/// How clients prove who they are to the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// Anyone is let in under the name they give: for the local dev profile only.
-    Trust,
-    /// SCRAM-SHA-256 against the configured users.
-    ScramSha256,
-}
-
-impl FromStr for AuthMethod {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "trust" => Ok(Self::Trust),
-            "scram-sha-256" => Ok(Self::ScramSha256),
-            other => Err(format!(
-                "expected `trust` or `scram-sha-256`, got `{other}`"
-            )),
-        }
-    }
-}
-
-/// The PostgreSQL server the proxy fronts. Missing user or database mean "the client's own".
-#[derive(Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Fixed server-side user, if any.
-    pub user: Option<String>,
-    /// Fixed server-side database, if any.
-    pub database: Option<String>,
-    /// Password for the server-side login, if the URL carries one.
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("database", &self.database)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-impl Upstream {
-    /// Parses a `postgres://` URL or a libpq key/value string.
-    ///
-    /// # Errors
-    /// A message saying what is wrong; the caller adds the key.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let parsed = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
-        let host = match parsed.get_hosts() {
-            [] => "127.0.0.1".to_owned(),
-            [tokio_postgres::config::Host::Tcp(host)] => host.clone(),
-            [_] => return Err("Unix-socket upstreams are not supported; use a TCP host".to_owned()),
-            _ => return Err("exactly one upstream host is supported".to_owned()),
-        };
-        let port = match parsed.get_ports() {
-            [] => 5432,
-            [port] => *port,
-            _ => return Err("exactly one upstream port is supported".to_owned()),
-        };
-        Ok(Self {
-            host,
-            port,
-            user: parsed.get_user().map(str::to_owned),
-            database: parsed.get_dbname().map(str::to_owned),
-            password: parsed
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
-        })
-    }
-}
-
-/// Pool sizing and server-connection lifetimes for one database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// Transaction or session pooling.
-    pub mode: PoolMode,
-    /// Maximum server connections per (database, user).
-    pub size: usize,
-    /// Server connections kept open even when idle.
-    pub min_idle: usize,
-    /// How long a client waits for a server connection before 53300.
-    pub acquire_timeout: Duration,
-    /// Idle server connections older than this are closed.
-    pub server_idle_timeout: Duration,
-    /// Server connections are replaced after this age.
-    pub server_lifetime: Duration,
-    /// Limit on opening and logging in one server connection.
-    pub server_connect_timeout: Duration,
-    /// Statements each server connection keeps prepared for transaction-mode clients (LRU).
-    pub max_prepared_statements: usize,
-}
-
-/// A user clients may log in as, and the secret the proxy uses toward the server for them.
-#[derive(Clone, Default)]
-pub struct UserSecret {
-    /// Verifier clients' SCRAM proofs are checked against.
-    pub verifier: Option<ScramVerifier>,
-    /// Password for the server-side login.
-    pub server_password: Option<String>,
-}
-
-impl fmt::Debug for UserSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserSecret")
-            .field("verifier", &self.verifier.is_some())
-            .field("server_password", &self.server_password.is_some())
-            .finish()
-    }
-}
-
-/// The whole validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Client listener address.
-    pub listen: SocketAddr,
-    /// Admin HTTP listener, if enabled.
-    pub admin_listen: Option<SocketAddr>,
-    /// The server fronted.
-    pub upstream: Upstream,
-    /// Client authentication.
-    pub auth: AuthMethod,
-    /// Defaults for every pool.
-    pub pool: PoolSettings,
-    /// Per-database overrides of the pool defaults.
-    pub databases: BTreeMap<String, PoolSettings>,
-    /// Known users.
-    pub users: BTreeMap<String, UserSecret>,
-    /// A client must finish logging in within this.
-    pub client_login_timeout: Duration,
-    /// Client connections beyond this are refused with 53300.
-    pub max_client_conn: usize,
-    /// Largest client message accepted, in bytes.
-    pub max_message_size: usize,
-}
-
-impl Config {
-    /// The pool settings that apply to `database`.
-    #[must_use]
-    pub fn pool_for(&self, database: &str) -> &PoolSettings {
-        self.databases.get(database).unwrap_or(&self.pool)
-    }
-
-    /// Loads the file (if any), applies the overrides and validates.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the file or key at fault.
-    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut file = match path {
-            Some(path) => FileConfig::read(path)?,
-            None => FileConfig::default(),
-        };
-        overrides.apply(&mut file);
-        file.validate()
-    }
-}
 
 /// A TOML scalar, so that `pool_size = 20` and `PGSIDECAR_POOL_SIZE=20` take one validation path.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum Scalar {
+pub(super) enum Scalar {
     Int(i64),
     Str(String),
 }
 
 impl Scalar {
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         match self {
             Self::Int(i) => i.to_string(),
             Self::Str(s) => s.clone(),
@@ -286,7 +55,7 @@ struct UserFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+pub(super) struct FileConfig {
     listen: Option<Scalar>,
     admin_listen: Option<Scalar>,
     upstream: Option<Scalar>,
@@ -326,7 +95,7 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    fn apply(&self, file: &mut FileConfig) {
+    pub(super) fn apply(&self, file: &mut FileConfig) {
         fn set(slot: &mut Option<Scalar>, value: Option<&String>) {
             if let Some(value) = value {
                 *slot = Some(Scalar::Str(value.clone()));
@@ -371,88 +140,8 @@ impl Overrides {
     }
 }
 
-fn field<T>(
-    key: &str,
-    value: Option<&Scalar>,
-    default: T,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<T, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) => parse(&v.text()).map_err(|m| invalid(key, m)),
-    }
-}
-
-fn ranged(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> {
-    move |s| {
-        let n: usize = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("expected a whole number, got `{s}`"))?;
-        if (min..=max).contains(&n) {
-            Ok(n)
-        } else {
-            Err(format!("must be between {min} and {max}, got {n}"))
-        }
-    }
-}
-
-fn socket_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("expected an address like 127.0.0.1:6432, got `{s}`"))
-}
-
-/// Parses `250ms`, `5s`, `10m`, `1h` or a bare number of seconds.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration like 500ms, 5s, 10m or 1h, got `{s}`"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{s}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{s}`: {e}"))
-}
-
-/// Parses a byte size: a number with an optional `B`, `kB`/`KiB`, `MB`/`MiB` suffix.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: usize = number
-        .parse()
-        .map_err(|_| format!("expected a size like 1048576 or 64MiB, got `{s}`"))?;
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "kB" | "KiB" | "KB" => 1024,
-        "MB" | "MiB" => 1024 * 1024,
-        other => return Err(format!("unknown size unit `{other}` (use B, KiB or MiB)")),
-    };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
-
 impl FileConfig {
-    fn read(path: &Path) -> Result<Self, ConfigError> {
+    pub(super) fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -463,7 +152,7 @@ impl FileConfig {
         })
     }
 
-    fn validate(self) -> Result<Config, ConfigError> {
+    pub(super) fn validate(self) -> Result<Config, ConfigError> {
         let pool = self.pool.validate("", &default_pool())?;
         let mut databases = BTreeMap::new();
         for (name, file) in &self.databases {
@@ -652,7 +341,6 @@ impl UserFile {
         })
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,15 +410,5 @@ mod tests {
     fn scram_needs_users() {
         let err = load_str("upstream = \"postgres://h/x\"\n", &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("`users`"), "{err}");
-    }
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("-1s").is_err());
-        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-        assert!(parse_size("12XB").is_err());
     }
 }

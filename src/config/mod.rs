@@ -1,0 +1,254 @@
+//! Typed configuration: a TOML file, overridden key by key by `PGSIDECAR_*` environment variables
+//! and command-line flags (the binary feeds both in as [`Overrides`]). Every validation error
+//! names the key at fault so that a bad deploy is fixed in one look.
+
+mod file;
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use file::FileConfig;
+pub use file::Overrides;
+pub use values::{parse_duration, parse_size};
+
+use crate::auth::ScramVerifier;
+
+/// Why a configuration could not be loaded. The binary exits with status 2 on any of these.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The TOML parser's message, which names the key.
+        message: String,
+    },
+    /// A value is missing or out of range.
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `databases.app.pool_size`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// How long a client keeps a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// From the first message of a transaction to its ReadyForQuery `I`.
+    Transaction,
+    /// For the client's whole session; reset with `DISCARD ALL` before reuse.
+    Session,
+}
+
+impl FromStr for PoolMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "transaction" => Ok(Self::Transaction),
+            "session" => Ok(Self::Session),
+            other => Err(format!(
+                "expected `transaction` or `session`, got `{other}`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Transaction => "transaction",
+            Self::Session => "session",
+        })
+    }
+}
+
+/// How clients prove who they are to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// Anyone is let in under the name they give: for the local dev profile only.
+    Trust,
+    /// SCRAM-SHA-256 against the configured users.
+    ScramSha256,
+}
+
+impl FromStr for AuthMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "trust" => Ok(Self::Trust),
+            "scram-sha-256" => Ok(Self::ScramSha256),
+            other => Err(format!(
+                "expected `trust` or `scram-sha-256`, got `{other}`"
+            )),
+        }
+    }
+}
+
+/// The PostgreSQL server the proxy fronts. Missing user or database mean "the client's own".
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Fixed server-side user, if any.
+    pub user: Option<String>,
+    /// Fixed server-side database, if any.
+    pub database: Option<String>,
+    /// Password for the server-side login, if the URL carries one.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Parses a `postgres://` URL or a libpq key/value string.
+    ///
+    /// # Errors
+    /// A message saying what is wrong; the caller adds the key.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let parsed = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+        let host = match parsed.get_hosts() {
+            [] => "127.0.0.1".to_owned(),
+            [tokio_postgres::config::Host::Tcp(host)] => host.clone(),
+            [_] => return Err("Unix-socket upstreams are not supported; use a TCP host".to_owned()),
+            _ => return Err("exactly one upstream host is supported".to_owned()),
+        };
+        let port = match parsed.get_ports() {
+            [] => 5432,
+            [port] => *port,
+            _ => return Err("exactly one upstream port is supported".to_owned()),
+        };
+        Ok(Self {
+            host,
+            port,
+            user: parsed.get_user().map(str::to_owned),
+            database: parsed.get_dbname().map(str::to_owned),
+            password: parsed
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        })
+    }
+}
+
+/// Pool sizing and server-connection lifetimes for one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Transaction or session pooling.
+    pub mode: PoolMode,
+    /// Maximum server connections per (database, user).
+    pub size: usize,
+    /// Server connections kept open even when idle.
+    pub min_idle: usize,
+    /// How long a client waits for a server connection before 53300.
+    pub acquire_timeout: Duration,
+    /// Idle server connections older than this are closed.
+    pub server_idle_timeout: Duration,
+    /// Server connections are replaced after this age.
+    pub server_lifetime: Duration,
+    /// Limit on opening and logging in one server connection.
+    pub server_connect_timeout: Duration,
+    /// Statements each server connection keeps prepared for transaction-mode clients (LRU).
+    pub max_prepared_statements: usize,
+}
+
+/// A user clients may log in as, and the secret the proxy uses toward the server for them.
+#[derive(Clone, Default)]
+pub struct UserSecret {
+    /// Verifier clients' SCRAM proofs are checked against.
+    pub verifier: Option<ScramVerifier>,
+    /// Password for the server-side login.
+    pub server_password: Option<String>,
+}
+
+impl fmt::Debug for UserSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserSecret")
+            .field("verifier", &self.verifier.is_some())
+            .field("server_password", &self.server_password.is_some())
+            .finish()
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listener address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listener, if enabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// The server fronted.
+    pub upstream: Upstream,
+    /// Client authentication.
+    pub auth: AuthMethod,
+    /// Defaults for every pool.
+    pub pool: PoolSettings,
+    /// Per-database overrides of the pool defaults.
+    pub databases: BTreeMap<String, PoolSettings>,
+    /// Known users.
+    pub users: BTreeMap<String, UserSecret>,
+    /// A client must finish logging in within this.
+    pub client_login_timeout: Duration,
+    /// Client connections beyond this are refused with 53300.
+    pub max_client_conn: usize,
+    /// Largest client message accepted, in bytes.
+    pub max_message_size: usize,
+}
+
+impl Config {
+    /// The pool settings that apply to `database`.
+    #[must_use]
+    pub fn pool_for(&self, database: &str) -> &PoolSettings {
+        self.databases.get(database).unwrap_or(&self.pool)
+    }
+
+    /// Loads the file (if any), applies the overrides and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or key at fault.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut file = match path {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        overrides.apply(&mut file);
+        file.validate()
+    }
+}
