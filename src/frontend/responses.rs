@@ -148,6 +148,15 @@ impl ResponseQueue {
         }
     }
 
+    /// Whether an ErrorResponse now leaves the server discarding messages until a Sync the
+    /// client has not sent yet (an error in an extended batch sent without Sync, e.g. after a
+    /// Flush). Until that Sync is answered the connection must not serve anyone else.
+    #[must_use]
+    pub fn error_awaits_client_sync(&self) -> bool {
+        !matches!(self.entries.front(), Some(Expect::Query))
+            && !self.entries.iter().any(|e| matches!(e, Expect::Sync))
+    }
+
     /// Nothing is owed.
     #[must_use]
     pub fn is_empty(&self) -> bool {

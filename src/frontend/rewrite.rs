@@ -315,6 +315,9 @@ impl Relay<'_> {
             } else {
                 self.tracker.server_message(header.tag, body);
             }
+            if header.tag == b'E' && self.queue.error_awaits_client_sync() {
+                self.tracker.await_sync();
+            }
             let hidden = self.watch_for_stale_plan(header.tag, body);
             if self.queue.on_server(header.tag, &mut outcome) == Verdict::Swallow || hidden {
                 splicer.cut(buf, end, next);

@@ -117,6 +117,12 @@ impl Tracker {
         self.pending == 0 && !self.open_batch && !self.copy_in && !self.copy_out
     }
 
+    /// The server discards messages until the client's next Sync (after an error in an
+    /// extended batch the client has not synced yet).
+    pub fn await_sync(&mut self) {
+        self.open_batch = true;
+    }
+
     /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
     #[must_use]
     pub fn status(&self) -> u8 {

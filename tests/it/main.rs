@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod copy;
 mod failures;
+mod hostile;
 mod pooling;
 mod prepared;
 mod protocol;

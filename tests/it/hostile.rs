@@ -1,0 +1,143 @@
+//! Hostile and malformed input: the proxy answers with errors or closes the connection, never
+//! panics, and keeps serving everyone else.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{cluster, connect, fresh_database};
+
+/// A small deterministic generator, so that a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        u32::try_from(self.0 >> 33).unwrap()
+    }
+
+    fn below(&mut self, n: u32) -> u32 {
+        self.next() % n
+    }
+}
+
+fn startup(db: &str) -> Vec<u8> {
+    let params = format!("user\0postgres\0database\0{db}\0\0");
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&u32::try_from(8 + params.len()).unwrap().to_be_bytes());
+    packet.extend_from_slice(&196_608_u32.to_be_bytes());
+    packet.extend_from_slice(params.as_bytes());
+    packet
+}
+
+/// One message with a random (often valid) tag and a random body; now and then a lying length.
+fn random_message(rng: &mut Lcg) -> Vec<u8> {
+    const TAGS: &[u8] = b"QPBEDCSHFdcfpX\x00\xffZ1";
+    let tag = TAGS[rng.below(u32::try_from(TAGS.len()).unwrap()) as usize];
+    let body_len = rng.below(64) as usize;
+    let body: Vec<u8> = (0..body_len)
+        .map(|_| u8::try_from(rng.below(256)).unwrap())
+        .collect();
+    let declared = match rng.below(10) {
+        0 => u32::MAX,
+        1 => 2,
+        _ => u32::try_from(body_len + 4).unwrap(),
+    };
+    let mut message = vec![tag];
+    message.extend_from_slice(&declared.to_be_bytes());
+    message.extend_from_slice(&body);
+    message
+}
+
+async fn drain(stream: &mut tokio::net::TcpStream) {
+    let mut buf = [0_u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_traffic_never_panics_or_disturbs_others() {
+    let db = fresh_database().await;
+    let port = pgsidecar::dev::free_port().unwrap();
+    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--auth",
+            "trust",
+        ])
+        .args(["--pool-size", "3", "--client-login-timeout", "2s"])
+        .args([
+            "--upstream",
+            &format!(
+                "postgres://postgres:postgres@127.0.0.1:{}",
+                cluster().port()
+            ),
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("PGSIDECAR_CONFIG")
+        .env("PGSIDECAR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{db}");
+    let mut bystander = None;
+    for _ in 0..100 {
+        if let Ok(client) = connect(&url).await {
+            bystander = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bystander = bystander.expect("the proxy accepts connections");
+    let mut rng = Lcg(0x5eed);
+    for round in 0..80 {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        if round % 4 == 0 {
+            // Garbage instead of a startup packet.
+            let junk: Vec<u8> = (0..rng.below(40))
+                .map(|_| u8::try_from(rng.below(256)).unwrap())
+                .collect();
+            let _ = stream.write_all(&junk).await;
+        } else {
+            let _ = stream.write_all(&startup(&db)).await;
+            for _ in 0..=rng.below(6) {
+                let _ = stream.write_all(&random_message(&mut rng)).await;
+            }
+        }
+        drain(&mut stream).await;
+        let n: i32 = bystander
+            .query_one("SELECT $1::int", &[&round])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, round);
+    }
+    assert!(proxy.try_wait().unwrap().is_none(), "the proxy exited");
+    let fresh = connect(&url).await.unwrap();
+    assert_eq!(
+        fresh
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    proxy.start_kill().unwrap();
+    let out = proxy.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
