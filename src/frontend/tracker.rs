@@ -34,24 +34,14 @@ impl Default for Tracker {
     }
 }
 
-/// Whether a byte is a message type a client may send after startup.
+/// Whether a byte is a message type a client may send after startup. A PasswordMessage (`p`) is
+/// not: after login the server would answer it with FATAL and close, which must not happen on a
+/// connection the proxy is about to hand to someone else.
 #[must_use]
 pub fn is_frontend_tag(tag: u8) -> bool {
     matches!(
         tag,
-        b'Q' | b'P'
-            | b'B'
-            | b'E'
-            | b'D'
-            | b'C'
-            | b'S'
-            | b'H'
-            | b'F'
-            | b'd'
-            | b'c'
-            | b'f'
-            | b'X'
-            | b'p'
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' | b'X'
     )
 }
 

@@ -53,6 +53,40 @@ fn random_message(rng: &mut Lcg) -> Vec<u8> {
     message
 }
 
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A well-formed message a real client might send, often in an awkward place.
+fn plausible_message(rng: &mut Lcg) -> Vec<u8> {
+    const QUERIES: &[&str] = &[
+        "BEGIN",
+        "SELECT 1",
+        "SET work_mem = '1MB'",
+        "SELECT pg_sleep(0.02)",
+        "COPY (SELECT 1) TO STDOUT",
+        "SELECT 1/0",
+        "DEALLOCATE ALL",
+        "COMMIT",
+        "ROLLBACK",
+    ];
+    match rng.below(8) {
+        0 | 1 => {
+            let sql = QUERIES[rng.below(u32::try_from(QUERIES.len()).unwrap()) as usize];
+            message(b'Q', format!("{sql}\0").as_bytes())
+        }
+        2 => message(b'P', b"s1\0SELECT $1::int\0\0\0"),
+        3 => message(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x0142\0\0"),
+        4 => message(b'E', b"\0\0\0\0\0"),
+        5 => message(b'S', b""),
+        6 => message(b'D', b"Ss1\0"),
+        _ => message(b'C', b"Ss1\0"),
+    }
+}
+
 async fn drain(stream: &mut tokio::net::TcpStream) {
     let mut buf = [0_u8; 4096];
     loop {
@@ -115,7 +149,18 @@ async fn random_traffic_never_panics_or_disturbs_others() {
         } else {
             let _ = stream.write_all(&startup(&db)).await;
             for _ in 0..=rng.below(6) {
-                let _ = stream.write_all(&random_message(&mut rng)).await;
+                let next = if rng.below(3) == 0 {
+                    random_message(&mut rng)
+                } else {
+                    plausible_message(&mut rng)
+                };
+                // Now and then the client vanishes in the middle of a message.
+                let cut = if rng.below(8) == 0 {
+                    rng.below(u32::try_from(next.len()).unwrap()) as usize
+                } else {
+                    next.len()
+                };
+                let _ = stream.write_all(&next[..cut]).await;
             }
         }
         drain(&mut stream).await;
