@@ -35,9 +35,17 @@ async fn health_and_status_report_pools_and_clients() {
     client.batch_execute("SELECT 1").await.unwrap();
     assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(get(addr, "/readyz").await.0, 200);
-    let (code, body) = get(addr, "/v1/status").await;
-    assert_eq!(code, 200);
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // The connection goes back to the pool just after the client has its answer.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (code, body) = get(addr, "/v1/status").await;
+        assert_eq!(code, 200);
+        status = serde_json::from_str(&body).unwrap();
+        if status["pools"][0]["idle"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(status["clients"], 1);
     let pool = &status["pools"][0];
     assert_eq!(pool["database"], db.as_str());
@@ -46,5 +54,6 @@ async fn health_and_status_report_pools_and_clients() {
     assert_eq!(pool["pool_size"], 3);
     assert_eq!(pool["server_connections"], 1);
     assert_eq!(pool["idle"], 1);
+    assert_eq!(status["pinned_clients_total"], 0);
     assert_eq!(get(addr, "/nope").await.0, 404);
 }
