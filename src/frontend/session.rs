@@ -542,7 +542,7 @@ impl Session {
     async fn finish(&mut self, mut checkout: Checkout, talk: &Conversation) {
         self.cancel.set(None);
         let server = checkout.conn();
-        if !talk.tracker.is_quiet() || !talk.queue.is_empty() || !server.buf.is_empty() {
+        if !talk.tracker.is_synced() || !talk.queue.is_empty() || !server.buf.is_empty() {
             checkout.discard(true).await;
             return;
         }
