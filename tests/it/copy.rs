@@ -1,14 +1,12 @@
 //! COPY in both directions and large results, checked byte for byte and for bounded memory.
 
 use std::fmt::Write as _;
-use std::process::Stdio;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::support::{cluster, connect, direct, fresh_database, start_proxy};
+use crate::support::{ProxyProcess, direct, fresh_database, start_proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_100k_rows_in_and_out_unchanged() {
@@ -72,40 +70,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn million_row_result_streams_in_bounded_memory() {
     let db = fresh_database().await;
-    let port = pgsidecar::dev::free_port().unwrap();
-    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-        .args([
-            "proxy",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--auth",
-            "trust",
-        ])
-        .args([
-            "--upstream",
-            &format!(
-                "postgres://postgres:postgres@127.0.0.1:{}",
-                cluster().port()
-            ),
-        ])
-        .env_remove("DATABASE_URL")
-        .env_remove("PGSIDECAR_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = proxy.id().unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:{port}/{db}");
-    let mut client = None;
-    for _ in 0..100 {
-        if let Ok(c) = connect(&url).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = client.expect("the proxy binary accepts connections");
+    let mut proxy = ProxyProcess::spawn(&[]);
+    let pid = proxy.child.id().unwrap();
+    let client = proxy.connect(&db).await;
     let before = peak_rss_kib(pid);
     let rows = client
         .query_raw(
@@ -128,5 +95,5 @@ async fn million_row_result_streams_in_bounded_memory() {
         peak < before + 32 * 1024,
         "proxy peak RSS grew from {before} KiB to {peak} KiB"
     );
-    proxy.kill().await.unwrap();
+    proxy.child.kill().await.unwrap();
 }

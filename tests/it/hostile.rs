@@ -1,12 +1,11 @@
 //! Hostile and malformed input: the proxy answers with errors or closes the connection, never
 //! panics, and keeps serving everyone else.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{cluster, connect, fresh_database};
+use crate::support::{ProxyProcess, fresh_database};
 
 /// A small deterministic generator, so that a failure can be replayed.
 struct Lcg(u64);
@@ -100,41 +99,9 @@ async fn drain(stream: &mut tokio::net::TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_traffic_never_panics_or_disturbs_others() {
     let db = fresh_database().await;
-    let port = pgsidecar::dev::free_port().unwrap();
-    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-        .args([
-            "proxy",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--auth",
-            "trust",
-        ])
-        .args(["--pool-size", "3", "--client-login-timeout", "2s"])
-        .args([
-            "--upstream",
-            &format!(
-                "postgres://postgres:postgres@127.0.0.1:{}",
-                cluster().port()
-            ),
-        ])
-        .env_remove("DATABASE_URL")
-        .env_remove("PGSIDECAR_CONFIG")
-        .env("PGSIDECAR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:{port}/{db}");
-    let mut bystander = None;
-    for _ in 0..100 {
-        if let Ok(client) = connect(&url).await {
-            bystander = Some(client);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let bystander = bystander.expect("the proxy accepts connections");
+    let mut proxy = ProxyProcess::spawn(&["--pool-size", "3", "--client-login-timeout", "2s"]);
+    let port = proxy.port;
+    let bystander = proxy.connect(&db).await;
     let mut rng = Lcg(0x5eed);
     for round in 0..80 {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -170,9 +137,34 @@ async fn random_traffic_never_panics_or_disturbs_others() {
             .unwrap()
             .get(0);
         assert_eq!(n, round);
+        // A simple query outside any transaction starts one: now() is its own start time.
+        let messages = bystander
+            .simple_query("SELECT now() = statement_timestamp(), current_setting('work_mem')")
+            .await
+            .unwrap();
+        let row = messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            row.get(0),
+            Some("t"),
+            "round {round}: the bystander landed inside someone's transaction"
+        );
+        assert_eq!(
+            row.get(1),
+            Some("4MB"),
+            "round {round}: someone's SET leaked"
+        );
     }
-    assert!(proxy.try_wait().unwrap().is_none(), "the proxy exited");
-    let fresh = connect(&url).await.unwrap();
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "the proxy exited"
+    );
+    let fresh = proxy.connect(&db).await;
     assert_eq!(
         fresh
             .query_one("SELECT 1", &[])
@@ -181,8 +173,8 @@ async fn random_traffic_never_panics_or_disturbs_others() {
             .get::<_, i32>(0),
         1
     );
-    proxy.start_kill().unwrap();
-    let out = proxy.wait_with_output().await.unwrap();
+    proxy.child.start_kill().unwrap();
+    let out = proxy.child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -206,3 +206,57 @@ pub fn sqlstate(error: &tokio_postgres::Error) -> String {
 pub fn pg_program(name: &str) -> PathBuf {
     pg_bindir().join(name)
 }
+
+/// The `pgsidecar proxy` binary running in a process of its own, in front of the shared cluster
+/// with trust authentication, for tests that watch the process itself (memory, panics).
+pub struct ProxyProcess {
+    /// The process; killed when dropped.
+    pub child: tokio::process::Child,
+    /// Where clients connect.
+    pub port: u16,
+}
+
+impl ProxyProcess {
+    /// Starts the binary with `extra` flags; its stderr is captured.
+    pub fn spawn(extra: &[&str]) -> Self {
+        let port = free_port().expect("a free port");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+            .args([
+                "proxy",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--auth",
+                "trust",
+            ])
+            .args([
+                "--upstream",
+                &format!(
+                    "postgres://postgres:postgres@127.0.0.1:{}",
+                    cluster().port()
+                ),
+            ])
+            .args(extra)
+            .env_remove("DATABASE_URL")
+            .env_remove("PGSIDECAR_CONFIG")
+            .env("PGSIDECAR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the pgsidecar binary starts");
+        Self { child, port }
+    }
+
+    /// A client of `database` through the process, once it accepts connections (generously: the
+    /// whole suite runs in parallel on two cores).
+    pub async fn connect(&self, database: &str) -> Client {
+        let url = format!("postgres://postgres@127.0.0.1:{}/{database}", self.port);
+        for _ in 0..600 {
+            if let Ok(client) = connect(&url).await {
+                return client;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the pgsidecar binary does not accept connections");
+    }
+}
