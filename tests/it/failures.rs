@@ -28,7 +28,23 @@ async fn cancel_reaches_the_right_server_query() {
             .await
             .map(|_| ())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let observer = direct("postgres").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE '%pg_sleep(30)%' AND state = 'active'",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     token.cancel_query(NoTls).await.unwrap();
     let err = sleeping.await.unwrap().unwrap_err();
