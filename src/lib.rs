@@ -13,4 +13,5 @@ pub mod backend;
 pub mod config;
 pub mod dev;
 pub mod frontend;
+pub mod telemetry;
 pub mod wire;

@@ -89,6 +89,35 @@ struct ProxyArgs {
     /// Largest client message (e.g. 64MiB).
     #[arg(long, env = "PGSIDECAR_MAX_MESSAGE_SIZE")]
     max_message_size: Option<String>,
+    /// Comma-separated users allowed into the admin console (database pgsidecar).
+    #[arg(long, env = "PGSIDECAR_ADMIN_USERS")]
+    admin_users: Option<String>,
+    /// OTLP collector endpoint for query spans; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT wins.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf; OTEL_EXPORTER_OTLP_TRACES_PROTOCOL wins.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// service.name of the spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    service_name: Option<String>,
+    /// always_on, always_off, traceidratio, or parentbased_ forms of those.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    traces_sampler: Option<String>,
+    /// The sampling ratio for traceidratio samplers, 0 to 1.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    traces_sampler_arg: Option<String>,
+    /// Queries at least this slow are always traced (e.g. 500ms).
+    #[arg(long, env = "PGSIDECAR_SLOW_QUERY_THRESHOLD")]
+    slow_query_threshold: Option<String>,
+}
+
+/// Whether the OpenTelemetry environment turns trace export off.
+fn otel_traces_disabled() -> bool {
+    let is = |name: &str, value: &str| {
+        std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    is("OTEL_SDK_DISABLED", "true") || is("OTEL_TRACES_EXPORTER", "none")
 }
 
 impl ProxyArgs {
@@ -109,6 +138,21 @@ impl ProxyArgs {
             client_login_timeout: self.client_login_timeout,
             max_client_conn: self.max_client_conn,
             max_message_size: self.max_message_size,
+            admin_users: self.admin_users,
+            otlp_endpoint: if otel_traces_disabled() {
+                Some(String::new())
+            } else {
+                std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                    .ok()
+                    .or(self.otlp_endpoint)
+            },
+            otlp_protocol: std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .ok()
+                .or(self.otlp_protocol),
+            service_name: self.service_name,
+            traces_sampler: self.traces_sampler,
+            traces_sampler_arg: self.traces_sampler_arg,
+            slow_query_threshold: self.slow_query_threshold,
             database_url: std::env::var("DATABASE_URL").ok(),
         };
         Config::load(self.config.as_deref(), &overrides)
@@ -140,10 +184,29 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// Logs to stderr (filtered by PGSIDECAR_LOG) and, when tracing is on, the process's own spans
+/// to the same OTLP pipeline as the queries'.
+fn init_logging(tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t)))
+        .init();
+}
+
 async fn run_proxy(config: Config) -> anyhow::Result<()> {
-    let proxy = Proxy::bind(config.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let proxy = Proxy::bind(config.clone()).await?;
+    let ctx = proxy.context();
+    init_logging(
+        ctx.telemetry
+            .tracer
+            .as_ref()
+            .map(pgsidecar::telemetry::QueryTracer::tracer),
+    );
     tracing::info!(listen = %proxy.local_addr()?, upstream = %format!("{}:{}", config.upstream.host, config.upstream.port), "pgsidecar proxy ready");
     let shutdown = shutdown_on_signal();
     if let Some(addr) = config.admin_listen {
@@ -159,17 +222,17 @@ async fn run_proxy(config: Config) -> anyhow::Result<()> {
         });
     }
     proxy.run(shutdown).await;
+    // The exporter flushes with blocking calls.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(tracer) = &ctx.telemetry.tracer {
+            tracer.shutdown();
+        }
+    })
+    .await;
     Ok(())
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -189,13 +252,16 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-        Command::Dev(args) => runtime
-            .block_on(pgsidecar::dev::run(
-                &args.dir,
-                &args.listen,
-                shutdown_on_signal,
-            ))
-            .map_err(anyhow::Error::from),
+        Command::Dev(args) => {
+            init_logging(None);
+            runtime
+                .block_on(pgsidecar::dev::run(
+                    &args.dir,
+                    &args.listen,
+                    shutdown_on_signal,
+                ))
+                .map_err(anyhow::Error::from)
+        }
         Command::Passwd { password } => passwd(password),
     };
     match result {

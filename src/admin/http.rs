@@ -5,14 +5,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::frontend::ProxyContext;
+use crate::telemetry::{PoolGauges, PoolTotals};
 
 /// One pool in `GET /v1/status`.
 #[derive(Debug, Serialize)]
@@ -31,6 +36,8 @@ pub struct PoolStatus {
     pub idle: usize,
     /// Clients waiting for a server connection.
     pub waiting: usize,
+    /// Cumulative traffic figures.
+    pub totals: PoolTotals,
 }
 
 /// The body of `GET /v1/status`.
@@ -38,8 +45,6 @@ pub struct PoolStatus {
 pub struct Status {
     /// Client connections open now.
     pub clients: usize,
-    /// Clients pinned to their server connection in transaction mode, since start.
-    pub pinned_clients_total: u64,
     /// Every pool created so far.
     pub pools: Vec<PoolStatus>,
 }
@@ -62,13 +67,13 @@ impl Status {
                     server_connections: usage.size,
                     idle: usage.available,
                     waiting: usage.waiting,
+                    totals: pool.metrics().totals(),
                 }
             })
             .collect();
         pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
         Self {
             clients: ctx.clients.load(Ordering::Relaxed),
-            pinned_clients_total: ctx.pinned_clients.load(Ordering::Relaxed),
             pools,
         }
     }
@@ -78,8 +83,55 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz() -> &'static str {
-    "ready\n"
+/// How long `/readyz` waits for the upstream to accept a TCP connection.
+const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready when the upstream accepts connections: a sidecar whose database is unreachable
+/// should be taken out of rotation rather than hand out errors.
+async fn readyz(State(ctx): State<Arc<ProxyContext>>) -> (StatusCode, String) {
+    let upstream = &ctx.config.upstream;
+    let address = (upstream.host.as_str(), upstream.port);
+    match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(address)).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "upstream {}:{} unreachable: {e}\n",
+                upstream.host, upstream.port
+            ),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "upstream {}:{} did not accept a connection within {UPSTREAM_PROBE_TIMEOUT:?}\n",
+                upstream.host, upstream.port
+            ),
+        ),
+    }
+}
+
+/// The Prometheus exposition, with pool gauges read at scrape time.
+async fn metrics(State(ctx): State<Arc<ProxyContext>>) -> impl IntoResponse {
+    let metrics = &ctx.telemetry.metrics;
+    for pool in ctx.pools.all() {
+        let usage = pool.usage();
+        metrics.set_pool_gauges(
+            pool.metrics(),
+            &PoolGauges {
+                active: usage.size.saturating_sub(usage.available),
+                idle: usage.available,
+                waiting: usage.waiting,
+                pool_size: pool.settings().size,
+            },
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
 }
 
 async fn status(State(ctx): State<Arc<ProxyContext>>) -> Json<Status> {
@@ -120,6 +172,7 @@ impl AdminServer {
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
             .route("/v1/status", get(status))
             .with_state(self.ctx);
         axum::serve(self.listener, app)

@@ -3,15 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
-use deadpool::managed::{
-    self, Metrics, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts,
-};
+use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
 use super::{BackendError, KnownStatements, LoginTarget, ServerConn};
 use crate::config::{Config, PoolSettings};
+use crate::telemetry::{Metrics, PoolMetrics};
 
 /// Identifies a pool: the database and user a client logged in with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,7 +50,7 @@ impl managed::Manager for ServerManager {
     async fn recycle(
         &self,
         conn: &mut ServerConn,
-        metrics: &Metrics,
+        metrics: &managed::Metrics,
     ) -> RecycleResult<BackendError> {
         if metrics.age() > self.settings.server_lifetime {
             return Err(managed::RecycleError::message("server_lifetime reached"));
@@ -91,10 +90,16 @@ pub struct ServerPool {
     settings: PoolSettings,
     pool: Pool<ServerManager>,
     known: KnownStatements,
+    metrics: PoolMetrics,
 }
 
 impl ServerPool {
-    fn new(key: PoolKey, target: LoginTarget, settings: PoolSettings) -> Arc<Self> {
+    fn new(
+        key: PoolKey,
+        target: LoginTarget,
+        settings: PoolSettings,
+        metrics: PoolMetrics,
+    ) -> Arc<Self> {
         let pool = Pool::builder(ServerManager {
             target,
             settings: settings.clone(),
@@ -110,6 +115,7 @@ impl ServerPool {
             settings,
             pool,
             known: KnownStatements::default(),
+            metrics,
         });
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
@@ -125,6 +131,12 @@ impl ServerPool {
     #[must_use]
     pub fn known_statements(&self) -> &KnownStatements {
         &self.known
+    }
+
+    /// The pool's counters and histograms.
+    #[must_use]
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
     }
 
     /// The pool's settings.
@@ -144,10 +156,14 @@ impl ServerPool {
     /// # Errors
     /// [`AcquireError`].
     pub async fn checkout(&self) -> Result<Checkout, AcquireError> {
+        let asked = Instant::now();
         match self.pool.get().await {
-            Ok(object) => Ok(Checkout {
-                object: Some(object),
-            }),
+            Ok(object) => {
+                self.metrics.acquired(asked.elapsed());
+                Ok(Checkout {
+                    object: Some(object),
+                })
+            }
             Err(PoolError::Timeout(_)) => Err(AcquireError::Timeout(
                 self.settings.acquire_timeout,
                 self.key.to_string(),
@@ -259,15 +275,17 @@ impl Drop for Checkout {
 #[derive(Debug)]
 pub struct PoolRegistry {
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
 }
 
 impl PoolRegistry {
-    /// An empty registry for `config`.
+    /// An empty registry for `config`, whose pools report into `metrics`.
     #[must_use]
-    pub fn new(config: Arc<Config>) -> Self {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
+            metrics,
             pools: Mutex::new(HashMap::new()),
         }
     }
@@ -300,6 +318,7 @@ impl PoolRegistry {
             key.clone(),
             target,
             self.config.pool_for(&key.database).clone(),
+            self.metrics.pool(&key.database, &key.user),
         );
         pools.insert(key.clone(), Arc::clone(&pool));
         pool

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::values::{field, ranged, socket_addr};
 use super::{
-    AuthMethod, Config, ConfigError, PoolMode, PoolSettings, Upstream, UserSecret, invalid,
-    parse_duration, parse_size,
+    AuthMethod, Config, ConfigError, OtlpProtocol, PoolMode, PoolSettings, SamplerSettings,
+    TelemetrySettings, Upstream, UserSecret, invalid, parse_duration, parse_size,
 };
 use crate::auth::ScramVerifier;
 
@@ -55,6 +55,17 @@ struct UserFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TelemetryFile {
+    otlp_endpoint: Option<Scalar>,
+    otlp_protocol: Option<Scalar>,
+    service_name: Option<Scalar>,
+    sampler: Option<Scalar>,
+    sampler_arg: Option<Scalar>,
+    slow_query_threshold: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     listen: Option<Scalar>,
     admin_listen: Option<Scalar>,
@@ -63,6 +74,9 @@ pub(super) struct FileConfig {
     client_login_timeout: Option<Scalar>,
     max_client_conn: Option<Scalar>,
     max_message_size: Option<Scalar>,
+    admin_users: Option<Vec<String>>,
+    #[serde(default)]
+    telemetry: TelemetryFile,
     #[serde(flatten)]
     pool: PoolFile,
     #[serde(default)]
@@ -90,6 +104,14 @@ pub struct Overrides {
     pub client_login_timeout: Option<String>,
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
+    /// Comma-separated admin console users.
+    pub admin_users: Option<String>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub service_name: Option<String>,
+    pub traces_sampler: Option<String>,
+    pub traces_sampler_arg: Option<String>,
+    pub slow_query_threshold: Option<String>,
     /// `DATABASE_URL`, used only when no upstream is set anywhere else.
     pub database_url: Option<String>,
 }
@@ -134,6 +156,26 @@ impl Overrides {
         );
         set(&mut file.max_client_conn, self.max_client_conn.as_ref());
         set(&mut file.max_message_size, self.max_message_size.as_ref());
+        if let Some(users) = &self.admin_users {
+            file.admin_users = Some(
+                users
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
+        let telemetry = &mut file.telemetry;
+        set(&mut telemetry.otlp_endpoint, self.otlp_endpoint.as_ref());
+        set(&mut telemetry.otlp_protocol, self.otlp_protocol.as_ref());
+        set(&mut telemetry.service_name, self.service_name.as_ref());
+        set(&mut telemetry.sampler, self.traces_sampler.as_ref());
+        set(&mut telemetry.sampler_arg, self.traces_sampler_arg.as_ref());
+        set(
+            &mut telemetry.slow_query_threshold,
+            self.slow_query_threshold.as_ref(),
+        );
         if file.upstream.is_none() {
             set(&mut file.upstream, self.database_url.as_ref());
         }
@@ -191,7 +233,10 @@ impl FileConfig {
             Some(v) if v.text().is_empty() => None,
             Some(v) => Some(socket_addr(&v.text()).map_err(|m| invalid("admin_listen", m))?),
         };
+        let telemetry = self.telemetry.validate()?;
         Ok(Config {
+            admin_users: self.admin_users.unwrap_or_default(),
+            telemetry,
             listen: field(
                 "listen",
                 self.listen.as_ref(),
@@ -319,6 +364,37 @@ impl PoolFile {
     }
 }
 
+impl TelemetryFile {
+    fn validate(&self) -> Result<TelemetrySettings, ConfigError> {
+        let text = |v: &Option<Scalar>| {
+            v.as_ref()
+                .map(Scalar::text)
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        };
+        let sampler_name = text(&self.sampler).unwrap_or_else(|| "parentbased_always_on".into());
+        let sampler = SamplerSettings::parse(&sampler_name, text(&self.sampler_arg).as_deref())
+            .map_err(|m| invalid("telemetry.sampler", m))?;
+        Ok(TelemetrySettings {
+            otlp_endpoint: text(&self.otlp_endpoint),
+            otlp_protocol: field(
+                "telemetry.otlp_protocol",
+                self.otlp_protocol.as_ref(),
+                OtlpProtocol::Grpc,
+                str::parse,
+            )?,
+            service_name: text(&self.service_name),
+            sampler,
+            slow_query_threshold: field(
+                "telemetry.slow_query_threshold",
+                self.slow_query_threshold.as_ref(),
+                Duration::from_secs(1),
+                parse_duration,
+            )?,
+        })
+    }
+}
+
 impl UserFile {
     fn validate(self, prefix: &str) -> Result<UserSecret, ConfigError> {
         let verifier = match (&self.password, &self.scram_verifier) {
@@ -404,6 +480,34 @@ mod tests {
         let config = load_str("auth = \"trust\"\n", &overrides).unwrap();
         assert_eq!(config.upstream.host, "h");
         assert_eq!(config.upstream.user, None);
+    }
+
+    #[test]
+    fn telemetry_follows_the_otel_names() {
+        let overrides = Overrides {
+            traces_sampler: Some("parentbased_traceidratio".into()),
+            traces_sampler_arg: Some("0.25".into()),
+            otlp_protocol: Some("http/protobuf".into()),
+            admin_users: Some("ops, dba".into()),
+            ..Overrides::default()
+        };
+        let config = load_str(
+            &format!("{BASE}[telemetry]\notlp_endpoint = \"http://collector:4317\"\n"),
+            &overrides,
+        )
+        .unwrap();
+        let t = &config.telemetry;
+        assert_eq!(t.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(t.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert!(t.sampler.parent_based);
+        assert_eq!(t.sampler.root, super::super::RootSampling::Ratio(0.25));
+        assert_eq!(config.admin_users, ["ops", "dba"]);
+        let err = load_str(
+            &format!("{BASE}[telemetry]\nsampler = \"traceidratio\"\nsampler_arg = \"2\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("telemetry.sampler"), "{err}");
     }
 
     #[test]

@@ -189,6 +189,99 @@ pub struct PoolSettings {
     pub max_prepared_statements: usize,
 }
 
+/// How query spans leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (`grpc`), usually port 4317.
+    Grpc,
+    /// OTLP protobuf over HTTP (`http/protobuf`), usually port 4318.
+    HttpProtobuf,
+}
+
+impl FromStr for OtlpProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => Err(format!("expected `grpc` or `http/protobuf`, got `{other}`")),
+        }
+    }
+}
+
+/// The decision for a query that has no sampled parent to follow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RootSampling {
+    /// Every query.
+    Always,
+    /// None at all, not even errors or slow queries.
+    Never,
+    /// This fraction of queries (plus every error and slow query).
+    Ratio(f64),
+}
+
+/// The sampler, in the terms of `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerSettings {
+    /// A query carrying a `traceparent` follows its sampled flag.
+    pub parent_based: bool,
+    /// What happens to the others.
+    pub root: RootSampling,
+}
+
+impl SamplerSettings {
+    /// Parses a sampler name and its argument as the OpenTelemetry environment variables
+    /// spell them (`parentbased_traceidratio` and `0.25`).
+    ///
+    /// # Errors
+    /// A message naming the accepted values.
+    pub fn parse(name: &str, arg: Option<&str>) -> Result<Self, String> {
+        let (parent_based, root) = match name.strip_prefix("parentbased_") {
+            Some(root) => (true, root),
+            None => (false, name),
+        };
+        let root = match root {
+            "always_on" => RootSampling::Always,
+            "always_off" => RootSampling::Never,
+            "traceidratio" => {
+                let ratio = match arg {
+                    None => 1.0,
+                    Some(arg) => arg
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| (0.0..=1.0).contains(r))
+                        .ok_or_else(|| {
+                            format!("sampler argument must be a ratio between 0 and 1, got `{arg}`")
+                        })?,
+                };
+                RootSampling::Ratio(ratio)
+            }
+            _ => {
+                return Err(format!(
+                    "expected always_on, always_off, traceidratio or their parentbased_ forms, got `{name}`"
+                ));
+            }
+        };
+        Ok(Self { parent_based, root })
+    }
+}
+
+/// Per-query tracing: where spans go and which are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// OTLP collector endpoint; tracing is off without one.
+    pub otlp_endpoint: Option<String>,
+    /// gRPC or HTTP/protobuf.
+    pub otlp_protocol: OtlpProtocol,
+    /// `service.name` of the spans, unless `OTEL_RESOURCE_ATTRIBUTES` names one.
+    pub service_name: Option<String>,
+    /// Which queries become spans.
+    pub sampler: SamplerSettings,
+    /// Queries at least this slow are always kept.
+    pub slow_query_threshold: Duration,
+}
+
 /// A user clients may log in as, and the secret the proxy uses toward the server for them.
 #[derive(Clone, Default)]
 pub struct UserSecret {
@@ -230,6 +323,10 @@ pub struct Config {
     pub max_client_conn: usize,
     /// Largest client message accepted, in bytes.
     pub max_message_size: usize,
+    /// Users who may open the admin console (database `pgsidecar`).
+    pub admin_users: Vec<String>,
+    /// Per-query spans.
+    pub telemetry: TelemetrySettings,
 }
 
 impl Config {

@@ -13,9 +13,42 @@ use super::ProxyContext;
 use super::login::{Admission, LoginError, authenticate, read_admission};
 use super::params::ClientParams;
 use super::session::Session;
-use crate::backend::PoolKey;
+use crate::backend::{PoolKey, ServerPool};
 use crate::config::Config;
+use crate::telemetry::TracingError;
 use crate::wire::sqlstate;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The client listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The OTLP exporter could not be set up.
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
+}
+
+/// Counts a logged-in client in its pool's metrics while it lives.
+struct PoolClient(Arc<ServerPool>);
+
+impl PoolClient {
+    fn new(pool: Arc<ServerPool>) -> Self {
+        pool.metrics().client_connected();
+        Self(pool)
+    }
+}
+
+impl Drop for PoolClient {
+    fn drop(&mut self) {
+        self.0.metrics().client_disconnected();
+    }
+}
 
 /// A bound, not yet running proxy.
 pub struct Proxy {
@@ -37,10 +70,16 @@ impl Proxy {
     ///
     /// # Errors
     /// The bind error, e.g. the address is in use.
-    pub async fn bind(config: Config) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(Self {
-            ctx: ProxyContext::new(config),
+            ctx: ProxyContext::new(config)?,
             listener,
         })
     }
@@ -111,6 +150,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: Sock
         database: login.database,
         user: login.user,
     });
+    let in_pool = PoolClient::new(Arc::clone(&pool));
     let cancel = ctx.cancels.issue();
     let mut session = Session::new(Arc::clone(&ctx), stream, pool, login.params, cancel);
     let held = match session.greet().await {
@@ -124,7 +164,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: Sock
     // The session runs as a task of its own so that an idle client costs only the session's
     // state, not the (larger) login state machine this task carries.
     tokio::spawn(async move {
-        let _counted = counted;
+        let _counted = (counted, in_pool);
         if let Err(e) = session.run(held).await {
             tracing::info!(%peer, error = %e, "session ended with an error");
         }

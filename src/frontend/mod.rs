@@ -1,6 +1,7 @@
 //! Client-facing side: the listener, login, and one session task per client.
 
 mod cancel;
+mod cycles;
 mod listener;
 mod login;
 mod params;
@@ -13,15 +14,16 @@ mod statements;
 mod tracker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 
 pub use cancel::{CancelRegistry, CancelSlot};
-pub use listener::Proxy;
+pub use listener::{Proxy, StartError};
 pub use params::{ClientParams, parse_options};
 pub use session::SessionError;
 
 use crate::backend::PoolRegistry;
 use crate::config::Config;
+use crate::telemetry::{Telemetry, TracingError};
 
 /// State shared by every task of one proxy, passed as `Arc` instead of living in globals.
 #[derive(Debug)]
@@ -34,21 +36,27 @@ pub struct ProxyContext {
     pub cancels: CancelRegistry,
     /// Client connections open now.
     pub clients: AtomicUsize,
-    /// Clients pinned to a server connection in transaction mode, since start.
-    pub pinned_clients: AtomicU64,
+    /// Metrics and query spans.
+    pub telemetry: Telemetry,
+    /// When the proxy started, for uptime figures.
+    pub started: std::time::SystemTime,
 }
 
 impl ProxyContext {
-    /// A context with no pools and no clients yet.
-    #[must_use]
-    pub fn new(config: Config) -> Arc<Self> {
+    /// A context with no pools and no clients yet. Must run inside the tokio runtime.
+    ///
+    /// # Errors
+    /// [`TracingError`] when the configured OTLP exporter cannot be set up.
+    pub fn new(config: Config) -> Result<Arc<Self>, TracingError> {
+        let telemetry = Telemetry::start(&config)?;
         let config = Arc::new(config);
-        Arc::new(Self {
-            pools: PoolRegistry::new(Arc::clone(&config)),
+        Ok(Arc::new(Self {
+            pools: PoolRegistry::new(Arc::clone(&config), Arc::clone(&telemetry.metrics)),
             config,
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
-            pinned_clients: AtomicU64::new(0),
-        })
+            telemetry,
+            started: std::time::SystemTime::now(),
+        }))
     }
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::cycles::Cycle;
+
 use crate::wire::extended::{put_command_complete, put_empty};
 use crate::wire::messages::put_ready_for_query;
 
@@ -25,7 +27,7 @@ pub enum Origin {
 }
 
 /// One expected response.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Expect {
     /// ParseComplete. `prepared` names the server-side statement this Parse creates.
     Parse {
@@ -46,10 +48,10 @@ pub enum Expect {
         /// Whose response it is.
         origin: Origin,
     },
-    /// ReadyForQuery for a Sync.
-    Sync,
-    /// Everything up to ReadyForQuery for a simple Query or FunctionCall.
-    Query,
+    /// ReadyForQuery for a Sync; the batch's query cycle.
+    Sync(Option<Cycle>),
+    /// Everything up to ReadyForQuery for a simple Query or FunctionCall; its query cycle.
+    Query(Option<Cycle>),
     /// Where the client ended a COPY FROM STDIN (CopyDone/CopyFail); owes nothing, but marks
     /// which Syncs the server swallows while it is copying.
     CopyEnd,
@@ -98,13 +100,15 @@ pub struct ResponseQueue {
     entries: VecDeque<Expect>,
     /// The server is in COPY FROM STDIN and ignores Syncs until the client's CopyDone/CopyFail.
     copy_in: bool,
+    /// The cycle the last ReadyForQuery ended.
+    finished: Option<Cycle>,
 }
 
 impl ResponseQueue {
     /// Records that a message owing `expect` was sent (or is answered by the proxy).
     pub fn push(&mut self, expect: Expect) {
         match expect {
-            Expect::Sync if self.copy_in => {}
+            Expect::Sync(_) if self.copy_in => {}
             Expect::CopyEnd if self.copy_in => self.copy_in = false,
             expect => self.entries.push_back(expect),
         }
@@ -123,7 +127,7 @@ impl ResponseQueue {
         let mut index = 1;
         let mut remaining = stop;
         while index < remaining {
-            if matches!(self.entries[index], Expect::Sync) {
+            if matches!(self.entries[index], Expect::Sync(_)) {
                 self.entries.remove(index);
                 remaining -= 1;
             } else {
@@ -153,8 +157,21 @@ impl ResponseQueue {
     /// Flush). Until that Sync is answered the connection must not serve anyone else.
     #[must_use]
     pub fn error_awaits_client_sync(&self) -> bool {
-        !matches!(self.entries.front(), Some(Expect::Query))
-            && !self.entries.iter().any(|e| matches!(e, Expect::Sync))
+        !matches!(self.entries.front(), Some(Expect::Query(_)))
+            && !self.entries.iter().any(|e| matches!(e, Expect::Sync(_)))
+    }
+
+    /// The query cycle the server is answering now: the one whose ReadyForQuery comes next.
+    pub fn current_cycle(&mut self) -> Option<&mut Cycle> {
+        self.entries.iter_mut().find_map(|e| match e {
+            Expect::Sync(cycle) | Expect::Query(cycle) => Some(cycle.as_mut()),
+            _ => None,
+        })?
+    }
+
+    /// The cycle ended by the ReadyForQuery just accounted for.
+    pub fn take_finished(&mut self) -> Option<Cycle> {
+        self.finished.take()
     }
 
     /// Nothing is owed.
@@ -220,7 +237,8 @@ impl ResponseQueue {
             b'Z' => {
                 self.copy_in = false;
                 while let Some(entry) = self.entries.pop_front() {
-                    if matches!(entry, Expect::Sync | Expect::Query) {
+                    if let Expect::Sync(cycle) | Expect::Query(cycle) = entry {
+                        self.finished = cycle;
                         break;
                     }
                 }
@@ -232,11 +250,11 @@ impl ResponseQueue {
 
     /// The server skips everything up to the next Sync after an error in an extended batch.
     fn on_error(&mut self, unprepared: &mut Vec<Arc<str>>) {
-        if matches!(self.entries.front(), Some(Expect::Query)) {
+        if matches!(self.entries.front(), Some(Expect::Query(_))) {
             return;
         }
         while let Some(entry) = self.entries.front() {
-            if matches!(entry, Expect::Sync | Expect::Query) {
+            if matches!(entry, Expect::Sync(_) | Expect::Query(_)) {
                 break;
             }
             if let Some(Expect::Parse {
@@ -278,7 +296,7 @@ mod tests {
         queue.push(parse(Origin::Synthetic));
         queue.push(parse(Origin::Injected));
         queue.push(Expect::Bind(None));
-        queue.push(Expect::Sync);
+        queue.push(Expect::Sync(None));
         let mut out = BytesMut::new();
         queue.emit_due(&mut out, b'I');
         assert!(
@@ -304,9 +322,9 @@ mod tests {
         queue.push(Expect::Bind(None));
         queue.push(parse(Origin::Synthetic));
         queue.push(parse(Origin::Client));
-        queue.push(Expect::Sync);
+        queue.push(Expect::Sync(None));
         queue.push(Expect::Bind(None));
-        queue.push(Expect::Sync);
+        queue.push(Expect::Sync(None));
         assert_eq!(queue.on_server(b'E', &mut gone), Verdict::Forward);
         let mut out = BytesMut::new();
         queue.emit_due(&mut out, b'I');
@@ -326,9 +344,9 @@ mod tests {
         for e in [
             Expect::Bind(None),
             Expect::Execute,
-            Expect::Sync,
+            Expect::Sync(None),
             Expect::CopyEnd,
-            Expect::Sync,
+            Expect::Sync(None),
         ] {
             queue.push(e);
         }
@@ -338,12 +356,12 @@ mod tests {
         assert!(queue.is_empty());
         // B E S, CopyInResponse, then d S c S.
         let mut queue = ResponseQueue::default();
-        for e in [Expect::Bind(None), Expect::Execute, Expect::Sync] {
+        for e in [Expect::Bind(None), Expect::Execute, Expect::Sync(None)] {
             queue.push(e);
         }
         queue.on_server(b'2', &mut gone);
         queue.on_server(b'G', &mut gone);
-        for e in [Expect::Sync, Expect::CopyEnd, Expect::Sync] {
+        for e in [Expect::Sync(None), Expect::CopyEnd, Expect::Sync(None)] {
             queue.push(e);
         }
         queue.on_server(b'C', &mut gone);
@@ -356,7 +374,7 @@ mod tests {
     fn errors_inside_a_simple_query_wait_for_its_ready() {
         let mut queue = ResponseQueue::default();
         let mut gone = PrepareOutcome::default();
-        queue.push(Expect::Query);
+        queue.push(Expect::Query(None));
         queue.push(Expect::LocalCommand { tag: "DEALLOCATE" });
         queue.on_server(b'T', &mut gone);
         queue.on_server(b'E', &mut gone);

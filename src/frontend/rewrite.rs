@@ -4,15 +4,18 @@
 //! [`ResponseQueue`] keeps the two streams matched.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::cycles::CycleLog;
 use super::responses::{Expect, Origin, PrepareOutcome, ResponseQueue, Verdict};
 use super::retry::{STALE_PLAN, StalePlanRetry};
 use super::sql::{Effect, classify, may_have_effects};
 use super::statements::{ClientStatements, StatementDef};
 use super::tracker::{Tracker, is_frontend_tag};
 use crate::backend::{KnownStatements, PreparedSet};
+use crate::telemetry::PoolMetrics;
 use crate::wire::extended::{BindMessage, ParseMessage, TargetMessage, put_parse, put_target};
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::{ErrorFields, take_cstr};
@@ -39,6 +42,10 @@ pub struct Relay<'a> {
     pub pinned: bool,
     /// What the client's statements do to its session, for the session to apply.
     pub effects: &'a mut Vec<Effect>,
+    /// Query cycles, for metrics and spans.
+    pub cycles: &'a mut CycleLog,
+    /// The pool's counters.
+    pub metrics: &'a PoolMetrics,
 }
 
 /// What the client's buffered messages amount to.
@@ -63,7 +70,10 @@ impl Relay<'_> {
     /// stale-plan report is closed (its CloseComplete swallowed) and counts as missing.
     fn server_has(&mut self, def: &StatementDef, out: &mut BytesMut) -> bool {
         match self.prepared.touch(&def.server_name) {
-            Some(epoch) if !self.known.is_stale(&def.server_name, epoch) => true,
+            Some(epoch) if !self.known.is_stale(&def.server_name, epoch) => {
+                self.metrics.cache_hit();
+                true
+            }
             Some(_) => {
                 self.prepared.remove(&def.server_name);
                 put_target(out, b'C', b'S', &def.server_name);
@@ -78,7 +88,9 @@ impl Relay<'_> {
 
     fn prepare(&mut self, def: &StatementDef, origin: Origin, out: &mut BytesMut) {
         let epoch = self.known.epoch();
+        self.metrics.cache_miss();
         for evicted in self.prepared.insert(Arc::clone(&def.server_name), epoch) {
+            self.metrics.cache_eviction();
             put_target(out, b'C', b'S', &evicted);
             self.queue.push(Expect::Close {
                 origin: Origin::Injected,
@@ -97,6 +109,7 @@ impl Relay<'_> {
         tag: u8,
         body: &[u8],
         out: &mut BytesMut,
+        now: Instant,
     ) -> Result<bool, WireError> {
         match tag {
             b'P' => {
@@ -166,10 +179,40 @@ impl Relay<'_> {
                 }
             }
             _ => {
-                self.account_plain(tag);
+                self.account_plain(tag, body, now);
                 Ok(false)
             }
         }
+    }
+
+    /// Feeds one forwarded client message to the query-cycle log.
+    fn observe_client(&mut self, tag: u8, body: &[u8], now: Instant) -> Result<(), WireError> {
+        let capture = self.cycles.captures_text();
+        match tag {
+            b'P' if capture => {
+                let parse = ParseMessage::decode(body)?;
+                let sql = parse.query().as_bytes();
+                self.cycles.parse(parse.name, sql, !self.rename, now);
+            }
+            b'B' if capture => {
+                let bind = BindMessage::decode(body)?;
+                let text = (self.rename && !bind.statement.is_empty())
+                    .then(|| self.statements.get(bind.statement).map(|d| d.query_text()))
+                    .flatten();
+                self.cycles.bind(bind.statement, text, now);
+            }
+            b'C' if capture && !self.rename => {
+                let target = TargetMessage::decode(body)?;
+                if target.kind == b'S' {
+                    self.cycles.forget(target.name);
+                }
+                self.cycles.other(now);
+            }
+            b'E' => self.cycles.execute(now),
+            b'P' | b'B' | b'D' | b'C' => self.cycles.other(now),
+            _ => {}
+        }
+        Ok(())
     }
 
     fn note_effects(&mut self, sql: &str) {
@@ -209,7 +252,7 @@ impl Relay<'_> {
         Some(tag)
     }
 
-    fn account_plain(&mut self, tag: u8) {
+    fn account_plain(&mut self, tag: u8, body: &[u8], now: Instant) {
         match tag {
             b'P' => self.queue.push(Expect::Parse {
                 origin: Origin::Client,
@@ -222,11 +265,18 @@ impl Relay<'_> {
             }),
             b'E' => self.queue.push(Expect::Execute),
             b'S' => {
-                self.queue.push(Expect::Sync);
+                let cycle = self.cycles.sync(now);
+                self.queue.push(Expect::Sync(cycle));
                 self.prepared.start_batch();
             }
             b'Q' | b'F' => {
-                self.queue.push(Expect::Query);
+                let sql = if tag == b'Q' {
+                    body.split(|b| *b == 0).next().unwrap_or_default()
+                } else {
+                    &[]
+                };
+                let cycle = self.cycles.query(sql, now);
+                self.queue.push(Expect::Query(cycle));
                 self.prepared.start_batch();
             }
             b'c' | b'f' => self.queue.push(Expect::CopyEnd),
@@ -247,6 +297,7 @@ impl Relay<'_> {
         let mut end = 0;
         let mut terminate = false;
         let mut scratch = BytesMut::new();
+        let now = Instant::now();
         while let Some(header) = FrameHeader::peek(&buf[end..], limit)? {
             let next = end + header.total_len;
             if header.tag == b'X' {
@@ -269,10 +320,11 @@ impl Relay<'_> {
                     continue;
                 }
             }
+            self.observe_client(header.tag, body, now)?;
             let replaced = if self.rename && matches!(header.tag, b'P' | b'B' | b'D' | b'C') {
-                self.rewrite_client(header.tag, body, &mut scratch)?
+                self.rewrite_client(header.tag, body, &mut scratch, now)?
             } else {
-                self.account_plain(header.tag);
+                self.account_plain(header.tag, body, now);
                 false
             };
             if replaced {
@@ -307,6 +359,7 @@ impl Relay<'_> {
         let mut end = 0;
         let mut outcome = PrepareOutcome::default();
         let mut due = BytesMut::new();
+        let now = Instant::now();
         while let Some(header) = FrameHeader::peek(&buf[end..], usize::MAX)? {
             let next = end + header.total_len;
             let body = &buf[end + HEADER_LEN..next];
@@ -319,8 +372,18 @@ impl Relay<'_> {
                 self.tracker.await_sync();
             }
             let hidden = self.watch_for_stale_plan(header.tag, body);
+            if matches!(header.tag, b'C' | b'E')
+                && !hidden
+                && let Some(cycle) = self.queue.current_cycle()
+            {
+                cycle.on_server(header.tag, body);
+            }
             if self.queue.on_server(header.tag, &mut outcome) == Verdict::Swallow || hidden {
                 splicer.cut(buf, end, next);
+            }
+            if let Some(cycle) = self.queue.take_finished() {
+                let status = body.first().copied().unwrap_or(b'I');
+                self.cycles.finish(cycle, status, hidden, now);
             }
             self.queue.emit_due(&mut due, self.tracker.status());
             if !due.is_empty() {
@@ -406,7 +469,10 @@ impl Relay<'_> {
     /// # Errors
     /// As [`Relay::take_client_messages`].
     pub fn replay(&mut self, mut batch: BytesMut) -> Result<BytesMut, WireError> {
-        Ok(self.take_client_messages(&mut batch, usize::MAX)?.to_server)
+        self.cycles.set_replaying(true);
+        let replayed = self.take_client_messages(&mut batch, usize::MAX);
+        self.cycles.set_replaying(false);
+        Ok(replayed?.to_server)
     }
 
     /// The proxy's own responses that are due now, e.g. a ParseComplete for a statement the

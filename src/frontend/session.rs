@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use super::ProxyContext;
 use super::cancel::CancelSlot;
+use super::cycles::CycleLog;
 use super::params::ClientParams;
 use super::responses::ResponseQueue;
 use super::retry::StalePlanRetry;
@@ -20,6 +21,7 @@ use super::statements::{ClientStatements, StatementDef};
 use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
 use crate::config::PoolMode;
+use crate::telemetry::FinishedQuery;
 use crate::wire::extended::{ParseMessage, put_empty};
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::{
@@ -120,6 +122,7 @@ pub struct Session {
     /// Why the client keeps its server connection for the rest of its session, if it does.
     pinned: Option<&'static str>,
     cancel: Arc<CancelSlot>,
+    cycles: CycleLog,
 }
 
 impl Session {
@@ -132,14 +135,15 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Self {
         Self {
-            ctx,
             client,
             buf: BytesMut::new(),
             pool,
             params,
             statements: ClientStatements::default(),
             pinned: None,
+            cycles: CycleLog::new(ctx.telemetry.tracer.is_some()),
             cancel,
+            ctx,
         }
     }
 
@@ -216,7 +220,10 @@ impl Session {
                 if self.answer_prepares_locally().await? {
                     continue;
                 }
-                Box::pin(self.acquire()).await?
+                let requested = Instant::now();
+                let checkout = Box::pin(self.acquire()).await?;
+                self.cycles.note_request(requested, requested.elapsed());
+                checkout
             };
             let mut talk = Conversation::default();
             // The busy-path futures are boxed: an idle session's task then only holds the
@@ -229,6 +236,7 @@ impl Session {
                 }
                 Err(e) => {
                     self.cancel.set(None);
+                    self.cycles.reset();
                     let running = !matches!(e, SessionError::ServerLost(_));
                     Box::pin(checkout.discard(running)).await;
                     return Err(e);
@@ -440,7 +448,7 @@ impl Session {
     fn pin(&mut self, reason: &'static str) {
         if self.pinned.is_none() && self.mode() == PoolMode::Transaction {
             self.pinned = Some(reason);
-            self.ctx.pinned_clients.fetch_add(1, Ordering::Relaxed);
+            self.pool.metrics().pinned();
             tracing::warn!(
                 pool = %self.pool.key(),
                 reason,
@@ -464,6 +472,41 @@ impl Session {
             rename: self.pool.settings().mode == PoolMode::Transaction,
             pinned: self.pinned.is_some(),
             effects: &mut talk.effects,
+            cycles: &mut self.cycles,
+            metrics: self.pool.metrics(),
+        }
+    }
+
+    /// Reports the query cycles that have finished: metrics always, a span if sampled.
+    fn report_cycles(&mut self) {
+        while let Some(cycle) = self.cycles.next_done() {
+            if cycle.runs_sql {
+                let metrics = self.pool.metrics();
+                let server = cycle.server_time();
+                metrics.query(server, cycle.sqlstate());
+                if cycle.status == b'I' {
+                    metrics.transaction();
+                }
+                if let Some(tracer) = &self.ctx.telemetry.tracer {
+                    let key = self.pool.key();
+                    tracer.record(&FinishedQuery {
+                        sql: cycle.sql(),
+                        database: &key.database,
+                        user: &key.user,
+                        application_name: self
+                            .params
+                            .wanted()
+                            .get("application_name")
+                            .map_or("", String::as_str),
+                        started: cycle.started,
+                        wait: cycle.wait,
+                        server,
+                        sqlstate: cycle.sqlstate(),
+                        rows: cycle.rows,
+                    });
+                }
+            }
+            self.cycles.recycle(cycle);
         }
     }
 
@@ -492,6 +535,7 @@ impl Session {
                 .write_all(&chunk.to_server)
                 .await
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
+            self.pool.metrics().received(chunk.to_server.len());
         }
         let due = self.relay(server, talk).due_responses();
         if !due.is_empty() {
@@ -520,9 +564,13 @@ impl Session {
             self.params.observe(&name, &value);
         }
         let chunk = taken.map_err(|e| SessionError::ServerLost(e.to_string()))?;
-        if !chunk.is_empty() && self.client.write_all(&chunk).await.is_err() {
-            return Ok(false);
+        if !chunk.is_empty() {
+            if self.client.write_all(&chunk).await.is_err() {
+                return Ok(false);
+            }
+            self.pool.metrics().sent(chunk.len());
         }
+        self.report_cycles();
         if let Some(batch) = talk.retry.take_replay() {
             tracing::debug!(pool = %self.pool.key(), "stale plan: replaying the batch once");
             let again = self

@@ -36,6 +36,17 @@ impl StatementDef {
             parse_tail,
         }
     }
+
+    /// The query text alone, sharing the definition's buffer.
+    #[must_use]
+    pub fn query_text(&self) -> Bytes {
+        let end = self
+            .parse_tail
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(self.parse_tail.len());
+        self.parse_tail.slice(..end)
+    }
 }
 
 /// The statements one client has prepared, by the client's names.

@@ -128,6 +128,38 @@ pub struct ErrorFields {
     pub message: String,
 }
 
+/// The SQLSTATE of an ErrorResponse body, found without allocating.
+#[must_use]
+pub fn error_code(body: &[u8]) -> Option<[u8; 5]> {
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|b| *b == 0)?;
+        if kind == b'C' {
+            return tail[..end].try_into().ok();
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
+/// Rows a CommandComplete tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`); 0 for tags
+/// without a count.
+#[must_use]
+pub fn command_rows(body: &[u8]) -> u64 {
+    let tag = body.strip_suffix(&[0]).unwrap_or(body);
+    let count = tag.rsplit(|b| *b == b' ').next().unwrap_or_default();
+    if count.is_empty() || count.len() == tag.len() {
+        return 0;
+    }
+    std::str::from_utf8(count)
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 impl ErrorFields {
     /// Decodes the body of an ErrorResponse; unknown fields are skipped.
     #[must_use]

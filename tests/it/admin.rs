@@ -54,6 +54,8 @@ async fn health_and_status_report_pools_and_clients() {
     assert_eq!(pool["pool_size"], 3);
     assert_eq!(pool["server_connections"], 1);
     assert_eq!(pool["idle"], 1);
-    assert_eq!(status["pinned_clients_total"], 0);
+    assert_eq!(pool["totals"]["pinned_clients"], 0);
+    assert_eq!(pool["totals"]["queries"], 1);
+    assert_eq!(pool["totals"]["transactions"], 1);
     assert_eq!(get(addr, "/nope").await.0, 404);
 }

@@ -2,7 +2,6 @@
 //! the client, and DEALLOCATE / DISCARD ALL touch only the client's own view.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 
 use crate::support::{fresh_database, sqlstate, start_proxy};
 
@@ -109,7 +108,14 @@ async fn session_advisory_lock_pins_the_client() {
         }
     }
     assert_eq!(pids.len(), 1, "the pinned client moved: {pids:?}");
-    assert_eq!(proxy.ctx.pinned_clients.load(Ordering::Relaxed), 1);
+    let pinned: u64 = proxy
+        .ctx
+        .pools
+        .all()
+        .iter()
+        .map(|p| p.metrics().totals().pinned_clients)
+        .sum();
+    assert_eq!(pinned, 1);
     locker
         .batch_execute("SELECT pg_advisory_unlock(4242)")
         .await

@@ -1,0 +1,460 @@
+//! The Prometheus registry: every metric the proxy exports, and per-pool handles resolved once
+//! so that the data path only touches atomics.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Query latencies, 100 µs to 30 s.
+const QUERY_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Pool waits, 10 µs (a connection was idle) to 10 s (the acquire timeout's range).
+const WAIT_BUCKETS: [f64; 13] = [
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+
+/// Labels of every per-pool metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Client-facing database.
+    pub database: String,
+    /// Client-facing user.
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    database: String,
+    user: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    database: String,
+    user: String,
+    sqlstate_class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn query_histogram() -> Histogram {
+    Histogram::new(QUERY_BUCKETS)
+}
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(WAIT_BUCKETS)
+}
+
+/// Every metric family, registered once at start.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    client_connections: Family<StateLabels, Gauge>,
+    server_connections: Family<StateLabels, Gauge>,
+    pool_size: Family<PoolLabels, Gauge>,
+    acquire_wait: HistogramFamily<PoolLabels>,
+    query_duration: HistogramFamily<PoolLabels>,
+    queries: Family<PoolLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    transactions: Family<PoolLabels, Counter>,
+    received: Family<PoolLabels, Counter>,
+    sent: Family<PoolLabels, Counter>,
+    cache_hits: Family<PoolLabels, Counter>,
+    cache_misses: Family<PoolLabels, Counter>,
+    cache_evictions: Family<PoolLabels, Counter>,
+    pinned: Family<PoolLabels, Counter>,
+    spans_exported: Counter,
+    spans_dropped: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every `pgsidecar_*` family registered and no samples yet.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pgsidecar");
+        let metrics = Self {
+            client_connections: Family::default(),
+            server_connections: Family::default(),
+            pool_size: Family::default(),
+            acquire_wait: Family::new_with_constructor(wait_histogram),
+            query_duration: Family::new_with_constructor(query_histogram),
+            queries: Family::default(),
+            errors: Family::default(),
+            transactions: Family::default(),
+            received: Family::default(),
+            sent: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_evictions: Family::default(),
+            pinned: Family::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Family::default(),
+            registry: Registry::default(),
+        };
+        metrics.register_connections(&mut registry);
+        metrics.register_traffic(&mut registry);
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    fn register_connections(&self, registry: &mut Registry) {
+        registry.register(
+            "client_connections",
+            "Client connections by pool and state (active: holding a server connection, waiting: for one, idle)",
+            self.client_connections.clone(),
+        );
+        registry.register(
+            "server_connections",
+            "Server connections by pool and state (active: lent to a client, idle: in the pool)",
+            self.server_connections.clone(),
+        );
+        registry.register(
+            "pool_size",
+            "Configured maximum of server connections per pool",
+            self.pool_size.clone(),
+        );
+        registry.register(
+            "pool_acquire_wait_seconds",
+            "Time clients waited for a server connection",
+            self.acquire_wait.clone(),
+        );
+        registry.register(
+            "query_duration_seconds",
+            "Time from forwarding a query (or extended batch) to the server until its ReadyForQuery",
+            self.query_duration.clone(),
+        );
+    }
+
+    fn register_traffic(&self, registry: &mut Registry) {
+        registry.register(
+            "queries",
+            "Queries (simple Query messages and extended batches with an Execute) completed",
+            self.queries.clone(),
+        );
+        registry.register(
+            "query_errors",
+            "Queries that failed, by SQLSTATE class",
+            self.errors.clone(),
+        );
+        registry.register(
+            "transactions",
+            "Transactions completed (including single-statement ones)",
+            self.transactions.clone(),
+        );
+        registry.register(
+            "client_received_bytes",
+            "Bytes received from clients and forwarded to the server",
+            self.received.clone(),
+        );
+        registry.register(
+            "client_sent_bytes",
+            "Bytes sent to clients",
+            self.sent.clone(),
+        );
+        registry.register(
+            "prepared_statements_cache_hits",
+            "Named statements a server connection already had prepared",
+            self.cache_hits.clone(),
+        );
+        registry.register(
+            "prepared_statements_cache_misses",
+            "Named statements prepared on a server connection that lacked them",
+            self.cache_misses.clone(),
+        );
+        registry.register(
+            "prepared_statements_cache_evictions",
+            "Statements closed on a server connection to stay within max_prepared_statements",
+            self.cache_evictions.clone(),
+        );
+        registry.register(
+            "pinned_clients",
+            "Clients pinned to one server connection for the rest of their session",
+            self.pinned.clone(),
+        );
+        registry.register(
+            "spans_exported",
+            "Query spans handed to the OTLP exporter successfully",
+            self.spans_exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Query spans lost (queue_full: the export queue was full; export_failed: the collector refused or was unreachable)",
+            self.spans_dropped.clone(),
+        );
+    }
+
+    /// Handles for one pool's metrics, resolved once so the data path never looks up labels.
+    #[must_use]
+    pub fn pool(&self, database: &str, user: &str) -> PoolMetrics {
+        let labels = PoolLabels {
+            database: database.to_owned(),
+            user: user.to_owned(),
+        };
+        PoolMetrics {
+            acquire_wait: self.acquire_wait.get_or_create_owned(&labels),
+            query_duration: self.query_duration.get_or_create_owned(&labels),
+            queries: self.queries.get_or_create_owned(&labels),
+            transactions: self.transactions.get_or_create_owned(&labels),
+            received: self.received.get_or_create_owned(&labels),
+            sent: self.sent.get_or_create_owned(&labels),
+            cache_hits: self.cache_hits.get_or_create_owned(&labels),
+            cache_misses: self.cache_misses.get_or_create_owned(&labels),
+            cache_evictions: self.cache_evictions.get_or_create_owned(&labels),
+            pinned: self.pinned.get_or_create_owned(&labels),
+            errors: self.errors.clone(),
+            clients: AtomicI64::new(0),
+            errors_total: AtomicU64::new(0),
+            query_micros: AtomicU64::new(0),
+            wait_micros: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            labels,
+        }
+    }
+
+    /// Records a point-in-time view of one pool, taken just before a scrape.
+    pub fn set_pool_gauges(&self, pool: &PoolMetrics, gauges: &PoolGauges) {
+        let labels = &pool.labels;
+        let state = |state| StateLabels {
+            database: labels.database.clone(),
+            user: labels.user.clone(),
+            state,
+        };
+        let clients = pool.clients.load(Ordering::Relaxed);
+        let active = to_i64(gauges.active);
+        let waiting = to_i64(gauges.waiting);
+        for (name, value) in [
+            ("active", active.min(clients)),
+            ("waiting", waiting),
+            ("idle", (clients - active - waiting).max(0)),
+        ] {
+            self.client_connections
+                .get_or_create(&state(name))
+                .set(value);
+        }
+        self.server_connections
+            .get_or_create(&state("active"))
+            .set(active);
+        self.server_connections
+            .get_or_create(&state("idle"))
+            .set(to_i64(gauges.idle));
+        self.pool_size
+            .get_or_create(labels)
+            .set(to_i64(gauges.pool_size));
+    }
+
+    /// Counts spans the exporter delivered.
+    pub fn spans_exported(&self, count: u64) {
+        self.spans_exported.inc_by(count);
+    }
+
+    /// Counts spans lost, by reason (`queue_full`, `export_failed`).
+    pub fn spans_dropped(&self, reason: &'static str, count: u64) {
+        self.spans_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(count);
+    }
+
+    /// Spans lost so far for `reason`.
+    #[must_use]
+    pub fn spans_dropped_count(&self, reason: &'static str) -> u64 {
+        self.spans_dropped
+            .get(&ReasonLabels { reason })
+            .map_or(0, |c| c.get())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A pool's connection counts at one instant, from the pool itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolGauges {
+    /// Server connections lent to clients.
+    pub active: usize,
+    /// Server connections idle in the pool.
+    pub idle: usize,
+    /// Clients waiting for a server connection.
+    pub waiting: usize,
+    /// The configured maximum.
+    pub pool_size: usize,
+}
+
+/// One pool's metric handles; shared by its sessions and read by the admin console.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    labels: PoolLabels,
+    acquire_wait: Histogram,
+    query_duration: Histogram,
+    queries: Counter,
+    transactions: Counter,
+    received: Counter,
+    sent: Counter,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_evictions: Counter,
+    pinned: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    clients: AtomicI64,
+    errors_total: AtomicU64,
+    query_micros: AtomicU64,
+    wait_micros: AtomicU64,
+    waits: AtomicU64,
+}
+
+impl PoolMetrics {
+    /// A client of this pool logged in.
+    pub fn client_connected(&self) {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client of this pool left.
+    pub fn client_disconnected(&self) {
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A client waited `wait` for a server connection.
+    pub fn acquired(&self, wait: Duration) {
+        self.acquire_wait.observe(wait.as_secs_f64());
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.wait_micros.fetch_add(micros(wait), Ordering::Relaxed);
+    }
+
+    /// A query spent `server` at the server; `sqlstate` is its error, if it failed.
+    pub fn query(&self, server: Duration, sqlstate: Option<&str>) {
+        self.queries.inc();
+        self.query_duration.observe(server.as_secs_f64());
+        self.query_micros
+            .fetch_add(micros(server), Ordering::Relaxed);
+        if let Some(code) = sqlstate {
+            self.errors_total.fetch_add(1, Ordering::Relaxed);
+            let class = code.get(..2).unwrap_or(code).to_owned();
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    database: self.labels.database.clone(),
+                    user: self.labels.user.clone(),
+                    sqlstate_class: class,
+                })
+                .inc();
+        }
+    }
+
+    /// A transaction (or a statement outside one) ended.
+    pub fn transaction(&self) {
+        self.transactions.inc();
+    }
+
+    /// Bytes forwarded from the client to the server.
+    pub fn received(&self, bytes: usize) {
+        self.received.inc_by(bytes as u64);
+    }
+
+    /// Bytes written to the client.
+    pub fn sent(&self, bytes: usize) {
+        self.sent.inc_by(bytes as u64);
+    }
+
+    /// A named statement was found prepared on the server connection.
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    /// A named statement had to be prepared on the server connection.
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    /// A statement was closed to make room.
+    pub fn cache_eviction(&self) {
+        self.cache_evictions.inc();
+    }
+
+    /// A client was pinned to its server connection.
+    pub fn pinned(&self) {
+        self.pinned.inc();
+    }
+
+    /// Totals for `SHOW STATS` and `/v1/status`.
+    #[must_use]
+    pub fn totals(&self) -> PoolTotals {
+        PoolTotals {
+            clients: usize::try_from(self.clients.load(Ordering::Relaxed)).unwrap_or(0),
+            queries: self.queries.get(),
+            errors: self.errors_total.load(Ordering::Relaxed),
+            transactions: self.transactions.get(),
+            received_bytes: self.received.get(),
+            sent_bytes: self.sent.get(),
+            query_micros: self.query_micros.load(Ordering::Relaxed),
+            wait_micros: self.wait_micros.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+            pinned_clients: self.pinned.get(),
+            cache_hits: self.cache_hits.get(),
+            cache_misses: self.cache_misses.get(),
+        }
+    }
+}
+
+/// Cumulative figures of one pool since start.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PoolTotals {
+    /// Clients logged in now.
+    pub clients: usize,
+    /// Queries completed.
+    pub queries: u64,
+    /// Of those, failed.
+    pub errors: u64,
+    /// Transactions completed.
+    pub transactions: u64,
+    /// Bytes from clients.
+    pub received_bytes: u64,
+    /// Bytes to clients.
+    pub sent_bytes: u64,
+    /// Server time of all queries, in microseconds.
+    pub query_micros: u64,
+    /// Time spent waiting for server connections, in microseconds.
+    pub wait_micros: u64,
+    /// Server connections handed out.
+    pub waits: u64,
+    /// Clients pinned to a server connection.
+    pub pinned_clients: u64,
+    /// Prepared-statement cache hits.
+    pub cache_hits: u64,
+    /// Prepared-statement cache misses.
+    pub cache_misses: u64,
+}

@@ -1,0 +1,39 @@
+//! What the proxy tells the outside about the traffic it carries: a span per query over OTLP
+//! and Prometheus metrics.
+
+pub mod metrics;
+pub mod spans;
+pub mod sql_text;
+pub mod traceparent;
+
+use std::sync::Arc;
+
+pub use metrics::{Metrics, PoolGauges, PoolMetrics, PoolTotals};
+pub use spans::{FinishedQuery, QueryTracer, TracingError};
+
+use crate::config::Config;
+
+/// Metrics (always on) and the query tracer (on when an OTLP endpoint is configured).
+#[derive(Debug)]
+pub struct Telemetry {
+    /// The Prometheus registry.
+    pub metrics: Arc<Metrics>,
+    /// Per-query spans, if enabled.
+    pub tracer: Option<QueryTracer>,
+}
+
+impl Telemetry {
+    /// Sets up telemetry for `config`. Must run inside the tokio runtime.
+    ///
+    /// # Errors
+    /// [`TracingError`] when the OTLP exporter cannot be set up.
+    pub fn start(config: &Config) -> Result<Self, TracingError> {
+        let metrics = Arc::new(Metrics::new());
+        let tracer = QueryTracer::start(
+            &config.telemetry,
+            (&config.upstream.host, config.upstream.port),
+            Arc::clone(&metrics),
+        )?;
+        Ok(Self { metrics, tracer })
+    }
+}

@@ -1,0 +1,365 @@
+//! One OpenTelemetry CLIENT span per query, built after the query completed (so the sampling
+//! decision can keep every error and every slow query) with its real start time, and exported
+//! over OTLP by a batch processor that never makes the data path wait.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+    TraceState, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
+
+use super::metrics::Metrics;
+use super::sql_text::shape;
+use super::traceparent::{self, TraceParent};
+use crate::config::{OtlpProtocol, RootSampling, SamplerSettings, TelemetrySettings};
+
+/// Spans queued or being exported before new ones are dropped, as `OTEL_BSP_MAX_QUEUE_SIZE`.
+const DEFAULT_QUEUE: usize = 2048;
+
+/// Why the exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP exporter for {endpoint}: {message}")]
+pub struct TracingError {
+    endpoint: String,
+    message: String,
+}
+
+/// What the data path knows about a completed query; borrowed, so an unsampled query costs no
+/// allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishedQuery<'a> {
+    /// The SQL as the client sent it (empty when unknown).
+    pub sql: &'a [u8],
+    /// Client-facing database.
+    pub database: &'a str,
+    /// Client-facing user.
+    pub user: &'a str,
+    /// The client's `application_name`.
+    pub application_name: &'a str,
+    /// When the request reached the proxy.
+    pub started: Instant,
+    /// Time spent waiting for a server connection.
+    pub wait: Duration,
+    /// Time from forwarding to the server until its ReadyForQuery.
+    pub server: Duration,
+    /// The SQLSTATE of the first error, if the query failed.
+    pub sqlstate: Option<&'a str>,
+    /// Rows returned or affected, from the command tags.
+    pub rows: u64,
+}
+
+/// Spans allowed in the export pipeline at once; counts what is dropped for want of room.
+#[derive(Debug)]
+struct ExportBudget {
+    in_flight: AtomicUsize,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The batch processor behind a budget check: a full pipeline drops the span at once (and counts
+/// it) instead of queueing without bound.
+#[derive(Debug)]
+struct BudgetedProcessor {
+    inner: BatchSpanProcessor,
+    budget: Arc<ExportBudget>,
+}
+
+impl SpanProcessor for BudgetedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        let budget = &self.budget;
+        if budget.in_flight.fetch_add(1, Ordering::AcqRel) >= budget.limit {
+            budget.in_flight.fetch_sub(1, Ordering::AcqRel);
+            budget.metrics.spans_dropped("queue_full", 1);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, reporting each batch's fate to the budget and the metrics.
+#[derive(Debug)]
+struct CountingExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    budget: Arc<ExportBudget>,
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let count = batch.len();
+        let result = self.inner.export(batch).await;
+        self.budget.in_flight.fetch_sub(count, Ordering::AcqRel);
+        let metrics = &self.budget.metrics;
+        match &result {
+            Ok(()) => metrics.spans_exported(count as u64),
+            Err(e) => {
+                metrics.spans_dropped("export_failed", count as u64);
+                tracing::debug!(error = %e, spans = count, "OTLP export failed");
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Turns completed queries into spans.
+#[derive(Debug)]
+pub struct QueryTracer {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    sampler: SamplerSettings,
+    slow: Duration,
+    server_address: String,
+    server_port: i64,
+}
+
+impl QueryTracer {
+    /// Sets up the OTLP pipeline for `settings`, or `None` when no endpoint is configured.
+    /// Must run inside the tokio runtime (the gRPC channel lives there).
+    ///
+    /// # Errors
+    /// [`TracingError`] when the endpoint or protocol settings are unusable.
+    pub fn start(
+        settings: &TelemetrySettings,
+        upstream: (&str, u16),
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>, TracingError> {
+        let Some(endpoint) = settings.otlp_endpoint.clone() else {
+            return Ok(None);
+        };
+        let failed = |message: String| TracingError {
+            endpoint: endpoint.clone(),
+            message,
+        };
+        let exporter = match settings.otlp_protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build(),
+            OtlpProtocol::HttpProtobuf => {
+                let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+                // The blocking HTTP client owns a runtime of its own: build it off this one.
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| {
+                            opentelemetry_otlp::SpanExporter::builder()
+                                .with_http()
+                                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                                .with_endpoint(url)
+                                .build()
+                        })
+                        .join()
+                })
+                .map_err(|_| failed("the HTTP client could not be built".into()))?
+            }
+        }
+        .map_err(|e| failed(e.to_string()))?;
+        let batch = BatchConfigBuilder::default().build();
+        let budget = Arc::new(ExportBudget {
+            in_flight: AtomicUsize::new(0),
+            limit: queue_size(),
+            metrics,
+        });
+        let processor = BudgetedProcessor {
+            inner: BatchSpanProcessor::builder(CountingExporter {
+                inner: exporter,
+                budget: Arc::clone(&budget),
+            })
+            .with_batch_config(batch)
+            .build(),
+            budget,
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_resource(resource(settings.service_name.as_deref()))
+            .build();
+        let tracer = provider.tracer("pgsidecar");
+        Ok(Some(Self {
+            provider,
+            tracer,
+            sampler: settings.sampler,
+            slow: settings.slow_query_threshold,
+            server_address: upstream.0.to_owned(),
+            server_port: i64::from(upstream.1),
+        }))
+    }
+
+    /// The tracer, for the process's own `tracing` spans.
+    #[must_use]
+    pub fn tracer(&self) -> SdkTracer {
+        self.tracer.clone()
+    }
+
+    /// Records `query` as a span if the sampler keeps it.
+    pub fn record(&self, query: &FinishedQuery<'_>) {
+        let parent = traceparent::find(query.sql);
+        if !self.keep(query, parent) {
+            return;
+        }
+        let sql = String::from_utf8_lossy(query.sql);
+        let shape = shape(&sql);
+        let summary = shape.summary();
+        let name = summary.clone().unwrap_or_else(|| "postgresql".to_owned());
+        let mut attributes = Vec::with_capacity(16);
+        attributes.extend([
+            KeyValue::new("db.system.name", "postgresql"),
+            KeyValue::new("db.namespace", query.database.to_owned()),
+            KeyValue::new("server.address", self.server_address.clone()),
+            KeyValue::new("server.port", self.server_port),
+            KeyValue::new(
+                "db.response.status_code",
+                query.sqlstate.unwrap_or("00000").to_owned(),
+            ),
+            KeyValue::new(
+                "db.response.returned_rows",
+                i64::try_from(query.rows).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new(
+                "pgsidecar.pool",
+                format!("{}/{}", query.database, query.user),
+            ),
+            KeyValue::new("pgsidecar.pool.wait_seconds", query.wait.as_secs_f64()),
+            KeyValue::new(
+                "pgsidecar.server.duration_seconds",
+                query.server.as_secs_f64(),
+            ),
+            KeyValue::new(
+                "pgsidecar.application_name",
+                query.application_name.to_owned(),
+            ),
+        ]);
+        if let Some(operation) = &shape.operation {
+            attributes.push(KeyValue::new("db.operation.name", operation.clone()));
+        }
+        if let Some(collection) = shape.collection() {
+            attributes.push(KeyValue::new("db.collection.name", collection.to_owned()));
+        }
+        if let Some(summary) = summary {
+            attributes.push(KeyValue::new("db.query.summary", summary));
+        }
+        if !shape.text.is_empty() {
+            attributes.push(KeyValue::new("db.query.text", shape.text));
+        }
+        if let Some(code) = query.sqlstate {
+            attributes.push(KeyValue::new("error.type", code.to_owned()));
+        }
+        let elapsed = query.wait + query.server;
+        let start = SystemTime::now() - query.started.elapsed();
+        let cx = parent.map_or_else(Context::new, |p| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(p.trace_id),
+                SpanId::from(p.span_id),
+                if p.sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            ))
+        });
+        let mut span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Client)
+            .with_start_time(start)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &cx);
+        if let Some(code) = query.sqlstate {
+            span.set_status(Status::error(format!("SQLSTATE {code}")));
+        }
+        span.end_with_timestamp(start + elapsed);
+    }
+
+    fn keep(&self, query: &FinishedQuery<'_>, parent: Option<TraceParent>) -> bool {
+        if self.sampler.root == RootSampling::Never {
+            return false;
+        }
+        if query.sqlstate.is_some() || query.wait + query.server >= self.slow {
+            return true;
+        }
+        if let (true, Some(parent)) = (self.sampler.parent_based, parent) {
+            return parent.sampled;
+        }
+        match self.sampler.root {
+            RootSampling::Always => true,
+            RootSampling::Never => false,
+            RootSampling::Ratio(ratio) => rand::random::<f64>() < ratio,
+        }
+    }
+
+    /// Exports what is queued now. Blocks: call it from a blocking context.
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+
+    /// Exports what is queued and stops the exporter. Blocks: call it from a blocking context.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// `OTEL_BSP_MAX_QUEUE_SIZE`, which the batch processor also reads.
+fn queue_size() -> usize {
+    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(DEFAULT_QUEUE)
+}
+
+/// The resource from `OTEL_RESOURCE_ATTRIBUTES` / `OTEL_SERVICE_NAME`, with `service.name`
+/// defaulting to `pgsidecar` rather than `unknown_service`.
+fn resource(service_name: Option<&str>) -> Resource {
+    let detected = Resource::builder().build();
+    let unnamed = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_none_or(|v| v.as_str().starts_with("unknown_service"));
+    let builder = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    match (service_name, unnamed) {
+        (Some(name), _) => builder.with_service_name(name.to_owned()),
+        (None, true) => builder.with_service_name("pgsidecar"),
+        (None, false) => builder,
+    }
+    .build()
+}

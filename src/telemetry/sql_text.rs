@@ -1,0 +1,362 @@
+//! What a span may say about a query: its text with every literal replaced by `?` (values never
+//! leave the process), and the low-cardinality summary the span is named after
+//! (`SELECT documents`). Runs only for queries whose span is kept.
+
+/// Longest `db.query.text` exported; longer texts are cut at a character boundary.
+const MAX_TEXT: usize = 2048;
+/// Tables named in a summary.
+const MAX_COLLECTIONS: usize = 3;
+
+/// A query as a span describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueryShape {
+    /// The text with literals replaced by `?`, comments removed and whitespace collapsed.
+    pub text: String,
+    /// The statement's first keyword, upper-cased (`SELECT`), if any.
+    pub operation: Option<String>,
+    /// Tables it names, in order of appearance, at most three.
+    pub collections: Vec<String>,
+}
+
+impl QueryShape {
+    /// `{operation} {collection...}`, e.g. `SELECT documents chunks`.
+    #[must_use]
+    pub fn summary(&self) -> Option<String> {
+        let operation = self.operation.as_deref()?;
+        let mut summary = operation.to_owned();
+        for collection in &self.collections {
+            summary.push(' ');
+            summary.push_str(collection);
+        }
+        Some(summary)
+    }
+
+    /// The one table the query names, when there is exactly one.
+    #[must_use]
+    pub fn collection(&self) -> Option<&str> {
+        match self.collections.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token<'a> {
+    Word(&'a str),
+    QuotedName(&'a str),
+    Literal,
+    Number,
+    Param(&'a str),
+    Symbol(&'a str),
+}
+
+/// Splits SQL into tokens, noting for each whether whitespace or a comment preceded it.
+struct Tokens<'a> {
+    sql: &'a str,
+    at: usize,
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+impl<'a> Tokens<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.sql.as_bytes()
+    }
+
+    fn peek_at(&self, i: usize) -> Option<u8> {
+        self.bytes().get(i).copied()
+    }
+
+    /// Skips whitespace and comments; true if anything was skipped.
+    fn skip_blank(&mut self) -> bool {
+        let start = self.at;
+        loop {
+            match (self.peek_at(self.at), self.peek_at(self.at + 1)) {
+                (Some(b), _) if b.is_ascii_whitespace() => self.at += 1,
+                (Some(b'-'), Some(b'-')) => {
+                    while self.peek_at(self.at).is_some_and(|b| b != b'\n') {
+                        self.at += 1;
+                    }
+                }
+                (Some(b'/'), Some(b'*')) => {
+                    let mut depth = 0usize;
+                    while self.at < self.sql.len() {
+                        match (self.peek_at(self.at), self.peek_at(self.at + 1)) {
+                            (Some(b'/'), Some(b'*')) => {
+                                depth += 1;
+                                self.at += 2;
+                            }
+                            (Some(b'*'), Some(b'/')) => {
+                                depth -= 1;
+                                self.at += 2;
+                                if depth == 0 {
+                                    break;
+                                }
+                            }
+                            _ => self.at += 1,
+                        }
+                    }
+                }
+                _ => return self.at > start,
+            }
+        }
+    }
+
+    fn quoted(&mut self, quote: u8) -> &'a str {
+        let start = self.at;
+        self.at += 1;
+        while let Some(b) = self.peek_at(self.at) {
+            self.at += 1;
+            if b == quote {
+                if self.peek_at(self.at) == Some(quote) {
+                    self.at += 1;
+                } else {
+                    break;
+                }
+            } else if b == b'\\' && quote == b'\'' {
+                // Harmless for standard strings, needed for E'...' escapes.
+                self.at += 1;
+            }
+        }
+        self.sql
+            .get(start..self.at.min(self.sql.len()))
+            .unwrap_or("")
+    }
+
+    /// A `$tag$` opening at the cursor, if there is one.
+    fn dollar_tag(&self) -> Option<&'a str> {
+        let rest = &self.bytes()[self.at..];
+        let end = rest[1..].iter().position(|&b| b == b'$')? + 1;
+        let tag = &rest[1..end];
+        (tag.is_empty()
+            || (!tag[0].is_ascii_digit() && tag.iter().all(|&b| is_word_byte(b) && b != b'$')))
+        .then(|| &self.sql[self.at..=self.at + end])
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = (bool, Token<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let spaced = self.skip_blank();
+        let b = self.peek_at(self.at)?;
+        let start = self.at;
+        let token = match b {
+            b'\'' => {
+                self.quoted(b'\'');
+                Token::Literal
+            }
+            b'"' => Token::QuotedName(self.quoted(b'"')),
+            b'$' if self
+                .peek_at(self.at + 1)
+                .is_some_and(|d| d.is_ascii_digit()) =>
+            {
+                self.at += 1;
+                while self.peek_at(self.at).is_some_and(|d| d.is_ascii_digit()) {
+                    self.at += 1;
+                }
+                Token::Param(&self.sql[start..self.at])
+            }
+            b'$' if self.dollar_tag().is_some() => {
+                let tag = self.dollar_tag().unwrap_or("$$");
+                let body = self.at + tag.len();
+                self.at = self.sql[body..]
+                    .find(tag)
+                    .map_or(self.sql.len(), |i| body + i + tag.len());
+                Token::Literal
+            }
+            b'0'..=b'9' => {
+                while self
+                    .peek_at(self.at)
+                    .is_some_and(|d| d.is_ascii_alphanumeric() || d == b'.' || d == b'_')
+                {
+                    let exponent = matches!(self.peek_at(self.at), Some(b'e' | b'E'));
+                    self.at += 1;
+                    if exponent && matches!(self.peek_at(self.at), Some(b'+' | b'-')) {
+                        self.at += 1;
+                    }
+                }
+                Token::Number
+            }
+            b'.' if self
+                .peek_at(self.at + 1)
+                .is_some_and(|d| d.is_ascii_digit()) =>
+            {
+                self.at += 1;
+                while self.peek_at(self.at).is_some_and(|d| d.is_ascii_digit()) {
+                    self.at += 1;
+                }
+                Token::Number
+            }
+            b if is_word_byte(b) => {
+                while self.peek_at(self.at).is_some_and(is_word_byte) {
+                    self.at += 1;
+                }
+                // E'..', B'..', X'..', U&'..' are one literal with their prefix.
+                let word = &self.sql[start..self.at];
+                let prefixed = matches!(word, "e" | "E" | "b" | "B" | "x" | "X" | "n" | "N");
+                if prefixed && self.peek_at(self.at) == Some(b'\'') {
+                    self.quoted(b'\'');
+                    Token::Literal
+                } else if matches!(word, "u" | "U") && self.bytes()[self.at..].starts_with(b"&'") {
+                    self.at += 1;
+                    self.quoted(b'\'');
+                    Token::Literal
+                } else {
+                    Token::Word(word)
+                }
+            }
+            _ => {
+                // One character, whatever its width.
+                let width = self.sql[start..].chars().next().map_or(1, char::len_utf8);
+                self.at += width;
+                Token::Symbol(&self.sql[start..self.at])
+            }
+        };
+        Some((spaced, token))
+    }
+}
+
+/// Keywords after which a table name follows.
+fn introduces_table(word: &str) -> bool {
+    ["from", "join", "into", "update", "table"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Words that may follow a table-introducing keyword without being the table.
+fn is_modifier(word: &str) -> bool {
+    ["only", "lateral", "if", "not", "exists"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Describes `sql` for a span: sanitized text, operation and tables.
+#[must_use]
+pub fn shape(sql: &str) -> QueryShape {
+    let mut shape = QueryShape::default();
+    let mut want_table = false;
+    let mut name = String::new();
+    let mut tokens = Tokens { sql, at: 0 }.peekable();
+    while let Some((spaced, token)) = tokens.next() {
+        if spaced && !shape.text.is_empty() && shape.text.len() < MAX_TEXT {
+            shape.text.push(' ');
+        }
+        let piece = match token {
+            Token::Literal | Token::Number => "?",
+            Token::Word(w) | Token::QuotedName(w) | Token::Param(w) | Token::Symbol(w) => w,
+        };
+        push_bounded(&mut shape.text, piece);
+        match token {
+            Token::Word(w) if shape.operation.is_none() => {
+                shape.operation = Some(w.to_ascii_uppercase());
+                want_table = w.eq_ignore_ascii_case("update") || w.eq_ignore_ascii_case("copy");
+            }
+            Token::Word(w) if want_table && is_modifier(w) => {}
+            Token::Word(w) | Token::QuotedName(w) if want_table => {
+                name.push_str(w);
+                // A qualified name continues after a dot.
+                if matches!(tokens.peek(), Some((false, Token::Symbol(".")))) {
+                    if let Some((_, Token::Symbol(dot))) = tokens.next() {
+                        push_bounded(&mut shape.text, dot);
+                        name.push_str(dot);
+                    }
+                    continue;
+                }
+                want_table = false;
+                let table = std::mem::take(&mut name);
+                if shape.collections.len() < MAX_COLLECTIONS && !shape.collections.contains(&table)
+                {
+                    shape.collections.push(table);
+                }
+            }
+            Token::Word(w) => want_table = introduces_table(w),
+            _ => {
+                want_table = false;
+                name.clear();
+            }
+        }
+    }
+    shape
+}
+
+fn push_bounded(text: &mut String, piece: &str) {
+    let room = MAX_TEXT.saturating_sub(text.len());
+    if piece.len() <= room {
+        text.push_str(piece);
+    } else {
+        let mut cut = room;
+        while !piece.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.push_str(&piece[..cut]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_never_survive() {
+        let s = shape(
+            "SELECT * FROM users WHERE email = 'a@b.c' AND id IN (1, 2.5e-3, .5) \
+             AND note = E'it\\'s' AND body = $q$secret$q$ AND x = $1 -- tail 'x'\n",
+        );
+        assert_eq!(
+            s.text,
+            "SELECT * FROM users WHERE email = ? AND id IN (?, ?, ?) AND note = ? AND body = ? AND x = $1"
+        );
+        assert_eq!(s.summary().as_deref(), Some("SELECT users"));
+        assert_eq!(s.collection(), Some("users"));
+    }
+
+    #[test]
+    fn tables_of_joins_inserts_and_updates() {
+        let s = shape("select d.id from public.documents d join chunks c on c.document_id = d.id");
+        assert_eq!(
+            s.summary().as_deref(),
+            Some("SELECT public.documents chunks")
+        );
+        assert_eq!(s.collection(), None);
+        assert_eq!(
+            shape("INSERT INTO \"Docs\" (a) VALUES ('x')")
+                .summary()
+                .as_deref(),
+            Some("INSERT \"Docs\"")
+        );
+        assert_eq!(
+            shape("update only t set a = 1").summary().as_deref(),
+            Some("UPDATE t")
+        );
+        assert_eq!(shape("BEGIN").summary().as_deref(), Some("BEGIN"));
+        assert_eq!(shape("  ").summary(), None);
+    }
+
+    #[test]
+    fn comments_are_dropped_and_text_is_bounded() {
+        let s = shape("/*traceparent='00-aa-bb-01'*/ SELECT 1 /* x */");
+        assert_eq!(s.text, "SELECT ?");
+        let long = format!("SELECT {}", "a, ".repeat(2000));
+        assert!(shape(&long).text.len() <= MAX_TEXT);
+        let s = shape("SELECT 'ünïcode', \"naïve\" FROM t");
+        assert_eq!(s.text, "SELECT ?, \"naïve\" FROM t");
+    }
+
+    #[test]
+    fn unterminated_input_does_not_panic() {
+        for sql in [
+            "SELECT 'abc",
+            "SELECT $$abc",
+            "SELECT \"abc",
+            "/* open",
+            "SELECT $",
+            "x$",
+        ] {
+            let _ = shape(sql);
+        }
+    }
+}
