@@ -13,4 +13,5 @@ mod pooling;
 mod prepared;
 mod protocol;
 mod session_state;
+mod telemetry;
 mod tools;

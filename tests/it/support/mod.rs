@@ -12,6 +12,8 @@ use pgsidecar::frontend::Proxy;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
+pub mod otlp;
+
 /// The cluster shared by all tests of this run.
 pub struct TestCluster {
     cluster: LocalCluster,
