@@ -1,6 +1,8 @@
 //! The control plane's HTTP side: liveness, readiness and a JSON status of pools and clients,
-//! on the admin listener (`admin_listen`). Prometheus metrics and the gate endpoints join it here.
+//! on the admin listener (`admin_listen`), with Prometheus metrics; and the SQL admin console on
+//! the proxy port. The gate endpoints join them here.
 
+pub mod console;
 mod http;
 
 pub use http::{AdminServer, Status};

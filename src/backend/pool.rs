@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use deadpool::Runtime;
 use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
-use super::{BackendError, KnownStatements, LoginTarget, ServerConn};
+use super::{BackendError, CancelTarget, KnownStatements, LoginTarget, ServerConn};
 use crate::config::{Config, PoolSettings};
 use crate::telemetry::{Metrics, PoolMetrics};
 
@@ -205,10 +205,37 @@ impl ServerPool {
         }
     }
 
+    /// The idle server connections, for the admin console: where each runs and how long it
+    /// has been open and idle.
+    #[must_use]
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let mut idle = Vec::new();
+        self.pool.retain(|conn, metrics| {
+            idle.push(IdleServer {
+                server: conn.cancel_target(),
+                age: metrics.age(),
+                idle_for: metrics.last_used(),
+            });
+            true
+        });
+        idle
+    }
+
     /// Stops handing out connections and closes the idle ones.
     pub fn close(&self) {
         self.pool.close();
     }
+}
+
+/// One idle server connection, as the admin console lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleServer {
+    /// Address and backend pid.
+    pub server: CancelTarget,
+    /// Time since it was opened.
+    pub age: Duration,
+    /// Time since it was last handed out.
+    pub idle_for: Duration,
 }
 
 /// Evicts idle and aged connections and keeps `min_idle` open, for as long as the pool lives.

@@ -183,6 +183,21 @@ impl Overrides {
 }
 
 impl FileConfig {
+    /// A file that sets only what has no default, to learn every other key's default.
+    pub(super) fn minimal() -> Self {
+        Self {
+            upstream: Some(Scalar::Str("postgres://localhost".into())),
+            auth: Some(Scalar::Str("trust".into())),
+            ..Self::default()
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn telemetry_sampler_for_test(&mut self, name: &str, arg: &str) {
+        self.telemetry.sampler = Some(Scalar::Str(name.into()));
+        self.telemetry.sampler_arg = Some(Scalar::Str(arg.into()));
+    }
+
     pub(super) fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),

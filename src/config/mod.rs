@@ -3,6 +3,7 @@
 //! names the key at fault so that a bad deploy is fixed in one look.
 
 mod file;
+mod show;
 mod values;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use thiserror::Error;
 
 use file::FileConfig;
 pub use file::Overrides;
+pub use show::Setting;
 pub use values::{parse_duration, parse_size};
 
 use crate::auth::ScramVerifier;

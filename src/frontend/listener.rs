@@ -4,15 +4,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::ProxyContext;
+use super::cancel::ClientInfo;
 use super::login::{Admission, LoginError, authenticate, read_admission};
 use super::params::ClientParams;
 use super::session::Session;
+use super::{ADMIN_DATABASE, ProxyContext};
+use crate::admin::console;
 use crate::backend::{PoolKey, ServerPool};
 use crate::config::Config;
 use crate::telemetry::TracingError;
@@ -146,12 +149,32 @@ async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: Sock
             return;
         }
     };
+    if login.database == ADMIN_DATABASE {
+        let _counted = counted;
+        if let Err(e) = console::serve(&ctx, stream, &login.user).await {
+            tracing::info!(%peer, error = %e, "admin console session ended with an error");
+        }
+        return;
+    }
+    let info = ClientInfo {
+        application_name: login
+            .params
+            .wanted()
+            .get("application_name")
+            .cloned()
+            .unwrap_or_default(),
+        user: login.user.clone(),
+        database: login.database.clone(),
+        peer,
+        local: stream.local_addr().ok(),
+        connected_at: SystemTime::now(),
+    };
     let pool = ctx.pools.get(&PoolKey {
         database: login.database,
         user: login.user,
     });
     let in_pool = PoolClient::new(Arc::clone(&pool));
-    let cancel = ctx.cancels.issue();
+    let cancel = ctx.cancels.issue(info);
     let mut session = Session::new(Arc::clone(&ctx), stream, pool, login.params, cancel);
     let held = match session.greet().await {
         Ok(held) => held,
@@ -210,6 +233,14 @@ async fn login(
         });
     }
     authenticate(ctx, stream, &user).await?;
+    if database == ADMIN_DATABASE && !ctx.config.admin_users.contains(&user) {
+        return Err(LoginError {
+            code: sqlstate::INVALID_AUTHORIZATION,
+            message: format!(
+                "user \"{user}\" may not open the pgsidecar admin console (not in admin_users)"
+            ),
+        });
+    }
     Ok(Some(Login {
         user,
         database,

@@ -16,7 +16,7 @@ mod tracker;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-pub use cancel::{CancelRegistry, CancelSlot};
+pub use cancel::{CancelRegistry, CancelSlot, ClientInfo};
 pub use listener::{Proxy, StartError};
 pub use params::{ClientParams, parse_options};
 pub use session::SessionError;
@@ -24,6 +24,9 @@ pub use session::SessionError;
 use crate::backend::PoolRegistry;
 use crate::config::Config;
 use crate::telemetry::{Telemetry, TracingError};
+
+/// The virtual database that opens the admin console instead of a pool.
+pub const ADMIN_DATABASE: &str = "pgsidecar";
 
 /// State shared by every task of one proxy, passed as `Arc` instead of living in globals.
 #[derive(Debug)]

@@ -184,7 +184,10 @@ impl Session {
 
     /// Takes a server connection from the pool and brings its settings to the client's.
     pub(super) async fn acquire(&mut self) -> Result<Checkout, SessionError> {
-        let mut checkout = self.pool.checkout().await?;
+        self.cancel.set_waiting(true);
+        let checkout = self.pool.checkout().await;
+        self.cancel.set_waiting(false);
+        let mut checkout = checkout?;
         let server = checkout.conn();
         self.sync_settings(server).await?;
         self.cancel.set(Some(server.cancel_target()));

@@ -1,8 +1,9 @@
 //! The messages the proxy writes itself, encoded with pgwire, and the few it reads field by field.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::error::ErrorInfo;
 use pgwire::messages::Message;
+use pgwire::messages::data::{DataRow, FORMAT_CODE_TEXT, FieldDescription, RowDescription};
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
@@ -126,6 +127,33 @@ pub struct ErrorFields {
     pub code: String,
     /// Primary message.
     pub message: String,
+}
+
+/// Appends a RowDescription of text-format columns, each `(name, type oid)`.
+pub fn put_row_description(out: &mut BytesMut, columns: &[(&str, u32)]) {
+    let fields = columns
+        .iter()
+        .map(|&(name, type_id)| {
+            FieldDescription::new(name.to_owned(), 0, 0, type_id, -1, -1, FORMAT_CODE_TEXT)
+        })
+        .collect();
+    encode(&RowDescription::new(fields), out);
+}
+
+/// Appends a DataRow of text values (`None` is NULL).
+pub fn put_data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    let mut data = BytesMut::new();
+    for value in values {
+        match value {
+            Some(text) => {
+                data.put_i32(i32::try_from(text.len()).unwrap_or(i32::MAX));
+                data.put_slice(text.as_bytes());
+            }
+            None => data.put_i32(-1),
+        }
+    }
+    let field_count = i16::try_from(values.len()).unwrap_or(i16::MAX);
+    encode(&DataRow::new(data, field_count), out);
 }
 
 /// The SQLSTATE of an ErrorResponse body, found without allocating.

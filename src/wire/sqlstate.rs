@@ -20,3 +20,5 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 /// The proxy is starting or not accepting this client right now.
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
+/// A command the admin console does not know.
+pub const SYNTAX_ERROR: &str = "42601";

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod console;
 mod copy;
 mod failures;
 mod hostile;

@@ -1,0 +1,422 @@
+//! The admin console: `psql -d pgsidecar` on the proxy's own port, for the users in
+//! `admin_users`. It answers `SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|VERSION|HELP` over the simple
+//! query protocol, with PgBouncer's column names wherever the meaning is the same, so existing
+//! habits and scripts carry over.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::frontend::ProxyContext;
+use crate::wire::extended::{put_command_complete, put_empty};
+use crate::wire::messages::{
+    Severity, error, put_backend_key, put_data_row, put_parameter_status, put_ready_for_query,
+    put_row_description, take_cstr,
+};
+use crate::wire::{WireError, read_frame, sqlstate};
+
+/// Largest message the console reads; its commands are short.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+const TEXT: u32 = 25;
+const INT8: u32 = 20;
+
+/// A result set the console sends back.
+struct Table {
+    columns: Vec<(&'static str, u32)>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, u32)]) -> Self {
+        Self {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, values: Vec<Option<String>>) {
+        self.rows.push(values);
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        put_row_description(out, &self.columns);
+        for row in &self.rows {
+            let values: Vec<Option<&str>> = row.iter().map(Option::as_deref).collect();
+            put_data_row(out, &values);
+        }
+        put_command_complete(out, "SHOW");
+    }
+}
+
+/// A non-NULL cell; NULL cells are written `None`.
+#[allow(clippy::unnecessary_wraps)]
+fn text(value: impl std::fmt::Display) -> Option<String> {
+    Some(value.to_string())
+}
+
+/// `2026-11-25 19:46:02 UTC`, as PgBouncer prints times.
+fn timestamp(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rest = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+fn ago(elapsed: Duration) -> SystemTime {
+    SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH)
+}
+
+fn show_pools(ctx: &ProxyContext) -> Table {
+    let mut table = Table::new(&[
+        ("database", TEXT),
+        ("user", TEXT),
+        ("cl_active", INT8),
+        ("cl_waiting", INT8),
+        ("sv_active", INT8),
+        ("sv_idle", INT8),
+        ("pool_mode", TEXT),
+    ]);
+    let mut pools = ctx.pools.all();
+    pools.sort_by(|a, b| a.key().cmp(b.key()));
+    for pool in pools {
+        let usage = pool.usage();
+        let clients = pool.metrics().totals().clients;
+        table.row(vec![
+            text(&pool.key().database),
+            text(&pool.key().user),
+            text(clients.saturating_sub(usage.waiting)),
+            text(usage.waiting),
+            text(usage.size.saturating_sub(usage.available)),
+            text(usage.available),
+            text(pool.settings().mode),
+        ]);
+    }
+    table
+}
+
+fn show_clients(ctx: &ProxyContext) -> Table {
+    let mut table = Table::new(&[
+        ("type", TEXT),
+        ("user", TEXT),
+        ("database", TEXT),
+        ("state", TEXT),
+        ("addr", TEXT),
+        ("port", INT8),
+        ("local_addr", TEXT),
+        ("local_port", INT8),
+        ("connect_time", TEXT),
+        ("application_name", TEXT),
+        ("server_pid", INT8),
+    ]);
+    let mut clients = ctx.cancels.all();
+    clients.sort_by_key(|c| c.info.connected_at);
+    for client in clients {
+        let info = &client.info;
+        let server = client.current();
+        let state = match (server, client.is_waiting()) {
+            (Some(_), _) => "active",
+            (None, true) => "waiting",
+            (None, false) => "idle",
+        };
+        table.row(vec![
+            text("C"),
+            text(&info.user),
+            text(&info.database),
+            text(state),
+            text(info.peer.ip()),
+            text(info.peer.port()),
+            info.local.map(|a| a.ip().to_string()),
+            info.local.map(|a| a.port().to_string()),
+            text(timestamp(info.connected_at)),
+            text(&info.application_name),
+            server.map(|s| s.pid.to_string()),
+        ]);
+    }
+    table
+}
+
+fn show_servers(ctx: &ProxyContext) -> Table {
+    let mut table = Table::new(&[
+        ("type", TEXT),
+        ("user", TEXT),
+        ("database", TEXT),
+        ("state", TEXT),
+        ("addr", TEXT),
+        ("port", INT8),
+        ("connect_time", TEXT),
+        ("remote_pid", INT8),
+        ("application_name", TEXT),
+    ]);
+    for client in ctx.cancels.all() {
+        if let Some(server) = client.current() {
+            let info = &client.info;
+            table.row(vec![
+                text("S"),
+                text(&info.user),
+                text(&info.database),
+                text("active"),
+                text(server.addr.ip()),
+                text(server.addr.port()),
+                None,
+                text(server.pid),
+                text(&info.application_name),
+            ]);
+        }
+    }
+    for pool in ctx.pools.all() {
+        for idle in pool.idle_servers() {
+            table.row(vec![
+                text("S"),
+                text(&pool.key().user),
+                text(&pool.key().database),
+                text("idle"),
+                text(idle.server.addr.ip()),
+                text(idle.server.addr.port()),
+                text(timestamp(ago(idle.age))),
+                text(idle.server.pid),
+                text(""),
+            ]);
+        }
+    }
+    table
+}
+
+fn show_stats(ctx: &ProxyContext) -> Table {
+    let mut table = Table::new(&[
+        ("database", TEXT),
+        ("user", TEXT),
+        ("total_xact_count", INT8),
+        ("total_query_count", INT8),
+        ("total_error_count", INT8),
+        ("total_received", INT8),
+        ("total_sent", INT8),
+        ("total_query_time", INT8),
+        ("total_wait_time", INT8),
+    ]);
+    let mut pools = ctx.pools.all();
+    pools.sort_by(|a, b| a.key().cmp(b.key()));
+    for pool in pools {
+        let totals = pool.metrics().totals();
+        table.row(vec![
+            text(&pool.key().database),
+            text(&pool.key().user),
+            text(totals.transactions),
+            text(totals.queries),
+            text(totals.errors),
+            text(totals.received_bytes),
+            text(totals.sent_bytes),
+            text(totals.query_micros),
+            text(totals.wait_micros),
+        ]);
+    }
+    table
+}
+
+fn show_config(ctx: &ProxyContext) -> Table {
+    let mut table = Table::new(&[
+        ("key", TEXT),
+        ("value", TEXT),
+        ("default", TEXT),
+        ("changeable", TEXT),
+    ]);
+    for setting in ctx.config.settings() {
+        table.row(vec![
+            text(setting.key),
+            text(setting.value),
+            text(setting.default),
+            text("no"),
+        ]);
+    }
+    table
+}
+
+const COMMANDS: [&str; 7] = [
+    "SHOW POOLS",
+    "SHOW CLIENTS",
+    "SHOW SERVERS",
+    "SHOW STATS",
+    "SHOW CONFIG",
+    "SHOW VERSION",
+    "SHOW HELP",
+];
+
+/// The answer to one console command: a table, or the SQLSTATE and message of an error.
+fn answer(ctx: &ProxyContext, sql: &str) -> Result<Option<Table>, (&'static str, String)> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let table = match words.as_slice() {
+        [] => return Ok(None),
+        ["SHOW", "POOLS"] => show_pools(ctx),
+        ["SHOW", "CLIENTS"] => show_clients(ctx),
+        ["SHOW", "SERVERS"] => show_servers(ctx),
+        ["SHOW", "STATS"] => show_stats(ctx),
+        ["SHOW", "CONFIG"] => show_config(ctx),
+        ["SHOW", "VERSION"] => {
+            let mut table = Table::new(&[("version", TEXT)]);
+            table.row(vec![text(format!(
+                "pgsidecar {}",
+                env!("CARGO_PKG_VERSION")
+            ))]);
+            table
+        }
+        ["SHOW", "HELP"] => {
+            let mut table = Table::new(&[("command", TEXT)]);
+            for command in COMMANDS {
+                table.row(vec![text(command)]);
+            }
+            table
+        }
+        _ => {
+            return Err((
+                sqlstate::SYNTAX_ERROR,
+                format!(
+                    "pgsidecar admin console: unknown command \"{}\"; SHOW HELP lists the commands",
+                    sql.trim()
+                ),
+            ));
+        }
+    };
+    Ok(Some(table))
+}
+
+/// Why a console session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The client's socket failed.
+    #[error("console client i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("console client {0}")]
+    Protocol(#[from] WireError),
+}
+
+/// Serves an authenticated admin until it leaves.
+///
+/// # Errors
+/// [`ConsoleError`] when the client's socket fails or it breaks the protocol (it is told).
+pub async fn serve(
+    ctx: &Arc<ProxyContext>,
+    mut stream: TcpStream,
+    user: &str,
+) -> Result<(), ConsoleError> {
+    let mut out = BytesMut::new();
+    for (name, value) in [
+        (
+            "server_version",
+            concat!(env!("CARGO_PKG_VERSION"), "/pgsidecar"),
+        ),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("session_authorization", user),
+    ] {
+        put_parameter_status(&mut out, name, value);
+    }
+    put_backend_key(&mut out, 0, 0);
+    put_ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::new();
+    // After an extended-protocol message the console refuses, the rest of that batch is
+    // skipped until its Sync, as a server would.
+    let mut skipping = false;
+    loop {
+        let frame = match read_frame(&mut stream, &mut buf, MAX_MESSAGE).await {
+            Ok(frame) => frame,
+            Err(WireError::Closed) => return Ok(()),
+            Err(e) => {
+                let _ = stream
+                    .write_all(&error(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &e.to_string(),
+                    ))
+                    .await;
+                return Err(e.into());
+            }
+        };
+        out.clear();
+        match frame.tag {
+            b'Q' => {
+                let (sql, _) = take_cstr(&frame.body)?;
+                match answer(ctx, sql) {
+                    Ok(Some(table)) => table.encode(&mut out),
+                    Ok(None) => put_empty(&mut out, b'I'),
+                    Err((code, message)) => {
+                        out.extend_from_slice(&error(Severity::Error, code, &message));
+                    }
+                }
+                put_ready_for_query(&mut out, b'I');
+            }
+            b'S' => {
+                skipping = false;
+                put_ready_for_query(&mut out, b'I');
+            }
+            b'X' => return Ok(()),
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+                if !skipping {
+                    skipping = true;
+                    out.extend_from_slice(&error(
+                        Severity::Error,
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "the pgsidecar admin console speaks the simple query protocol only",
+                    ));
+                }
+            }
+            other => {
+                let message = format!("invalid frontend message type {other}");
+                let _ = stream
+                    .write_all(&error(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &message,
+                    ))
+                    .await;
+                return Err(WireError::protocol(message).into());
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_civil_utc() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_635_962);
+        assert_eq!(timestamp(at), "2026-11-25 19:46:02 UTC");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(timestamp(leap), "2000-02-29 00:00:00 UTC");
+    }
+}

@@ -1,0 +1,146 @@
+//! The configuration as the admin console's `SHOW CONFIG` lists it: every key with its value in
+//! the form the file accepts, and its default. Secrets never appear.
+
+use std::time::Duration;
+
+use super::file::FileConfig;
+use super::{Config, RootSampling, SamplerSettings};
+
+/// One line of `SHOW CONFIG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// Dotted key, as in the file.
+    pub key: &'static str,
+    /// Current value.
+    pub value: String,
+    /// Value when nothing sets it.
+    pub default: String,
+}
+
+fn duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn sampler(s: SamplerSettings) -> String {
+    let prefix = if s.parent_based { "parentbased_" } else { "" };
+    match s.root {
+        RootSampling::Always => format!("{prefix}always_on"),
+        RootSampling::Never => format!("{prefix}always_off"),
+        RootSampling::Ratio(r) => format!("{prefix}traceidratio:{r}"),
+    }
+}
+
+impl Config {
+    fn values(&self) -> Vec<(&'static str, String)> {
+        let pool = &self.pool;
+        let telemetry = &self.telemetry;
+        vec![
+            ("listen", self.listen.to_string()),
+            (
+                "admin_listen",
+                self.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
+            ),
+            (
+                "upstream",
+                format!("{}:{}", self.upstream.host, self.upstream.port),
+            ),
+            (
+                "auth",
+                match self.auth {
+                    super::AuthMethod::Trust => "trust",
+                    super::AuthMethod::ScramSha256 => "scram-sha-256",
+                }
+                .to_owned(),
+            ),
+            ("pool_mode", pool.mode.to_string()),
+            ("pool_size", pool.size.to_string()),
+            ("min_idle", pool.min_idle.to_string()),
+            ("acquire_timeout", duration(pool.acquire_timeout)),
+            ("server_idle_timeout", duration(pool.server_idle_timeout)),
+            ("server_lifetime", duration(pool.server_lifetime)),
+            (
+                "server_connect_timeout",
+                duration(pool.server_connect_timeout),
+            ),
+            (
+                "max_prepared_statements",
+                pool.max_prepared_statements.to_string(),
+            ),
+            ("client_login_timeout", duration(self.client_login_timeout)),
+            ("max_client_conn", self.max_client_conn.to_string()),
+            ("max_message_size", self.max_message_size.to_string()),
+            ("admin_users", self.admin_users.join(",")),
+            (
+                "telemetry.otlp_endpoint",
+                telemetry.otlp_endpoint.clone().unwrap_or_default(),
+            ),
+            (
+                "telemetry.otlp_protocol",
+                match telemetry.otlp_protocol {
+                    super::OtlpProtocol::Grpc => "grpc",
+                    super::OtlpProtocol::HttpProtobuf => "http/protobuf",
+                }
+                .to_owned(),
+            ),
+            (
+                "telemetry.service_name",
+                telemetry.service_name.clone().unwrap_or_default(),
+            ),
+            ("telemetry.sampler", sampler(telemetry.sampler)),
+            (
+                "telemetry.slow_query_threshold",
+                duration(telemetry.slow_query_threshold),
+            ),
+        ]
+    }
+
+    /// Every setting with its current and default value, for `SHOW CONFIG`.
+    #[must_use]
+    pub fn settings(&self) -> Vec<Setting> {
+        let defaults = FileConfig::minimal()
+            .validate()
+            .map(|config| config.values())
+            .unwrap_or_default();
+        self.values()
+            .into_iter()
+            .map(|(key, value)| Setting {
+                key,
+                value,
+                default: match key {
+                    "upstream" | "auth" => String::new(),
+                    _ => defaults
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                },
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_show_values_and_defaults_without_secrets() {
+        let mut file: FileConfig = toml::from_str(
+            "upstream = \"postgres://u:hunter2@db:5433/app\"\nauth = \"trust\"\npool_size = 7\n",
+        )
+        .unwrap();
+        file.telemetry_sampler_for_test("traceidratio", "0.5");
+        let settings = file.validate().unwrap().settings();
+        let get = |key: &str| settings.iter().find(|s| s.key == key).unwrap().clone();
+        assert_eq!(get("pool_size").value, "7");
+        assert_eq!(get("pool_size").default, "20");
+        assert_eq!(get("upstream").value, "db:5433");
+        assert_eq!(get("acquire_timeout").value, "5s");
+        assert_eq!(get("telemetry.sampler").value, "traceidratio:0.5");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+}
