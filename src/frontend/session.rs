@@ -29,6 +29,7 @@ use crate::wire::messages::{
     put_ready_for_query,
 };
 use crate::wire::{FrameHeader, WireError, sqlstate};
+use opentelemetry::KeyValue;
 
 /// Bytes reserved per socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -123,6 +124,8 @@ pub struct Session {
     pinned: Option<&'static str>,
     cancel: Arc<CancelSlot>,
     cycles: CycleLog,
+    /// Span attributes shared by this session's queries, and the application_name they name.
+    span_attributes: Option<(String, Vec<KeyValue>)>,
 }
 
 impl Session {
@@ -142,6 +145,7 @@ impl Session {
             statements: ClientStatements::default(),
             pinned: None,
             cycles: CycleLog::new(ctx.telemetry.tracer.is_some()),
+            span_attributes: None,
             cancel,
             ctx,
         }
@@ -491,16 +495,20 @@ impl Session {
                     metrics.transaction();
                 }
                 if let Some(tracer) = &self.ctx.telemetry.tracer {
-                    let key = self.pool.key();
+                    let app = self
+                        .params
+                        .wanted()
+                        .get("application_name")
+                        .map_or("", String::as_str);
+                    if self.span_attributes.as_ref().is_none_or(|(a, _)| a != app) {
+                        let key = self.pool.key();
+                        let attributes = tracer.session_attributes(&key.database, &key.user, app);
+                        self.span_attributes = Some((app.to_owned(), attributes));
+                    }
+                    let session = self.span_attributes.as_ref().map_or(&[][..], |(_, a)| a);
                     tracer.record(&FinishedQuery {
                         sql: cycle.sql(),
-                        database: &key.database,
-                        user: &key.user,
-                        application_name: self
-                            .params
-                            .wanted()
-                            .get("application_name")
-                            .map_or("", String::as_str),
+                        session,
                         started: cycle.started,
                         wait: cycle.wait,
                         server,

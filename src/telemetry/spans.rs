@@ -10,7 +10,7 @@ use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
     TraceState, Tracer as _, TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -24,8 +24,11 @@ use super::sql_text::shape;
 use super::traceparent::{self, TraceParent};
 use crate::config::{OtlpProtocol, RootSampling, SamplerSettings, TelemetrySettings};
 
-/// Spans queued or being exported before new ones are dropped, as `OTEL_BSP_MAX_QUEUE_SIZE`.
-const DEFAULT_QUEUE: usize = 2048;
+/// Spans queued or being exported before new ones are dropped, unless
+/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise. Four times the SDK's 2048: a proxy emits a span per
+/// query, and a queue that absorbs a collector's hiccup of a fraction of a second at tens of
+/// thousands of queries per second costs only a few MiB.
+const DEFAULT_QUEUE: usize = 8192;
 
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +44,8 @@ pub struct TracingError {
 pub struct FinishedQuery<'a> {
     /// The SQL as the client sent it (empty when unknown).
     pub sql: &'a [u8],
-    /// Client-facing database.
-    pub database: &'a str,
-    /// Client-facing user.
-    pub user: &'a str,
-    /// The client's `application_name`.
-    pub application_name: &'a str,
+    /// The attributes every span of this session carries, from [`QueryTracer::session_attributes`].
+    pub session: &'a [KeyValue],
     /// When the request reached the proxy.
     pub started: Instant,
     /// Time spent waiting for a server connection.
@@ -146,7 +145,7 @@ pub struct QueryTracer {
     tracer: SdkTracer,
     sampler: SamplerSettings,
     slow: Duration,
-    server_address: String,
+    server_address: StringValue,
     server_port: i64,
 }
 
@@ -191,10 +190,13 @@ impl QueryTracer {
             }
         }
         .map_err(|e| failed(e.to_string()))?;
-        let batch = BatchConfigBuilder::default().build();
+        let limit = queue_size();
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(limit)
+            .build();
         let budget = Arc::new(ExportBudget {
             in_flight: AtomicUsize::new(0),
-            limit: queue_size(),
+            limit,
             metrics,
         });
         let processor = BudgetedProcessor {
@@ -216,7 +218,7 @@ impl QueryTracer {
             tracer,
             sampler: settings.sampler,
             slow: settings.slow_query_threshold,
-            server_address: upstream.0.to_owned(),
+            server_address: StringValue::from(Arc::<str>::from(upstream.0)),
             server_port: i64::from(upstream.1),
         }))
     }
@@ -225,6 +227,26 @@ impl QueryTracer {
     #[must_use]
     pub fn tracer(&self) -> SdkTracer {
         self.tracer.clone()
+    }
+
+    /// The attributes shared by every span of one session, built once: their strings are
+    /// reference-counted, so copying them into each span allocates nothing.
+    #[must_use]
+    pub fn session_attributes(
+        &self,
+        database: &str,
+        user: &str,
+        application_name: &str,
+    ) -> Vec<KeyValue> {
+        let shared = |s: &str| StringValue::from(Arc::<str>::from(s));
+        vec![
+            KeyValue::new("db.system.name", "postgresql"),
+            KeyValue::new("db.namespace", shared(database)),
+            KeyValue::new("server.address", self.server_address.clone()),
+            KeyValue::new("server.port", self.server_port),
+            KeyValue::new("pgsidecar.pool", shared(&format!("{database}/{user}"))),
+            KeyValue::new("pgsidecar.application_name", shared(application_name)),
+        ]
     }
 
     /// Records `query` as a span if the sampler keeps it.
@@ -237,12 +259,9 @@ impl QueryTracer {
         let shape = shape(&sql);
         let summary = shape.summary();
         let name = summary.clone().unwrap_or_else(|| "postgresql".to_owned());
-        let mut attributes = Vec::with_capacity(16);
+        let mut attributes = Vec::with_capacity(query.session.len() + 10);
+        attributes.extend_from_slice(query.session);
         attributes.extend([
-            KeyValue::new("db.system.name", "postgresql"),
-            KeyValue::new("db.namespace", query.database.to_owned()),
-            KeyValue::new("server.address", self.server_address.clone()),
-            KeyValue::new("server.port", self.server_port),
             KeyValue::new(
                 "db.response.status_code",
                 query.sqlstate.unwrap_or("00000").to_owned(),
@@ -251,18 +270,10 @@ impl QueryTracer {
                 "db.response.returned_rows",
                 i64::try_from(query.rows).unwrap_or(i64::MAX),
             ),
-            KeyValue::new(
-                "pgsidecar.pool",
-                format!("{}/{}", query.database, query.user),
-            ),
             KeyValue::new("pgsidecar.pool.wait_seconds", query.wait.as_secs_f64()),
             KeyValue::new(
                 "pgsidecar.server.duration_seconds",
                 query.server.as_secs_f64(),
-            ),
-            KeyValue::new(
-                "pgsidecar.application_name",
-                query.application_name.to_owned(),
             ),
         ]);
         if let Some(operation) = &shape.operation {
