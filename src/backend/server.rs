@@ -90,10 +90,17 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Opens a connection and logs in, within `timeout`.
+    /// Opens a connection and logs in, within `timeout`. Traced as a span of its own (exported
+    /// with the query spans when tracing is on), so connection churn shows up next to the queries
+    /// that waited for it.
     ///
     /// # Errors
     /// [`BackendError`] for an unreachable server, a refused login or a timeout.
+    #[tracing::instrument(
+        name = "pgsidecar.server.connect",
+        skip_all,
+        fields(server.address = %target.address, db.namespace = %target.database, db.user = %target.user),
+    )]
     pub async fn connect(
         target: &LoginTarget,
         timeout: Duration,

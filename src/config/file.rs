@@ -526,6 +526,22 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_configs_are_valid() {
+        let config = load_str(
+            include_str!("../../config/pgsidecar.toml"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.admin_users, ["ops"]);
+        // The dev profile gets its upstream from the command line.
+        let upstream = Overrides {
+            upstream: Some("postgres://127.0.0.1:5432".into()),
+            ..Overrides::default()
+        };
+        load_str(include_str!("../../config/dev.toml"), &upstream).unwrap();
+    }
+
+    #[test]
     fn scram_needs_users() {
         let err = load_str("upstream = \"postgres://h/x\"\n", &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("`users`"), "{err}");

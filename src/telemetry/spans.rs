@@ -173,7 +173,12 @@ impl QueryTracer {
                 .with_endpoint(endpoint.clone())
                 .build(),
             OtlpProtocol::HttpProtobuf => {
-                let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+                // A general endpoint gets the signal path; a traces endpoint already has it.
+                let url = if endpoint.ends_with("/v1/traces") {
+                    endpoint.clone()
+                } else {
+                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+                };
                 // The blocking HTTP client owns a runtime of its own: build it off this one.
                 std::thread::scope(|scope| {
                     scope
