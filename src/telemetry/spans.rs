@@ -15,8 +15,8 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
-    SpanProcessor,
+    BatchConfig, BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData,
+    SpanExporter, SpanProcessor,
 };
 
 use super::metrics::Metrics;
@@ -104,12 +104,12 @@ impl SpanProcessor for BudgetedProcessor {
 
 /// The OTLP exporter, reporting each batch's fate to the budget and the metrics.
 #[derive(Debug)]
-struct CountingExporter {
-    inner: opentelemetry_otlp::SpanExporter,
+struct CountingExporter<E> {
+    inner: E,
     budget: Arc<ExportBudget>,
 }
 
-impl SpanExporter for CountingExporter {
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let count = batch.len();
         let result = self.inner.export(batch).await;
@@ -199,22 +199,7 @@ impl QueryTracer {
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(limit)
             .build();
-        let budget = Arc::new(ExportBudget {
-            in_flight: AtomicUsize::new(0),
-            limit,
-            metrics,
-        });
-        let processor = BudgetedProcessor {
-            inner: BatchSpanProcessor::builder(CountingExporter {
-                inner: exporter,
-                budget: Arc::clone(&budget),
-            })
-            .with_batch_config(batch)
-            .build(),
-            budget,
-        };
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
+        let provider = budgeted_provider(exporter, batch, limit, metrics)
             .with_resource(resource(settings.service_name.as_deref()))
             .build();
         let tracer = provider.tracer("pgsidecar");
@@ -354,6 +339,31 @@ impl QueryTracer {
     }
 }
 
+/// A provider whose spans go through a batch processor within a budget of `limit` spans in
+/// flight, exported by `exporter`.
+fn budgeted_provider<E: SpanExporter + 'static>(
+    exporter: E,
+    batch: BatchConfig,
+    limit: usize,
+    metrics: Arc<Metrics>,
+) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    let budget = Arc::new(ExportBudget {
+        in_flight: AtomicUsize::new(0),
+        limit,
+        metrics,
+    });
+    let processor = BudgetedProcessor {
+        inner: BatchSpanProcessor::builder(CountingExporter {
+            inner: exporter,
+            budget: Arc::clone(&budget),
+        })
+        .with_batch_config(batch)
+        .build(),
+        budget,
+    };
+    SdkTracerProvider::builder().with_span_processor(processor)
+}
+
 /// `OTEL_BSP_MAX_QUEUE_SIZE`, which the batch processor also reads.
 fn queue_size() -> usize {
     std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
@@ -378,4 +388,52 @@ fn resource(service_name: Option<&str>) -> Resource {
         (None, false) => builder,
     }
     .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Keeps what it is sent.
+    #[derive(Debug, Default, Clone)]
+    struct Keeper(Arc<Mutex<Vec<String>>>);
+
+    impl SpanExporter for Keeper {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let names = batch.iter().map(|s| s.name.to_string());
+            self.0.lock().unwrap().extend(names);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_pipeline_drops_and_counts_instead_of_queueing() {
+        let metrics = Arc::new(Metrics::new());
+        let keeper = Keeper::default();
+        // No scheduled export during the test: spans stay in flight until the flush.
+        let batch = BatchConfigBuilder::default()
+            .with_scheduled_delay(Duration::from_secs(600))
+            .build();
+        let provider = budgeted_provider(keeper.clone(), batch, 2, Arc::clone(&metrics)).build();
+        let tracer = provider.tracer("test");
+        for i in 0..5 {
+            tracer.start(format!("q{i}")).end();
+        }
+        assert_eq!(metrics.spans_dropped_count("queue_full"), 3);
+        provider.force_flush().unwrap();
+        assert_eq!(*keeper.0.lock().unwrap(), ["q0", "q1"]);
+        // Room again once exported.
+        tracer.start("q5").end();
+        provider.force_flush().unwrap();
+        assert_eq!(keeper.0.lock().unwrap().len(), 3);
+        assert_eq!(metrics.spans_dropped_count("queue_full"), 3);
+        assert!(
+            metrics
+                .encode()
+                .contains("pgsidecar_spans_exported_total 3")
+        );
+        provider.shutdown().unwrap();
+    }
 }
