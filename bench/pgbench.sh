@@ -10,35 +10,18 @@ ROUNDS=${2:-3}
 CLIENT_COUNTS=${CLIENT_COUNTS:-"16 500"}
 QUERY_MODES=${QUERY_MODES:-"simple prepared"}
 POOL=20
-BIN=/usr/lib/postgresql/15/bin
-work=$(mktemp -d /tmp/pgsidecar-bench.XXXX)
-chmod 755 "$work"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/common.sh
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release --quiet
 PGPORT=$(free_port); SIDECAR_PORT=$(free_port); BOUNCER_PORT=$(free_port)
-[ "$(id -u)" = 0 ] && chown postgres "$work"
-
-cleanup() {
-  [ -n "${SIDECAR_PID:-}" ] && kill "$SIDECAR_PID" 2>/dev/null || true
-  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-as_pg "$BIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-  -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c max_connections=700 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
-  start >/dev/null
-"$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
+start_postgres "$PGPORT" 700
 
 ${SIDECAR_PREFIX:-} ./target/release/pgsidecar proxy --listen "127.0.0.1:$SIDECAR_PORT" \
   --upstream "postgres://postgres@127.0.0.1:$PGPORT" --auth trust --pool-mode transaction \
   --pool-size "$POOL" --max-client-conn 20000 --acquire-timeout 30s 2>"$work/sidecar.log" &
 SIDECAR_PID=$!
+bench_pids+=("$SIDECAR_PID")
 
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
@@ -89,7 +72,6 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "| -M | clients | direct | pgsidecar | PgBouncer | pgsidecar/PgBouncer | pgsidecar/direct |"
 echo "|---|---|---|---|---|---|---|"

@@ -9,32 +9,14 @@ SECONDS_PER_RUN=${1:-20}
 ROUNDS=${2:-3}
 CLIENTS=${CLIENTS:-16}
 POOL=20
-BIN=/usr/lib/postgresql/15/bin
-work=$(mktemp -d /tmp/pgsidecar-trace-bench.XXXX)
-chmod 755 "$work"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/common.sh
 
 cargo build --release --quiet
 PGPORT=$(free_port); SINK_PORT=$(free_port)
-[ "$(id -u)" = 0 ] && chown postgres "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-as_pg "$BIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-  -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c max_connections=200 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
-  start >/dev/null
-"$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
+start_postgres "$PGPORT" 200
 
 python3 bench/otlp_sink.py "$SINK_PORT" >"$work/sink.log" 2>&1 &
-pids+=($!)
+bench_pids+=($!)
 
 declare -A port admin
 start_sidecar() { # name, extra args...
@@ -44,7 +26,7 @@ start_sidecar() { # name, extra args...
     --admin-listen "127.0.0.1:${admin[$name]}" \
     --upstream "postgres://postgres@127.0.0.1:$PGPORT" --auth trust --pool-mode transaction \
     --pool-size "$POOL" "$@" 2>"$work/$name.log" &
-  pids+=($!)
+  bench_pids+=($!)
 }
 start_sidecar off
 start_sidecar sampled_1pct --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol http/protobuf \
@@ -67,7 +49,6 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 off=$(median <<<"${results[off]}")
 echo
 echo "| tracing | median TPS | vs off | spans exported | spans dropped |"

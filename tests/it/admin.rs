@@ -1,36 +1,18 @@
 //! The admin HTTP listener: health and the status of pools and clients.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
-
-use pgsidecar::admin::AdminServer;
-
-use crate::support::{fresh_database, start_proxy};
+use crate::support::{fresh_database, http_get, overrides, start_proxy, start_proxy_with};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+    let response = http_get(addr, path).await;
+    (response.status, response.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_status_report_pools_and_clients() {
     let db = fresh_database().await;
     let proxy = start_proxy("transaction", 3).await;
-    let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), proxy.ctx.clone())
-        .await
-        .unwrap();
-    let addr = admin.local_addr().unwrap();
-    let (_stop, stopped) = watch::channel(false);
-    tokio::spawn(admin.run(stopped));
+    let admin = proxy.admin().await;
+    let addr = admin.addr;
     let client = proxy.connect(&db).await.unwrap();
     client.batch_execute("SELECT 1").await.unwrap();
     assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_owned()));
@@ -58,4 +40,17 @@ async fn health_and_status_report_pools_and_clients() {
     assert_eq!(pool["totals"]["queries"], 1);
     assert_eq!(pool["totals"]["transactions"], 1);
     assert_eq!(get(addr, "/nope").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_the_upstream_is_unreachable() {
+    let mut o = overrides("transaction", 1);
+    // Nothing listens on port 1.
+    o.upstream = Some("postgres://postgres@127.0.0.1:1".into());
+    let proxy = start_proxy_with(&o, None).await;
+    let admin = proxy.admin().await;
+    let (code, body) = get(admin.addr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("127.0.0.1:1 unreachable"), "{body}");
+    assert_eq!(get(admin.addr, "/healthz").await.0, 200);
 }

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use pgsidecar::admin::AdminServer;
 use pgsidecar::frontend::ProxyContext;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::support::otlp::{Collector, attribute};
-use crate::support::{TestProxy, cluster, connect, fresh_database, overrides, start_proxy_with};
+use crate::support::{
+    TestProxy, cluster, connect, fresh_database, http_get, overrides, start_proxy_with,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -238,16 +237,10 @@ async fn an_unreachable_collector_costs_spans_not_queries() {
 }
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("application/openmetrics-text"));
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+    let response = http_get(addr, "/metrics").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.head.contains("application/openmetrics-text"));
+    response.body
 }
 
 /// The value of the sample `name{labels...}`, the labels given as `key="value"` pieces; every
@@ -267,12 +260,8 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<u64> {
 async fn metrics_count_what_ran() {
     let db = fresh_database().await;
     let proxy = start_proxy_with(&overrides("transaction", 2), None).await;
-    let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&proxy.ctx))
-        .await
-        .unwrap();
-    let addr = admin.local_addr().unwrap();
-    let (_stop, stopped) = watch::channel(false);
-    tokio::spawn(admin.run(stopped));
+    let admin = proxy.admin().await;
+    let addr = admin.addr;
     let client = proxy.connect(&db).await.unwrap();
     for _ in 0..5 {
         client.simple_query("SELECT 1").await.unwrap();

@@ -191,6 +191,55 @@ pub async fn start_proxy_with(overrides: &Overrides, file: Option<&str>) -> Test
     }
 }
 
+/// The admin HTTP listener of a test proxy; it stops when this is dropped.
+pub struct TestAdmin {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+impl TestProxy {
+    /// Serves the admin HTTP endpoints of this proxy on a free port.
+    pub async fn admin(&self) -> TestAdmin {
+        let admin = pgsidecar::admin::AdminServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            std::sync::Arc::clone(&self.ctx),
+        )
+        .await
+        .expect("admin listener binds");
+        let addr = admin.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(admin.run(stopped));
+        TestAdmin { addr, _stop: stop }
+    }
+}
+
+/// An HTTP response as the tests read it.
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Status line and headers.
+    pub head: String,
+    /// Body.
+    pub body: String,
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    HttpResponse {
+        status: head[9..12].parse().unwrap(),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
 /// Starts a trust-auth proxy in the given mode and pool size.
 pub async fn start_proxy(pool_mode: &str, pool_size: usize) -> TestProxy {
     start_proxy_with(&overrides(pool_mode, pool_size), None).await

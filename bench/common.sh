@@ -1,0 +1,29 @@
+# Shared by the benchmark scripts (sourced, not run): a scratch directory, a throwaway PostgreSQL
+# with a pgbench scale-10 database, and cleanup of everything started. Callers append the pids of
+# processes they start to `bench_pids`.
+BIN=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/pgsidecar-bench.XXXX)
+chmod 755 "$work"
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+bench_pids=()
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+bench_cleanup() {
+  for pid in "${bench_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  as_pg "$BIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap bench_cleanup EXIT
+
+start_postgres() { # port max_connections
+  as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+  as_pg "$BIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
+    -o "-p $1 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c max_connections=$2 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
+    start >/dev/null
+  "$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$1" -U postgres postgres >/dev/null 2>&1
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
