@@ -13,5 +13,6 @@ pub mod backend;
 pub mod config;
 pub mod dev;
 pub mod frontend;
+pub mod gate;
 pub mod telemetry;
 pub mod wire;

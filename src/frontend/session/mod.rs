@@ -1,7 +1,8 @@
 //! One client's session after login: waits for the client's next transaction, lends it a server
 //! connection, forwards bytes both ways, and gives the connection back at the first safe point.
 
-use std::fmt::Write as _;
+mod settle;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -360,110 +361,6 @@ impl Session {
         }
     }
 
-    /// When the server owes nothing and no transaction is open: applies the session effects of
-    /// what just ran, and says whether the connection can go back to the pool.
-    async fn at_rest(
-        &mut self,
-        server: &mut ServerConn,
-        talk: &mut Conversation,
-        transaction_mode: bool,
-    ) -> Result<Option<Step>, SessionError> {
-        if !talk.is_idle() || !server.buf.is_empty() {
-            return Ok(None);
-        }
-        if !talk.effects.is_empty() {
-            let effects = std::mem::take(&mut talk.effects);
-            self.settle(server, effects).await?;
-        }
-        Ok((transaction_mode && self.pinned.is_none()).then_some(Step::Released))
-    }
-
-    /// Brings the client's view of its session up to date with statements that changed it, and
-    /// the server connection up to the client's view.
-    async fn settle(
-        &mut self,
-        server: &mut ServerConn,
-        effects: Vec<Effect>,
-    ) -> Result<(), SessionError> {
-        let mut changed: Vec<String> = Vec::new();
-        let mut resync_prepared = false;
-        for effect in effects {
-            match effect {
-                Effect::Pin(reason) => self.pin(reason),
-                Effect::Set(name) => {
-                    if !changed.contains(&name) {
-                        changed.push(name);
-                    }
-                }
-                Effect::Reset(name) => {
-                    changed.retain(|n| *n != name);
-                    self.params.reset(&name);
-                    server.params.forget(&name);
-                }
-                Effect::ResetAll | Effect::DiscardAll => {
-                    changed.clear();
-                    self.params.reset_all();
-                    server.params.reset();
-                    resync_prepared = true;
-                }
-                Effect::ClientReset => {
-                    changed.clear();
-                    self.params.reset_all();
-                }
-                Effect::Deallocate(None) => resync_prepared = true,
-                Effect::Deallocate(Some(_)) => {}
-            }
-        }
-        if !changed.is_empty() {
-            let mut sql = String::from("SELECT ");
-            for (i, name) in changed.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let _ = write!(sql, "current_setting('{}', true)", name.replace('\'', "''"));
-            }
-            let values = server.fetch_row(&sql).await.map_err(SessionError::Setup)?;
-            for (name, value) in changed.iter().zip(values) {
-                if let Some(value) = value {
-                    server.params.observe(name, &value);
-                    self.params.observe(name, &value);
-                }
-            }
-        }
-        if resync_prepared && self.mode() == PoolMode::Transaction {
-            let epoch = self.pool.known_statements().epoch();
-            resync_prepared_set(server, epoch)
-                .await
-                .map_err(SessionError::Setup)?;
-        }
-        self.sync_settings(server).await
-    }
-
-    /// Brings the server connection's settings to the client's, sending only what differs.
-    async fn sync_settings(&self, server: &mut ServerConn) -> Result<(), SessionError> {
-        if let Some(sql) = self.params.sync_sql(&server.params) {
-            server
-                .run_quietly(&sql)
-                .await
-                .map_err(SessionError::Setup)?;
-            server.params.synced(self.params.wanted());
-        }
-        Ok(())
-    }
-
-    /// Keeps the client on its server connection for the rest of its session.
-    fn pin(&mut self, reason: &'static str) {
-        if self.pinned.is_none() && self.mode() == PoolMode::Transaction {
-            self.pinned = Some(reason);
-            self.pool.metrics().pinned();
-            tracing::warn!(
-                pool = %self.pool.key(),
-                reason,
-                "client pinned to its server connection for the rest of its session"
-            );
-        }
-    }
-
     fn relay<'a>(
         &'a mut self,
         server: &'a mut ServerConn,
@@ -630,22 +527,4 @@ impl Session {
         }
         checkout.release();
     }
-}
-
-/// Re-reads which pgsidecar statements a server connection holds, after the client ran something
-/// that may have dropped them (`DISCARD ALL`, `DEALLOCATE ALL` on a pinned connection).
-async fn resync_prepared_set(server: &mut ServerConn, epoch: u64) -> Result<(), BackendError> {
-    let row = server
-        .fetch_row(&format!(
-            "SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE name LIKE '{}%'",
-            super::statements::SERVER_NAME_PREFIX
-        ))
-        .await?;
-    server.prepared.clear();
-    if let Some(Some(names)) = row.into_iter().next() {
-        for name in names.split(',') {
-            let _ = server.prepared.insert(name.into(), epoch);
-        }
-    }
-    Ok(())
 }
