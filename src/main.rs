@@ -89,6 +89,9 @@ struct ProxyArgs {
     /// Largest client message (e.g. 64MiB).
     #[arg(long, env = "PGSIDECAR_MAX_MESSAGE_SIZE")]
     max_message_size: Option<String>,
+    /// On SIGTERM, how long sessions get to finish their transaction (e.g. 30s).
+    #[arg(long, env = "PGSIDECAR_DRAIN_TIMEOUT")]
+    drain_timeout: Option<String>,
     /// Comma-separated users allowed into the admin console (database pgsidecar).
     #[arg(long, env = "PGSIDECAR_ADMIN_USERS")]
     admin_users: Option<String>,
@@ -138,6 +141,7 @@ impl ProxyArgs {
             client_login_timeout: self.client_login_timeout,
             max_client_conn: self.max_client_conn,
             max_message_size: self.max_message_size,
+            drain_timeout: self.drain_timeout,
             admin_users: self.admin_users,
             otlp_endpoint: if otel_traces_disabled() {
                 Some(String::new())
@@ -209,12 +213,14 @@ async fn run_proxy(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(listen = %proxy.local_addr()?, upstream = %format!("{}:{}", config.upstream.host, config.upstream.port), "pgsidecar proxy ready");
     let shutdown = shutdown_on_signal();
+    let admin_stop = watch::Sender::new(false);
     if let Some(addr) = config.admin_listen {
         let admin = AdminServer::bind(addr, proxy.context())
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
         tracing::info!(admin = %admin.local_addr()?, "admin endpoints ready");
-        let admin_shutdown = shutdown.clone();
+        // The admin endpoints outlive the drain: /readyz reports it, /v1/status follows it.
+        let admin_shutdown = admin_stop.subscribe();
         tokio::spawn(async move {
             if let Err(e) = admin.run(admin_shutdown).await {
                 tracing::error!(error = %e, "admin listener failed");
@@ -222,6 +228,7 @@ async fn run_proxy(config: Config) -> anyhow::Result<()> {
         });
     }
     proxy.run(shutdown).await;
+    let _ = admin_stop.send(true);
     // The exporter flushes with blocking calls.
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(tracer) = &ctx.telemetry.tracer {

@@ -1,6 +1,6 @@
 //! The admin console: `psql -d pgsidecar` on the proxy's own port, for the users in
-//! `admin_users`. It answers `SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|VERSION|HELP` over the simple
-//! query protocol, with PgBouncer's column names wherever the meaning is the same, so existing
+//! `admin_users`. It answers `SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|VERSION|HELP`, `PAUSE [db]`,
+//! `RESUME [db]` and `SHUTDOWN WAIT` over the simple query protocol, with PgBouncer's column names wherever the meaning is the same, so existing
 //! habits and scripts carry over.
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::frontend::ProxyContext;
+use crate::gate::{DEFAULT_MAX_HOLD, DEFAULT_PAUSE_DEADLINE, PauseError, PauseOptions, Scope};
 use crate::wire::extended::{put_command_complete, put_empty};
 use crate::wire::messages::{
     Severity, error, put_backend_key, put_data_row, put_parameter_status, put_ready_for_query,
@@ -250,7 +251,7 @@ fn show_config(ctx: &ProxyContext) -> Table {
     table
 }
 
-const COMMANDS: [&str; 7] = [
+const COMMANDS: [&str; 10] = [
     "SHOW POOLS",
     "SHOW CLIENTS",
     "SHOW SERVERS",
@@ -258,10 +259,92 @@ const COMMANDS: [&str; 7] = [
     "SHOW CONFIG",
     "SHOW VERSION",
     "SHOW HELP",
+    "PAUSE [db]",
+    "RESUME [db]",
+    "SHUTDOWN WAIT",
 ];
 
-/// The answer to one console command: a table, or the SQLSTATE and message of an error.
-fn answer(ctx: &ProxyContext, sql: &str) -> Result<Option<Table>, (&'static str, String)> {
+/// What the console sends back for a command that succeeded.
+enum Reply {
+    Table(Table),
+    Tag(&'static str),
+    Empty,
+}
+
+/// `PAUSE [db]` with the default deadline and maximum hold.
+async fn pause(
+    ctx: &ProxyContext,
+    database: Option<&str>,
+) -> Result<Reply, (&'static str, String)> {
+    let options = PauseOptions {
+        scope: Scope::from_database(database),
+        deadline: DEFAULT_PAUSE_DEADLINE,
+        max_hold: DEFAULT_MAX_HOLD,
+        cancel_stragglers: false,
+    };
+    match ctx.pause(&options).await {
+        Ok(_) => Ok(Reply::Tag("PAUSE")),
+        Err(e @ PauseError::Deadline { .. }) => {
+            let PauseError::Deadline { stragglers, .. } = &e else {
+                unreachable!()
+            };
+            let list: Vec<String> = stragglers
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}@{} app={:?} server_pid={} open {:.1}s",
+                        s.user,
+                        s.client_addr,
+                        s.application_name,
+                        s.server_pid
+                            .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                        s.transaction_seconds
+                    )
+                })
+                .collect();
+            Err((
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("{e}: {}", list.join("; ")),
+            ))
+        }
+        Err(e) => Err((sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string())),
+    }
+}
+
+/// The answer to one console command.
+async fn answer(ctx: &ProxyContext, sql: &str) -> Result<Reply, (&'static str, String)> {
+    let words: Vec<&str> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
+    match upper.as_slice() {
+        ["PAUSE"] => pause(ctx, None).await,
+        ["PAUSE", _] => pause(ctx, Some(words[1])).await,
+        ["RESUME"] | ["RESUME", _] => {
+            let scope = Scope::from_database(words.get(1).copied());
+            if ctx.gate.resume(&scope) {
+                Ok(Reply::Tag("RESUME"))
+            } else {
+                Err((
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("{scope} is not paused"),
+                ))
+            }
+        }
+        ["SHUTDOWN", "WAIT"] => {
+            ctx.gate
+                .drain(std::time::Instant::now() + ctx.config.drain_timeout);
+            Ok(Reply::Tag("SHUTDOWN"))
+        }
+        _ => show(ctx, sql),
+    }
+}
+
+/// The answer to a SHOW command: a table, or the SQLSTATE and message of an error.
+fn show(ctx: &ProxyContext, sql: &str) -> Result<Reply, (&'static str, String)> {
     let words: Vec<String> = sql
         .trim()
         .trim_end_matches(';')
@@ -270,7 +353,7 @@ fn answer(ctx: &ProxyContext, sql: &str) -> Result<Option<Table>, (&'static str,
         .collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let table = match words.as_slice() {
-        [] => return Ok(None),
+        [] => return Ok(Reply::Empty),
         ["SHOW", "POOLS"] => show_pools(ctx),
         ["SHOW", "CLIENTS"] => show_clients(ctx),
         ["SHOW", "SERVERS"] => show_servers(ctx),
@@ -301,7 +384,7 @@ fn answer(ctx: &ProxyContext, sql: &str) -> Result<Option<Table>, (&'static str,
             ));
         }
     };
-    Ok(Some(table))
+    Ok(Reply::Table(table))
 }
 
 /// Why a console session ended early.
@@ -365,9 +448,10 @@ pub async fn serve(
         match frame.tag {
             b'Q' => {
                 let (sql, _) = take_cstr(&frame.body)?;
-                match answer(ctx, sql) {
-                    Ok(Some(table)) => table.encode(&mut out),
-                    Ok(None) => put_empty(&mut out, b'I'),
+                match answer(ctx, sql).await {
+                    Ok(Reply::Table(table)) => table.encode(&mut out),
+                    Ok(Reply::Tag(tag)) => put_command_complete(&mut out, tag),
+                    Ok(Reply::Empty) => put_empty(&mut out, b'I'),
                     Err((code, message)) => {
                         out.extend_from_slice(&error(Severity::Error, code, &message));
                     }

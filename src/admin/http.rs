@@ -5,18 +5,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::parse_duration;
 use crate::frontend::ProxyContext;
+use crate::gate::{
+    DEFAULT_MAX_HOLD, DEFAULT_PAUSE_DEADLINE, GateStatus, PauseError, PauseOptions, Scope,
+};
 use crate::telemetry::{PoolGauges, PoolTotals};
 
 /// One pool in `GET /v1/status`.
@@ -45,6 +51,8 @@ pub struct PoolStatus {
 pub struct Status {
     /// Client connections open now.
     pub clients: usize,
+    /// Pauses and drain.
+    pub gate: GateStatus,
     /// Every pool created so far.
     pub pools: Vec<PoolStatus>,
 }
@@ -74,6 +82,7 @@ impl Status {
         pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
         Self {
             clients: ctx.clients.load(Ordering::Relaxed),
+            gate: ctx.gate.status(),
             pools,
         }
     }
@@ -89,6 +98,9 @@ const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Ready when the upstream accepts connections: a sidecar whose database is unreachable
 /// should be taken out of rotation rather than hand out errors.
 async fn readyz(State(ctx): State<Arc<ProxyContext>>) -> (StatusCode, String) {
+    if ctx.gate.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
+    }
     let upstream = &ctx.config.upstream;
     let address = (upstream.host.as_str(), upstream.port);
     match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(address)).await {
@@ -138,6 +150,128 @@ async fn status(State(ctx): State<Arc<ProxyContext>>) -> Json<Status> {
     Json(Status::of(&ctx))
 }
 
+/// The JSON body of the gate endpoints; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GateRequest {
+    /// One database, or all when absent.
+    database: Option<String>,
+    /// Pause: how long to wait for transactions in flight; drain: for sessions to finish.
+    deadline: Option<String>,
+    /// Pause: the longest it holds.
+    max_hold: Option<String>,
+    /// Pause: end the transactions still running at the deadline.
+    #[serde(default)]
+    cancel_stragglers: bool,
+}
+
+type JsonReply = (StatusCode, Json<serde_json::Value>);
+
+fn reply(code: StatusCode, body: serde_json::Value) -> JsonReply {
+    (code, Json(body))
+}
+
+fn parse_request(body: &[u8]) -> Result<GateRequest, JsonReply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(GateRequest::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })))
+}
+
+fn duration_field(
+    value: Option<&str>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, JsonReply> {
+    value.map_or(Ok(default), |v| {
+        parse_duration(v).map_err(|m| {
+            reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("{name}: {m}") }),
+            )
+        })
+    })
+}
+
+/// `POST /v1/gate/pause`: returns when paused (200) or when the pause failed (409, with the
+/// transactions that held it); traffic flows again after a failure.
+async fn gate_pause(State(ctx): State<Arc<ProxyContext>>, body: Bytes) -> JsonReply {
+    let request = match parse_request(&body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let options = match (
+        duration_field(
+            request.deadline.as_deref(),
+            "deadline",
+            DEFAULT_PAUSE_DEADLINE,
+        ),
+        duration_field(request.max_hold.as_deref(), "max_hold", DEFAULT_MAX_HOLD),
+    ) {
+        (Ok(deadline), Ok(max_hold)) => PauseOptions {
+            scope: Scope::from_database(request.database.as_deref()),
+            deadline,
+            max_hold,
+            cancel_stragglers: request.cancel_stragglers,
+        },
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    match ctx.pause(&options).await {
+        Ok(report) => reply(StatusCode::OK, json!({ "paused": report })),
+        Err(e @ PauseError::Deadline { .. }) => {
+            let PauseError::Deadline { stragglers, .. } = &e else {
+                unreachable!()
+            };
+            reply(
+                StatusCode::CONFLICT,
+                json!({ "error": e.to_string(), "stragglers": stragglers }),
+            )
+        }
+        Err(e @ PauseError::Draining) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+/// `POST /v1/gate/resume`.
+async fn gate_resume(State(ctx): State<Arc<ProxyContext>>, body: Bytes) -> JsonReply {
+    match parse_request(&body) {
+        Ok(request) => {
+            let scope = Scope::from_database(request.database.as_deref());
+            let resumed = ctx.gate.resume(&scope);
+            reply(
+                StatusCode::OK,
+                json!({ "resumed": resumed, "scope": scope.to_string() }),
+            )
+        }
+        Err(e) => e,
+    }
+}
+
+/// `POST /v1/gate/drain`: starts draining and returns at once (202).
+async fn gate_drain(State(ctx): State<Arc<ProxyContext>>, body: Bytes) -> JsonReply {
+    let request = match parse_request(&body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    match duration_field(
+        request.deadline.as_deref(),
+        "deadline",
+        ctx.config.drain_timeout,
+    ) {
+        Ok(deadline) => {
+            ctx.gate.drain(Instant::now() + deadline);
+            reply(
+                StatusCode::ACCEPTED,
+                json!({ "draining": true, "deadline_seconds": deadline.as_secs_f64() }),
+            )
+        }
+        Err(e) => e,
+    }
+}
+
 /// A bound admin listener.
 pub struct AdminServer {
     listener: TcpListener,
@@ -174,6 +308,9 @@ impl AdminServer {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/v1/status", get(status))
+            .route("/v1/gate/pause", post(gate_pause))
+            .route("/v1/gate/resume", post(gate_resume))
+            .route("/v1/gate/drain", post(gate_drain))
             .with_state(self.ctx);
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {

@@ -74,6 +74,7 @@ pub(super) struct FileConfig {
     client_login_timeout: Option<Scalar>,
     max_client_conn: Option<Scalar>,
     max_message_size: Option<Scalar>,
+    drain_timeout: Option<Scalar>,
     admin_users: Option<Vec<String>>,
     #[serde(default)]
     telemetry: TelemetryFile,
@@ -104,6 +105,7 @@ pub struct Overrides {
     pub client_login_timeout: Option<String>,
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
+    pub drain_timeout: Option<String>,
     /// Comma-separated admin console users.
     pub admin_users: Option<String>,
     pub otlp_endpoint: Option<String>,
@@ -156,6 +158,7 @@ impl Overrides {
         );
         set(&mut file.max_client_conn, self.max_client_conn.as_ref());
         set(&mut file.max_message_size, self.max_message_size.as_ref());
+        set(&mut file.drain_timeout, self.drain_timeout.as_ref());
         if let Some(users) = &self.admin_users {
             file.admin_users = Some(
                 users
@@ -251,6 +254,12 @@ impl FileConfig {
         let telemetry = self.telemetry.validate()?;
         Ok(Config {
             admin_users: self.admin_users.unwrap_or_default(),
+            drain_timeout: field(
+                "drain_timeout",
+                self.drain_timeout.as_ref(),
+                Duration::from_secs(30),
+                parse_duration,
+            )?,
             telemetry,
             listen: field(
                 "listen",

@@ -325,6 +325,8 @@ pub struct Config {
     pub max_client_conn: usize,
     /// Largest client message accepted, in bytes.
     pub max_message_size: usize,
+    /// On SIGTERM (or a drain request), how long sessions get to reach a transaction boundary.
+    pub drain_timeout: Duration,
     /// Users who may open the admin console (database `pgsidecar`).
     pub admin_users: Vec<String>,
     /// Per-query spans.

@@ -73,6 +73,7 @@ impl Config {
             ("client_login_timeout", duration(self.client_login_timeout)),
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_message_size", self.max_message_size.to_string()),
+            ("drain_timeout", duration(self.drain_timeout)),
             ("admin_users", self.admin_users.join(",")),
             (
                 "telemetry.otlp_endpoint",

@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
 
 use rand::RngExt;
 
@@ -40,6 +42,12 @@ pub struct CancelSlot {
     pub info: ClientInfo,
     running_on: Mutex<Option<CancelTarget>>,
     waiting: AtomicBool,
+    /// When its current transaction was admitted, in microseconds since `epoch` plus one; 0
+    /// when it has none.
+    transaction_since: AtomicU64,
+    epoch: Instant,
+    abort_reason: Mutex<Option<&'static str>>,
+    abort: Notify,
 }
 
 impl CancelSlot {
@@ -70,6 +78,54 @@ impl CancelSlot {
     pub fn is_waiting(&self) -> bool {
         self.waiting.load(Ordering::Relaxed)
     }
+
+    /// Records that the client's transaction was admitted now, or ended (`false`).
+    pub fn set_in_transaction(&self, in_transaction: bool) {
+        let since = if in_transaction {
+            u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1
+        } else {
+            0
+        };
+        self.transaction_since.store(since, Ordering::Relaxed);
+    }
+
+    /// How long the client's current transaction has been open, if it has one.
+    #[must_use]
+    pub fn transaction_age(&self) -> Option<Duration> {
+        match self.transaction_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_micros(since - 1)),
+            ),
+        }
+    }
+
+    /// Asks the session to end now (its transaction, if any, is rolled back), for `reason`.
+    ///
+    /// # Panics
+    /// If the slot's lock was poisoned.
+    pub fn abort(&self, reason: &'static str) {
+        self.abort_reason
+            .lock()
+            .expect("cancel slot lock")
+            .get_or_insert(reason);
+        self.abort.notify_one();
+    }
+
+    /// Resolves with the reason once [`CancelSlot::abort`] was called.
+    ///
+    /// # Panics
+    /// If the slot's lock was poisoned.
+    pub async fn aborted(&self) -> &'static str {
+        loop {
+            if let Some(reason) = *self.abort_reason.lock().expect("cancel slot lock") {
+                return reason;
+            }
+            self.abort.notified().await;
+        }
+    }
 }
 
 /// All live cancel keys.
@@ -98,6 +154,10 @@ impl CancelRegistry {
             info,
             running_on: Mutex::new(None),
             waiting: AtomicBool::new(false),
+            transaction_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            abort_reason: Mutex::new(None),
+            abort: Notify::new(),
         });
         slots.insert(pid, Arc::clone(&slot));
         slot
@@ -173,5 +233,10 @@ mod tests {
         );
         registry.remove(slot.pid);
         assert_eq!(registry.resolve(slot.pid, slot.secret), None);
+        assert_eq!(slot.transaction_age(), None);
+        slot.set_in_transaction(true);
+        assert!(slot.transaction_age().is_some());
+        slot.set_in_transaction(false);
+        assert_eq!(slot.transaction_age(), None);
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -101,8 +101,10 @@ impl Proxy {
         Arc::clone(&self.ctx)
     }
 
-    /// Accepts clients until `shutdown` turns true, then closes the pools. Sessions already
-    /// running end when their clients or servers do.
+    /// Accepts clients until `shutdown` turns true or the gate starts draining; then drains:
+    /// no new connections, each session ends at its next transaction boundary, and those left
+    /// at the drain deadline are closed (their transactions roll back). Returns when no
+    /// session is left.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -113,7 +115,7 @@ impl Proxy {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
                 changed = shutdown.changed() => {
@@ -121,10 +123,43 @@ impl Proxy {
                         break;
                     }
                 }
+                () = self.ctx.gate.drain_started() => break,
             }
+        }
+        drop(self.listener);
+        self.ctx
+            .gate
+            .drain(Instant::now() + self.ctx.config.drain_timeout);
+        let deadline = self.ctx.gate.drain_deadline().unwrap_or_else(Instant::now);
+        tracing::info!(
+            clients = self.ctx.clients.load(Ordering::Relaxed),
+            "draining: no new connections; sessions end at their next transaction boundary"
+        );
+        if !wait_for_sessions(&self.ctx, deadline).await {
+            let left = self.ctx.clients.load(Ordering::Relaxed);
+            tracing::warn!(
+                left,
+                "drain deadline reached: closing the remaining sessions"
+            );
+            self.ctx.abort_all("pgsidecar's drain deadline was reached");
+            wait_for_sessions(&self.ctx, Instant::now() + ABORT_GRACE).await;
         }
         self.ctx.pools.close_all();
     }
+}
+
+/// How long sessions that were told to end get to close before the pools are closed under them.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits until no client is connected; false if `deadline` came first.
+async fn wait_for_sessions(ctx: &ProxyContext, deadline: Instant) -> bool {
+    while ctx.clients.load(Ordering::Relaxed) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: SocketAddr) {

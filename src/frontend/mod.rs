@@ -23,6 +23,9 @@ pub use session::SessionError;
 
 use crate::backend::PoolRegistry;
 use crate::config::Config;
+use crate::gate::{
+    self, Gate, PauseError, PauseOptions, PauseReport, Scope, Straggler, Stragglers,
+};
 use crate::telemetry::{Telemetry, TracingError};
 
 /// The virtual database that opens the admin console instead of a pool.
@@ -43,6 +46,8 @@ pub struct ProxyContext {
     pub telemetry: Telemetry,
     /// When the proxy started, for uptime figures.
     pub started: std::time::SystemTime,
+    /// Pause, drain and resume.
+    pub gate: Arc<Gate>,
 }
 
 impl ProxyContext {
@@ -60,6 +65,59 @@ impl ProxyContext {
             clients: AtomicUsize::new(0),
             telemetry,
             started: std::time::SystemTime::now(),
+            gate: Arc::new(Gate::default()),
         }))
+    }
+
+    /// Pauses as `options` say, reporting and ending this proxy's transactions in the way.
+    ///
+    /// # Errors
+    /// As [`gate::pause`].
+    pub async fn pause(&self, options: &PauseOptions) -> Result<PauseReport, PauseError> {
+        gate::pause(&self.gate, options, self).await
+    }
+
+    /// Ends every session now (transactions roll back), telling each client `reason`.
+    pub fn abort_all(&self, reason: &'static str) {
+        for client in self.cancels.all() {
+            client.abort(reason);
+        }
+    }
+}
+
+impl Stragglers for ProxyContext {
+    fn list(&self, scope: &Scope) -> Vec<Straggler> {
+        let mut stragglers: Vec<Straggler> = self
+            .cancels
+            .all()
+            .into_iter()
+            .filter(|c| scope.covers(&c.info.database))
+            .filter_map(|c| {
+                let age = c.transaction_age()?;
+                Some(Straggler {
+                    database: c.info.database.clone(),
+                    user: c.info.user.clone(),
+                    application_name: c.info.application_name.clone(),
+                    client_addr: c.info.peer.to_string(),
+                    server_pid: c.current().map(|s| s.pid),
+                    transaction_seconds: age.as_secs_f64(),
+                })
+            })
+            .collect();
+        stragglers.sort_by(|a, b| b.transaction_seconds.total_cmp(&a.transaction_seconds));
+        stragglers
+    }
+
+    fn terminate(&self, scope: &Scope) -> usize {
+        let in_the_way: Vec<_> = self
+            .cancels
+            .all()
+            .into_iter()
+            .filter(|c| scope.covers(&c.info.database) && c.transaction_age().is_some())
+            .collect();
+        for client in &in_the_way {
+            client.abort("the transaction was in the way of a pause (cancel stragglers)");
+        }
+        in_the_way.len()
     }
 }

@@ -16,6 +16,11 @@ use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, watch};
 
 pub use pause::{PauseError, PauseOptions, PauseReport, Straggler, Stragglers, pause};
 
+/// How long a pause waits for transactions in flight when the request does not say.
+pub const DEFAULT_PAUSE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a pause holds at most when the request does not say.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(60);
+
 /// What a pause or resume applies to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
@@ -102,7 +107,9 @@ pub struct Gate {
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate").field("status", &self.status()).finish()
+        f.debug_struct("Gate")
+            .field("status", &self.status())
+            .finish()
     }
 }
 
@@ -191,10 +198,10 @@ impl Gate {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.held.lock().expect("gate lock").insert(
-            scope.clone(),
-            Held { id, _guard: guard },
-        );
+        self.held
+            .lock()
+            .expect("gate lock")
+            .insert(scope.clone(), Held { id, _guard: guard });
         self.set_phase(scope, Phase::Paused);
         let gate = Arc::downgrade(self);
         let scope = scope.clone();
@@ -245,6 +252,12 @@ impl Gate {
         self.draining.borrow().is_some()
     }
 
+    /// When the remaining sessions are closed, once draining started.
+    #[must_use]
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        *self.draining.borrow()
+    }
+
     /// Resolves once draining starts.
     pub async fn drain_started(&self) {
         let mut rx = self.draining.subscribe();
@@ -271,7 +284,11 @@ impl Gate {
             })
             .collect();
         GateStatus {
-            sidecar: if self.is_draining() { "draining" } else { "open" },
+            sidecar: if self.is_draining() {
+                "draining"
+            } else {
+                "open"
+            },
             paused,
         }
     }
@@ -296,7 +313,11 @@ mod tests {
         );
         drop(ticket);
         let guard = pausing.await;
-        gate.hold(&Scope::Database("app".into()), guard, Duration::from_secs(60));
+        gate.hold(
+            &Scope::Database("app".into()),
+            guard,
+            Duration::from_secs(60),
+        );
         assert_eq!(gate.status().paused["app"], Phase::Paused);
         let other = gate.database("other");
         gate.admit(&other).await.unwrap();

@@ -94,7 +94,7 @@ pub enum PauseError {
 pub async fn pause(
     gate: &Arc<Gate>,
     options: &PauseOptions,
-    stragglers: &dyn Stragglers,
+    stragglers: &(dyn Stragglers + Sync),
 ) -> Result<PauseReport, PauseError> {
     let scope = &options.scope;
     let report = |took: Duration, terminated, already_paused| PauseReport {

@@ -22,3 +22,5 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// A command the admin console does not know.
 pub const SYNTAX_ERROR: &str = "42601";
+/// A pause that could not take hold, a resume of something not paused.
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";

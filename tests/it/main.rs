@@ -9,6 +9,7 @@ mod cli;
 mod console;
 mod copy;
 mod failures;
+mod gate;
 mod hostile;
 mod pooling;
 mod prepared;

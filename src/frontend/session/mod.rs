@@ -22,6 +22,7 @@ use super::statements::{ClientStatements, StatementDef};
 use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
 use crate::config::PoolMode;
+use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::FinishedQuery;
 use crate::wire::extended::{ParseMessage, put_empty};
 use crate::wire::frame::HEADER_LEN;
@@ -53,6 +54,12 @@ pub enum SessionError {
     /// Preparing a server connection for this client failed.
     #[error("server refused the client's settings: {0}")]
     Setup(BackendError),
+    /// The sidecar is draining; the session ended at a transaction boundary.
+    #[error("pgsidecar is draining")]
+    Shutdown,
+    /// The session was ended from outside (pause stragglers, drain deadline).
+    #[error("terminated: {0}")]
+    Terminated(&'static str),
 }
 
 impl SessionError {
@@ -82,6 +89,15 @@ impl SessionError {
                 format!("pgsidecar: cannot use the server: {e}"),
             ),
             Self::Acquire(e) => (sqlstate::CANNOT_CONNECT_NOW, format!("pgsidecar: {e}")),
+            Self::Shutdown => (
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command: pgsidecar is draining"
+                    .to_owned(),
+            ),
+            Self::Terminated(reason) => (
+                sqlstate::ADMIN_SHUTDOWN,
+                format!("terminating connection due to administrator command: {reason}"),
+            ),
         };
         Some(error(Severity::Fatal, code, &message))
     }
@@ -93,6 +109,8 @@ enum Step {
     Released,
     /// The client said Terminate or closed its socket.
     ClientEnded,
+    /// The sidecar is draining and the client is between transactions.
+    Drained,
 }
 
 /// The protocol position of one checkout: what the server still owes.
@@ -125,6 +143,9 @@ pub struct Session {
     pinned: Option<&'static str>,
     cancel: Arc<CancelSlot>,
     cycles: CycleLog,
+    /// The gate of the client's database, and the admission of its current transaction.
+    gate: DatabaseGate,
+    ticket: Option<Ticket>,
     /// Span attributes shared by this session's queries, and the application_name they name.
     span_attributes: Option<(String, Vec<KeyValue>)>,
 }
@@ -139,6 +160,7 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Self {
         Self {
+            gate: ctx.gate.database(&pool.key().database),
             client,
             buf: BytesMut::new(),
             pool,
@@ -147,6 +169,7 @@ impl Session {
             pinned: None,
             cycles: CycleLog::new(ctx.telemetry.tracer.is_some()),
             span_attributes: None,
+            ticket: None,
             cancel,
             ctx,
         }
@@ -159,7 +182,9 @@ impl Session {
     /// # Errors
     /// As [`Session::acquire`]; the caller reports it with [`Session::fail`].
     pub(super) async fn greet(&mut self) -> Result<Option<Checkout>, SessionError> {
+        self.admit().await?;
         let mut checkout = self.acquire().await?;
+        self.end_transaction();
         let mut out = BytesMut::new();
         for (name, value) in &checkout.conn().params.reported {
             put_parameter_status(&mut out, name, value);
@@ -199,6 +224,28 @@ impl Session {
         Ok(checkout)
     }
 
+    /// Waits at the gate until the client's next transaction may start.
+    async fn admit(&mut self) -> Result<(), SessionError> {
+        if self.ticket.is_none() {
+            let ticket = self
+                .ctx
+                .gate
+                .admit(&self.gate)
+                .await
+                .map_err(|_| SessionError::Shutdown)?;
+            self.ticket = Some(ticket);
+            self.cancel.set_in_transaction(true);
+        }
+        Ok(())
+    }
+
+    /// The client's transaction is over: the gate may pause its database.
+    fn end_transaction(&mut self) {
+        if self.ticket.take().is_some() {
+            self.cancel.set_in_transaction(false);
+        }
+    }
+
     fn release(&self, checkout: Checkout) {
         self.cancel.set(None);
         checkout.release();
@@ -229,6 +276,7 @@ impl Session {
                     continue;
                 }
                 let requested = Instant::now();
+                Box::pin(self.admit()).await?;
                 let checkout = Box::pin(self.acquire()).await?;
                 self.cycles.note_request(requested, requested.elapsed());
                 checkout
@@ -242,7 +290,12 @@ impl Session {
                     Box::pin(self.finish(checkout, &talk)).await;
                     return Ok(());
                 }
+                Ok(Step::Drained) => {
+                    Box::pin(self.finish(checkout, &talk)).await;
+                    return Err(SessionError::Shutdown);
+                }
                 Err(e) => {
+                    self.end_transaction();
                     self.cancel.set(None);
                     self.cycles.reset();
                     let running = !matches!(e, SessionError::ServerLost(_));
@@ -263,16 +316,32 @@ impl Session {
                 Ok(None) => {}
                 Err(e) => return Err(SessionError::ClientProtocol(e)),
             }
+            if self.ctx.gate.is_draining() {
+                return Err(SessionError::Shutdown);
+            }
             if self.buf.is_empty() {
                 // An idle client holds no buffer: thousands of idle connections stay cheap.
                 self.buf = BytesMut::new();
-                self.client.readable().await?;
+                tokio::select! {
+                    readable = self.client.readable() => readable?,
+                    () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
+                    reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
+                }
             }
             self.buf.reserve(READ_CHUNK);
             if self.client.read_buf(&mut self.buf).await? == 0 {
                 return Ok(false);
             }
         }
+    }
+
+    /// Whether the client has sent a whole message that starts a transaction (anything but
+    /// Terminate).
+    fn has_request(&self) -> bool {
+        matches!(
+            FrameHeader::peek(&self.buf, self.ctx.config.max_message_size),
+            Ok(Some(header)) if header.tag != b'X'
+        )
     }
 
     /// Answers a batch of nothing but Parse (of statements the pool already knows to be valid)
@@ -330,6 +399,9 @@ impl Session {
     ) -> Result<Step, SessionError> {
         let transaction_mode = self.mode() == PoolMode::Transaction;
         loop {
+            if self.ticket.is_none() && self.has_request() {
+                self.admit().await?;
+            }
             if self.forward_client_messages(server, talk).await? {
                 return Ok(Step::ClientEnded);
             }
@@ -344,6 +416,7 @@ impl Session {
                         return Ok(Step::ClientEnded);
                     }
                 }
+                reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
                 read = server.stream.read_buf(&mut server.buf) => {
                     match read {
                         Ok(0) => return Err(SessionError::ServerLost("server closed the connection".into())),

@@ -25,6 +25,10 @@ impl Session {
             let effects = std::mem::take(&mut talk.effects);
             self.settle(server, effects).await?;
         }
+        self.end_transaction();
+        if self.ctx.gate.is_draining() {
+            return Ok(Some(Step::Drained));
+        }
         Ok((transaction_mode && self.pinned.is_none()).then_some(Step::Released))
     }
 

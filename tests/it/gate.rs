@@ -1,0 +1,313 @@
+//! The gate: pauses under load lose nothing, stuck transactions fail a pause (or are ended when
+//! asked), a forgotten pause lifts itself, and SIGTERM drains at transaction boundaries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pgsidecar::gate::{PauseError, PauseOptions, Scope};
+use tokio_postgres::Client;
+
+use crate::support::{
+    ProxyProcess, TestProxy, connect, direct, fresh_database, http_get, overrides, sqlstate,
+    start_proxy_with,
+};
+
+async fn proxy(pool_size: usize) -> TestProxy {
+    let mut o = overrides("transaction", pool_size);
+    o.admin_users = Some("postgres".into());
+    start_proxy_with(&o, None).await
+}
+
+fn options(db: &str, deadline_ms: u64, cancel_stragglers: bool) -> PauseOptions {
+    PauseOptions {
+        scope: Scope::Database(db.to_owned()),
+        deadline: Duration::from_millis(deadline_ms),
+        max_hold: Duration::from_secs(30),
+        cancel_stragglers,
+    }
+}
+
+/// Clients running short write transactions until `stop`; returns (committed, errors).
+fn writers(
+    clients: Vec<Client>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
+    clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let stop = Arc::clone(stop);
+            tokio::spawn(async move {
+                let mut committed = 0;
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let tx = "BEGIN; INSERT INTO ledger (writer) VALUES ($1); COMMIT";
+                    let sql = tx.replace("$1", &i.to_string());
+                    match client.batch_execute(&sql).await {
+                        Ok(()) => committed += 1,
+                        Err(e) => {
+                            errors.push(
+                                e.as_db_error()
+                                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                            );
+                            break;
+                        }
+                    }
+                }
+                (committed, errors)
+            })
+        })
+        .collect()
+}
+
+async fn ledger(db: &str) -> i64 {
+    let admin = direct(db).await;
+    admin
+        .batch_execute("CREATE TABLE IF NOT EXISTS ledger (id bigserial PRIMARY KEY, writer int)")
+        .await
+        .unwrap();
+    admin
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pauses_under_load_lose_no_transaction() {
+    let db = fresh_database().await;
+    ledger(&db).await;
+    let proxy = proxy(5).await;
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        clients.push(proxy.connect(&db).await.unwrap());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = writers(clients, &stop);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let report = proxy.ctx.pause(&options(&db, 5000, false)).await.unwrap();
+        latencies.push(started.elapsed());
+        assert!(!report.already_paused);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(proxy.ctx.gate.resume(&Scope::Database(db.clone())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for task in tasks {
+        let (n, errors) = task.await.unwrap();
+        assert!(errors.is_empty(), "a client saw an error: {errors:?}");
+        committed += n;
+    }
+    assert!(
+        committed > 100,
+        "too little traffic to prove anything: {committed}"
+    );
+    assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
+    latencies.sort();
+    eprintln!(
+        "pause latency over 20 pauses with 30 writers: median {:?}, max {:?}",
+        latencies[10], latencies[19]
+    );
+}
+
+async fn stuck_transaction(proxy: &TestProxy, db: &str) -> Client {
+    let stuck = connect(&format!("{}?application_name=stuck-app", proxy.url(db)))
+        .await
+        .unwrap();
+    stuck
+        .batch_execute("BEGIN; INSERT INTO ledger (writer) VALUES (-1)")
+        .await
+        .unwrap();
+    stuck
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_transaction_fails_the_pause_and_traffic_resumes() {
+    let db = fresh_database().await;
+    ledger(&db).await;
+    let proxy = proxy(5).await;
+    let stuck = stuck_transaction(&proxy, &db).await;
+    let other = proxy.connect(&db).await.unwrap();
+    let err = proxy
+        .ctx
+        .pause(&options(&db, 300, false))
+        .await
+        .unwrap_err();
+    let PauseError::Deadline { stragglers, .. } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(stragglers.len(), 1);
+    assert_eq!(stragglers[0].application_name, "stuck-app");
+    assert!(stragglers[0].server_pid.is_some());
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+    // Traffic flows again at once.
+    tokio::time::timeout(Duration::from_secs(2), other.simple_query("SELECT 1"))
+        .await
+        .expect("not paused any more")
+        .unwrap();
+    // The stuck transaction itself was left alone.
+    stuck.simple_query("COMMIT").await.unwrap();
+    assert_eq!(ledger(&db).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stragglers_ends_the_stuck_transaction_and_the_pause_holds() {
+    let db = fresh_database().await;
+    ledger(&db).await;
+    let proxy = proxy(5).await;
+    let stuck = stuck_transaction(&proxy, &db).await;
+    let report = proxy.ctx.pause(&options(&db, 300, true)).await.unwrap();
+    assert_eq!(report.terminated, 1);
+    let err = stuck.simple_query("COMMIT").await.unwrap_err();
+    assert!(
+        err.code().is_some_and(|c| c.code() == "57P01") || err.is_closed(),
+        "{err:?}"
+    );
+    assert!(proxy.ctx.gate.resume(&Scope::Database(db.clone())));
+    assert_eq!(
+        ledger(&db).await,
+        0,
+        "the stuck transaction was rolled back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_lifts_itself_after_its_maximum_hold() {
+    let db = fresh_database().await;
+    let proxy = proxy(2).await;
+    let client = proxy.connect(&db).await.unwrap();
+    let mut options = options(&db, 1000, false);
+    options.max_hold = Duration::from_millis(400);
+    proxy.ctx.pause(&options).await.unwrap();
+    let started = Instant::now();
+    client.simple_query("SELECT 1").await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+}
+
+async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (
+        head[9..12].parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_console_controls() {
+    let db = fresh_database().await;
+    ledger(&db).await;
+    let proxy = proxy(2).await;
+    let admin = proxy.admin().await;
+    let body = format!(r#"{{"database": "{db}", "deadline": "2s", "max_hold": "20s"}}"#);
+    let (code, reply) = post(admin.addr, "/v1/gate/pause", &body).await;
+    assert_eq!(code, 200, "{reply}");
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(admin.addr, "/v1/status").await.body).unwrap();
+    assert_eq!(status["gate"]["paused"][&db], "paused");
+    let (code, reply) = post(
+        admin.addr,
+        "/v1/gate/resume",
+        &format!(r#"{{"database": "{db}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        (code, &reply["resumed"]),
+        (200, &serde_json::Value::Bool(true))
+    );
+    let (code, _) = post(admin.addr, "/v1/gate/pause", r#"{"deadline": "soon"}"#).await;
+    assert_eq!(code, 400);
+
+    let stuck = stuck_transaction(&proxy, &db).await;
+    let (code, reply) = post(admin.addr, "/v1/gate/pause", r#"{"deadline": "200ms"}"#).await;
+    assert_eq!(code, 409, "{reply}");
+    assert_eq!(reply["stragglers"][0]["application_name"], "stuck-app");
+
+    let console = proxy.connect("pgsidecar").await.unwrap();
+    let err = console.simple_query("PAUSE").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "55000");
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains("stuck-app"), "{message}");
+    drop(stuck);
+    // The stuck client is gone: the pause takes hold now.
+    let mut paused = false;
+    for _ in 0..50 {
+        if console.simple_query(&format!("PAUSE {db}")).await.is_ok() {
+            paused = true;
+            break;
+        }
+    }
+    assert!(paused);
+    console.simple_query(&format!("RESUME {db}")).await.unwrap();
+    let err = console.simple_query("RESUME").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "55000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_at_transaction_boundaries() {
+    let db = fresh_database().await;
+    ledger(&db).await;
+    let mut sidecar = ProxyProcess::spawn(&["--pool-size", "4", "--drain-timeout", "5s"]);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(sidecar.connect(&db).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = writers(clients, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = i32::try_from(sidecar.child.id().unwrap()).unwrap();
+    let signalled = Instant::now();
+    assert_eq!(send_signal(pid, "TERM"), 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), sidecar.child.wait())
+        .await
+        .expect("the sidecar exits within its drain deadline")
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    stop.store(true, Ordering::Relaxed);
+    let committed = AtomicU64::new(0);
+    for task in tasks {
+        let (n, errors) = task.await.unwrap();
+        committed.fetch_add(n, Ordering::Relaxed);
+        // Each client learns at a transaction boundary that the sidecar is going away.
+        for e in &errors {
+            assert!(
+                e.contains("pgsidecar is draining") || e.contains("closed"),
+                "{e}"
+            );
+        }
+    }
+    let committed = i64::try_from(committed.into_inner()).unwrap();
+    assert!(committed > 0);
+    assert_eq!(
+        ledger(&db).await,
+        committed,
+        "a committed transaction was lost"
+    );
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+/// Sends a signal with kill(1), which every test machine has.
+fn send_signal(pid: i32, signal: &str) -> i32 {
+    std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
