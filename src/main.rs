@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use pgsidecar::admin::AdminServer;
 use pgsidecar::config::{Config, Overrides};
-use pgsidecar::frontend::Proxy;
+use pgsidecar::frontend::{Proxy, ProxyContext};
 use tokio::sync::watch;
 
 /// Exit status for a configuration the proxy refuses to start with.
@@ -123,8 +124,21 @@ fn otel_traces_disabled() -> bool {
     is("OTEL_SDK_DISABLED", "true") || is("OTEL_TRACES_EXPORTER", "none")
 }
 
+/// Where the configuration comes from, kept to reload it on SIGHUP: the file is read again,
+/// the flags and environment captured at start apply on top as before.
+struct ConfigSource {
+    path: Option<PathBuf>,
+    overrides: Overrides,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config, pgsidecar::config::ConfigError> {
+        Config::load(self.path.as_deref(), &self.overrides)
+    }
+}
+
 impl ProxyArgs {
-    fn load(self) -> Result<Config, pgsidecar::config::ConfigError> {
+    fn source(self) -> ConfigSource {
         let overrides = Overrides {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -159,7 +173,10 @@ impl ProxyArgs {
             slow_query_threshold: self.slow_query_threshold,
             database_url: std::env::var("DATABASE_URL").ok(),
         };
-        Config::load(self.config.as_deref(), &overrides)
+        ConfigSource {
+            path: self.config,
+            overrides,
+        }
     }
 }
 
@@ -202,7 +219,25 @@ fn init_logging(tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
         .init();
 }
 
-async fn run_proxy(config: Config) -> anyhow::Result<()> {
+/// Reloads the configuration on every SIGHUP; a file that does not validate is refused and the
+/// running configuration stays.
+fn reload_on_sighup(ctx: Arc<ProxyContext>, source: ConfigSource) {
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::error!("cannot install a SIGHUP handler; reload is unavailable");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match source.load() {
+                Ok(config) => ctx.reload(config),
+                Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+            }
+        }
+    });
+}
+
+async fn run_proxy(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let proxy = Proxy::bind(config.clone()).await?;
     let ctx = proxy.context();
     init_logging(
@@ -213,6 +248,7 @@ async fn run_proxy(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(listen = %proxy.local_addr()?, upstream = %format!("{}:{}", config.upstream.host, config.upstream.port), "pgsidecar proxy ready");
     let shutdown = shutdown_on_signal();
+    reload_on_sighup(Arc::clone(&ctx), source);
     let admin_stop = watch::Sender::new(false);
     if let Some(addr) = config.admin_listen {
         let admin = AdminServer::bind(addr, proxy.context())
@@ -252,13 +288,16 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Proxy(args) => match args.load() {
-            Ok(config) => runtime.block_on(run_proxy(config)),
-            Err(e) => {
-                eprintln!("pgsidecar: {e}");
-                return ExitCode::from(EXIT_CONFIG);
+        Command::Proxy(args) => {
+            let source = args.source();
+            match source.load() {
+                Ok(config) => runtime.block_on(run_proxy(config, source)),
+                Err(e) => {
+                    eprintln!("pgsidecar: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
             }
-        },
+        }
         Command::Dev(args) => {
             init_logging(None);
             runtime

@@ -109,7 +109,7 @@ fn show_pools(ctx: &ProxyContext) -> Table {
             text(usage.waiting),
             text(usage.size.saturating_sub(usage.available)),
             text(usage.available),
-            text(pool.settings().mode),
+            text(pool.mode()),
         ]);
     }
     table
@@ -240,7 +240,7 @@ fn show_config(ctx: &ProxyContext) -> Table {
         ("default", TEXT),
         ("changeable", TEXT),
     ]);
-    for setting in ctx.config.settings() {
+    for setting in ctx.config().settings() {
         table.row(vec![
             text(setting.key),
             text(setting.value),
@@ -336,7 +336,7 @@ async fn answer(ctx: &ProxyContext, sql: &str) -> Result<Reply, (&'static str, S
         }
         ["SHUTDOWN", "WAIT"] => {
             ctx.gate
-                .drain(std::time::Instant::now() + ctx.config.drain_timeout);
+                .drain(std::time::Instant::now() + ctx.config().drain_timeout);
             Ok(Reply::Tag("SHUTDOWN"))
         }
         _ => show(ctx, sql),

@@ -70,7 +70,7 @@ impl Status {
                 PoolStatus {
                     database: pool.key().database.clone(),
                     user: pool.key().user.clone(),
-                    mode: pool.settings().mode.to_string(),
+                    mode: pool.mode().to_string(),
                     pool_size: pool.settings().size,
                     server_connections: usage.size,
                     idle: usage.available,
@@ -101,7 +101,7 @@ async fn readyz(State(ctx): State<Arc<ProxyContext>>) -> (StatusCode, String) {
     if ctx.gate.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
     }
-    let upstream = &ctx.config.upstream;
+    let upstream = &ctx.config().upstream;
     let address = (upstream.host.as_str(), upstream.port);
     match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(address)).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
@@ -259,7 +259,7 @@ async fn gate_drain(State(ctx): State<Arc<ProxyContext>>, body: Bytes) -> JsonRe
     match duration_field(
         request.deadline.as_deref(),
         "deadline",
-        ctx.config.drain_timeout,
+        ctx.config().drain_timeout,
     ) {
         Ok(deadline) => {
             ctx.gate.drain(Instant::now() + deadline);

@@ -2,14 +2,14 @@
 //! guard that decides whether a connection goes back or is closed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
 use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
 use super::{BackendError, CancelTarget, KnownStatements, LoginTarget, ServerConn};
-use crate::config::{Config, PoolSettings};
+use crate::config::{Config, PoolMode, PoolSettings};
 use crate::telemetry::{Metrics, PoolMetrics};
 
 /// Identifies a pool: the database and user a client logged in with.
@@ -27,11 +27,18 @@ impl std::fmt::Display for PoolKey {
     }
 }
 
-/// Creates and vets server connections for deadpool.
+/// Creates and vets server connections for deadpool. Its target and settings can change at
+/// run time (SIGHUP): new connections use the new ones.
 #[derive(Debug)]
 pub struct ServerManager {
-    target: LoginTarget,
-    settings: PoolSettings,
+    target: RwLock<LoginTarget>,
+    settings: RwLock<PoolSettings>,
+}
+
+impl ServerManager {
+    fn settings(&self) -> PoolSettings {
+        self.settings.read().expect("pool settings lock").clone()
+    }
 }
 
 impl managed::Manager for ServerManager {
@@ -39,10 +46,12 @@ impl managed::Manager for ServerManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
+        let target = self.target.read().expect("pool target lock").clone();
+        let settings = self.settings();
         ServerConn::connect(
-            &self.target,
-            self.settings.server_connect_timeout,
-            self.settings.max_prepared_statements,
+            &target,
+            settings.server_connect_timeout,
+            settings.max_prepared_statements,
         )
         .await
     }
@@ -52,10 +61,11 @@ impl managed::Manager for ServerManager {
         conn: &mut ServerConn,
         metrics: &managed::Metrics,
     ) -> RecycleResult<BackendError> {
-        if metrics.age() > self.settings.server_lifetime {
+        let settings = self.settings();
+        if metrics.age() > settings.server_lifetime {
             return Err(managed::RecycleError::message("server_lifetime reached"));
         }
-        if metrics.last_used() > self.settings.server_idle_timeout {
+        if metrics.last_used() > settings.server_idle_timeout {
             return Err(managed::RecycleError::message(
                 "server_idle_timeout reached",
             ));
@@ -87,7 +97,8 @@ pub enum AcquireError {
 #[derive(Debug)]
 pub struct ServerPool {
     key: PoolKey,
-    settings: PoolSettings,
+    /// Fixed for the pool's life: sessions depend on it.
+    mode: PoolMode,
     pool: Pool<ServerManager>,
     known: KnownStatements,
     metrics: PoolMetrics,
@@ -100,19 +111,20 @@ impl ServerPool {
         settings: PoolSettings,
         metrics: PoolMetrics,
     ) -> Arc<Self> {
+        let mode = settings.mode;
+        let size = settings.size;
         let pool = Pool::builder(ServerManager {
-            target,
-            settings: settings.clone(),
+            target: RwLock::new(target),
+            settings: RwLock::new(settings),
         })
-        .max_size(settings.size)
-        .wait_timeout(Some(settings.acquire_timeout))
+        .max_size(size)
         .queue_mode(QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .build()
         .expect("a runtime is set, so the pool builds");
         let pool = Arc::new(Self {
             key,
-            settings,
+            mode,
             pool,
             known: KnownStatements::default(),
             metrics,
@@ -139,10 +151,39 @@ impl ServerPool {
         &self.metrics
     }
 
-    /// The pool's settings.
+    /// Transaction or session pooling.
     #[must_use]
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    pub fn mode(&self) -> PoolMode {
+        self.mode
+    }
+
+    /// The pool's settings now.
+    ///
+    /// # Panics
+    /// If the settings lock was poisoned.
+    #[must_use]
+    pub fn settings(&self) -> PoolSettings {
+        self.pool.manager().settings()
+    }
+
+    /// Applies reloaded settings and upstream: the size at once (extra idle connections are
+    /// closed, busy ones when they come back), timeouts from the next checkout, the target for
+    /// connections opened from now on. The pool mode cannot change while clients use the pool.
+    ///
+    /// # Panics
+    /// If the settings lock was poisoned.
+    pub fn reconfigure(&self, mut settings: PoolSettings, target: LoginTarget) {
+        if settings.mode != self.mode {
+            tracing::warn!(pool = %self.key, "pool_mode changes need a restart; keeping {}", self.mode);
+            settings.mode = self.mode;
+        }
+        let manager = self.pool.manager();
+        if settings.size != self.pool.status().max_size {
+            tracing::info!(pool = %self.key, size = settings.size, "pool resized");
+            self.pool.resize(settings.size);
+        }
+        *manager.settings.write().expect("pool settings lock") = settings;
+        *manager.target.write().expect("pool target lock") = target;
     }
 
     /// Server connections open, idle, and clients waiting, right now.
@@ -157,24 +198,26 @@ impl ServerPool {
     /// [`AcquireError`].
     pub async fn checkout(&self) -> Result<Checkout, AcquireError> {
         let asked = Instant::now();
-        match self.pool.get().await {
+        let wait = self.settings().acquire_timeout;
+        let timeouts = Timeouts {
+            wait: Some(wait),
+            ..self.pool.timeouts()
+        };
+        match self.pool.timeout_get(&timeouts).await {
             Ok(object) => {
                 self.metrics.acquired(asked.elapsed());
                 Ok(Checkout {
                     object: Some(object),
                 })
             }
-            Err(PoolError::Timeout(_)) => Err(AcquireError::Timeout(
-                self.settings.acquire_timeout,
-                self.key.to_string(),
-            )),
+            Err(PoolError::Timeout(_)) => Err(AcquireError::Timeout(wait, self.key.to_string())),
             Err(PoolError::Backend(e)) => Err(AcquireError::Backend(e)),
             Err(_) => Err(AcquireError::Closed(self.key.to_string())),
         }
     }
 
     fn evict_expired(&self) {
-        let settings = &self.settings;
+        let settings = self.settings();
         self.pool.retain(|_, metrics| {
             metrics.last_used() < settings.server_idle_timeout
                 && metrics.age() < settings.server_lifetime
@@ -183,7 +226,7 @@ impl ServerPool {
 
     async fn top_up_idle(&self) {
         let status = self.pool.status();
-        let missing = self.settings.min_idle.saturating_sub(status.available);
+        let missing = self.settings().min_idle.saturating_sub(status.available);
         let room = status.max_size.saturating_sub(status.size);
         let wanted = missing.min(room);
         if wanted == 0 {
@@ -301,7 +344,7 @@ impl Drop for Checkout {
 /// All pools of one proxy, created on first use of a (database, user).
 #[derive(Debug)]
 pub struct PoolRegistry {
-    config: Arc<Config>,
+    config: RwLock<Arc<Config>>,
     metrics: Arc<Metrics>,
     pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
 }
@@ -311,10 +354,43 @@ impl PoolRegistry {
     #[must_use]
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         Self {
-            config,
+            config: RwLock::new(config),
             metrics,
             pools: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn target(config: &Config, key: &PoolKey) -> LoginTarget {
+        let upstream = &config.upstream;
+        LoginTarget {
+            address: format!("{}:{}", upstream.host, upstream.port),
+            user: upstream.user.clone().unwrap_or_else(|| key.user.clone()),
+            database: upstream
+                .database
+                .clone()
+                .unwrap_or_else(|| key.database.clone()),
+            password: upstream.password.clone().or_else(|| {
+                config
+                    .users
+                    .get(&key.user)
+                    .and_then(|u| u.server_password.clone())
+            }),
+        }
+    }
+
+    /// Applies a reloaded configuration to every pool and to pools created from now on.
+    ///
+    /// # Panics
+    /// If a registry lock was poisoned.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        for pool in self.all() {
+            let key = pool.key();
+            pool.reconfigure(
+                config.pool_for(&key.database).clone(),
+                Self::target(&config, key),
+            );
+        }
+        *self.config.write().expect("pool registry lock") = config;
     }
 
     /// The pool for `key`, created if needed.
@@ -326,25 +402,11 @@ impl PoolRegistry {
         if let Some(pool) = pools.get(key) {
             return Arc::clone(pool);
         }
-        let upstream = &self.config.upstream;
-        let target = LoginTarget {
-            address: format!("{}:{}", upstream.host, upstream.port),
-            user: upstream.user.clone().unwrap_or_else(|| key.user.clone()),
-            database: upstream
-                .database
-                .clone()
-                .unwrap_or_else(|| key.database.clone()),
-            password: upstream.password.clone().or_else(|| {
-                self.config
-                    .users
-                    .get(&key.user)
-                    .and_then(|u| u.server_password.clone())
-            }),
-        };
+        let config = Arc::clone(&self.config.read().expect("pool registry lock"));
         let pool = ServerPool::new(
             key.clone(),
-            target,
-            self.config.pool_for(&key.database).clone(),
+            Self::target(&config, key),
+            config.pool_for(&key.database).clone(),
             self.metrics.pool(&key.database, &key.user),
         );
         pools.insert(key.clone(), Arc::clone(&pool));

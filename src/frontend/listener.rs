@@ -129,7 +129,7 @@ impl Proxy {
         drop(self.listener);
         self.ctx
             .gate
-            .drain(Instant::now() + self.ctx.config.drain_timeout);
+            .drain(Instant::now() + self.ctx.config().drain_timeout);
         let deadline = self.ctx.gate.drain_deadline().unwrap_or_else(Instant::now);
         tracing::info!(
             clients = self.ctx.clients.load(Ordering::Relaxed),
@@ -166,7 +166,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: Sock
     let _ = stream.set_nodelay(true);
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let counted = ClientCount(Arc::clone(&ctx));
-    let deadline = ctx.config.client_login_timeout;
+    let deadline = ctx.config().client_login_timeout;
     let login = match tokio::time::timeout(deadline, login(&ctx, &mut stream, count)).await {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return,
@@ -258,17 +258,17 @@ async fn login(
             params,
         } => (user, database, params),
     };
-    if count > ctx.config.max_client_conn {
+    if count > ctx.config().max_client_conn {
         return Err(LoginError {
             code: sqlstate::TOO_MANY_CONNECTIONS,
             message: format!(
                 "sorry, too many clients already (max_client_conn is {})",
-                ctx.config.max_client_conn
+                ctx.config().max_client_conn
             ),
         });
     }
     authenticate(ctx, stream, &user).await?;
-    if database == ADMIN_DATABASE && !ctx.config.admin_users.contains(&user) {
+    if database == ADMIN_DATABASE && !ctx.config().admin_users.contains(&user) {
         return Err(LoginError {
             code: sqlstate::INVALID_AUTHORIZATION,
             message: format!(

@@ -152,9 +152,9 @@ pub async fn authenticate(
     stream: &mut TcpStream,
     user: &str,
 ) -> Result<(), LoginError> {
-    if ctx.config.auth == AuthMethod::ScramSha256 {
+    if ctx.config().auth == AuthMethod::ScramSha256 {
         let verifier = ctx
-            .config
+            .config()
             .users
             .get(user)
             .and_then(|u| u.verifier.clone())

@@ -13,8 +13,8 @@ mod sql;
 mod statements;
 mod tracker;
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
 
 pub use cancel::{CancelRegistry, CancelSlot, ClientInfo};
 pub use listener::{Proxy, StartError};
@@ -34,8 +34,8 @@ pub const ADMIN_DATABASE: &str = "pgsidecar";
 /// State shared by every task of one proxy, passed as `Arc` instead of living in globals.
 #[derive(Debug)]
 pub struct ProxyContext {
-    /// The configuration the proxy was started with.
-    pub config: Arc<Config>,
+    /// The configuration in force (replaced on reload).
+    config: RwLock<Arc<Config>>,
     /// Server pools by (database, user).
     pub pools: PoolRegistry,
     /// Cancel keys of live clients.
@@ -60,13 +60,45 @@ impl ProxyContext {
         let config = Arc::new(config);
         Ok(Arc::new(Self {
             pools: PoolRegistry::new(Arc::clone(&config), Arc::clone(&telemetry.metrics)),
-            config,
+            config: RwLock::new(config),
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             telemetry,
             started: std::time::SystemTime::now(),
             gate: Arc::new(Gate::default()),
         }))
+    }
+
+    /// The configuration in force; a session keeps the one it started with.
+    ///
+    /// # Panics
+    /// If the configuration lock was poisoned.
+    #[must_use]
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().expect("config lock"))
+    }
+
+    /// Applies a reloaded configuration without dropping anyone: pool sizes and timeouts at
+    /// once, the upstream for new server connections, users and limits for new clients. The
+    /// listeners and the telemetry exporter keep their start-up settings.
+    ///
+    /// # Panics
+    /// If the configuration lock was poisoned.
+    pub fn reload(&self, config: Config) {
+        let old = self.config();
+        for (what, changed) in [
+            ("listen", old.listen != config.listen),
+            ("admin_listen", old.admin_listen != config.admin_listen),
+            ("telemetry", old.telemetry != config.telemetry),
+        ] {
+            if changed {
+                tracing::warn!("{what} changes need a restart; the running value stays");
+            }
+        }
+        let config = Arc::new(config);
+        self.pools.reconfigure(Arc::clone(&config));
+        *self.config.write().expect("config lock") = config;
+        tracing::info!("configuration reloaded");
     }
 
     /// Pauses as `options` say, reporting and ending this proxy's transactions in the way.

@@ -42,8 +42,9 @@ fn writers(
                 let mut committed = 0;
                 let mut errors = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let tx = "BEGIN; INSERT INTO ledger (writer) VALUES ($1); COMMIT";
-                    let sql = tx.replace("$1", &i.to_string());
+                    let sql = format!(
+                        "BEGIN; INSERT INTO ledger (writer) VALUES ({i}); SELECT pg_sleep(0.002); COMMIT"
+                    );
                     match client.batch_execute(&sql).await {
                         Ok(()) => committed += 1,
                         Err(e) => {
@@ -310,4 +311,80 @@ fn send_signal(pid: i32, signal: &str) -> i32 {
         .unwrap()
         .code()
         .unwrap_or(-1)
+}
+
+async fn pool_status(admin_port: u16) -> Option<serde_json::Value> {
+    let addr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    if tokio::net::TcpStream::connect(addr).await.is_err() {
+        return None;
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(addr, "/v1/status").await.body).ok()?;
+    status["pools"].get(0).cloned()
+}
+
+/// Waits until the pool's status satisfies `done`, or panics after ten seconds.
+async fn wait_for_pool(admin_port: u16, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let mut last = None;
+    for _ in 0..200 {
+        last = pool_status(admin_port).await;
+        if last.as_ref().is_some_and(&done) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the pool never reached {what}: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_resizes_the_pool_under_load() {
+    let db = fresh_database().await;
+    ledger(&db).await;
+    let config =
+        std::env::temp_dir().join(format!("pgsidecar-it-reload-{}.toml", std::process::id()));
+    std::fs::write(&config, "pool_size = 2\n").unwrap();
+    let admin_port = pgsidecar::dev::free_port().unwrap();
+    let sidecar = ProxyProcess::spawn(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin_port}"),
+    ]);
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(sidecar.connect(&db).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = writers(clients, &stop);
+    let pid = i32::try_from(sidecar.child.id().unwrap()).unwrap();
+    wait_for_pool(admin_port, "two busy connections", |p| {
+        p["pool_size"] == 2 && p["server_connections"] == 2
+    })
+    .await;
+    std::fs::write(&config, "pool_size = 6\n").unwrap();
+    assert_eq!(send_signal(pid, "HUP"), 0);
+    wait_for_pool(admin_port, "more than two connections", |p| {
+        p["pool_size"] == 6 && p["server_connections"].as_u64() > Some(2)
+    })
+    .await;
+    std::fs::write(&config, "pool_size = 3\n").unwrap();
+    assert_eq!(send_signal(pid, "HUP"), 0);
+    wait_for_pool(admin_port, "three connections at most", |p| {
+        p["pool_size"] == 3 && p["server_connections"].as_u64() <= Some(3)
+    })
+    .await;
+    // A file that does not validate is refused; the running size stays.
+    std::fs::write(&config, "pool_size = 0\n").unwrap();
+    assert_eq!(send_signal(pid, "HUP"), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool_status(admin_port).await.unwrap()["pool_size"], 3);
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for task in tasks {
+        let (n, errors) = task.await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        committed += n;
+    }
+    assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
+    let _ = std::fs::remove_file(&config);
 }

@@ -21,7 +21,7 @@ use super::sql::{Effect, may_have_effects};
 use super::statements::{ClientStatements, StatementDef};
 use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
-use crate::config::PoolMode;
+use crate::config::{Config, PoolMode};
 use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::FinishedQuery;
 use crate::wire::extended::{ParseMessage, put_empty};
@@ -134,6 +134,8 @@ impl Conversation {
 /// A logged-in client.
 pub struct Session {
     ctx: Arc<ProxyContext>,
+    /// The configuration when the session started.
+    config: Arc<Config>,
     client: TcpStream,
     buf: BytesMut,
     pool: Arc<ServerPool>,
@@ -160,6 +162,7 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Self {
         Self {
+            config: ctx.config(),
             gate: ctx.gate.database(&pool.key().database),
             client,
             buf: BytesMut::new(),
@@ -209,7 +212,7 @@ impl Session {
     }
 
     fn mode(&self) -> PoolMode {
-        self.pool.settings().mode
+        self.pool.mode()
     }
 
     /// Takes a server connection from the pool and brings its settings to the client's.
@@ -310,7 +313,7 @@ impl Session {
     /// false when the client said Terminate or closed.
     async fn wait_for_request(&mut self) -> Result<bool, SessionError> {
         loop {
-            match FrameHeader::peek(&self.buf, self.ctx.config.max_message_size) {
+            match FrameHeader::peek(&self.buf, self.config.max_message_size) {
                 Ok(Some(header)) if header.tag == b'X' => return Ok(false),
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) => {}
@@ -339,7 +342,7 @@ impl Session {
     /// Terminate).
     fn has_request(&self) -> bool {
         matches!(
-            FrameHeader::peek(&self.buf, self.ctx.config.max_message_size),
+            FrameHeader::peek(&self.buf, self.config.max_message_size),
             Ok(Some(header)) if header.tag != b'X'
         )
     }
@@ -352,7 +355,7 @@ impl Session {
         if self.mode() != PoolMode::Transaction {
             return Ok(false);
         }
-        let limit = self.ctx.config.max_message_size;
+        let limit = self.config.max_message_size;
         let mut end = 0;
         let mut parsed = Vec::new();
         loop {
@@ -446,7 +449,7 @@ impl Session {
             queue: &mut talk.queue,
             retry: &mut talk.retry,
             tracker: &mut talk.tracker,
-            rename: self.pool.settings().mode == PoolMode::Transaction,
+            rename: self.pool.mode() == PoolMode::Transaction,
             pinned: self.pinned.is_some(),
             effects: &mut talk.effects,
             cycles: &mut self.cycles,
@@ -498,7 +501,7 @@ impl Session {
         server: &mut ServerConn,
         talk: &mut Conversation,
     ) -> Result<bool, SessionError> {
-        let limit = self.ctx.config.max_message_size;
+        let limit = self.config.max_message_size;
         if talk.is_idle() && self.mode() == PoolMode::Transaction {
             talk.retry.arm(&self.buf, limit);
         } else {
