@@ -2,6 +2,7 @@
 //! on the admin listener (`admin_listen`), with Prometheus metrics; and the SQL admin console on
 //! the proxy port. The gate endpoints join them here.
 
+pub mod client;
 pub mod console;
 mod http;
 

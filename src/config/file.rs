@@ -4,14 +4,15 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::values::{field, ranged, socket_addr};
 use super::{
-    AuthMethod, Config, ConfigError, OtlpProtocol, PoolMode, PoolSettings, SamplerSettings,
-    TelemetrySettings, Upstream, UserSecret, invalid, parse_duration, parse_size,
+    AuthMethod, Config, ConfigError, FleetConfig, OtlpProtocol, PoolMode, PoolSettings,
+    SamplerSettings, TelemetrySettings, Upstream, UserSecret, invalid, parse_duration, parse_size,
 };
 use crate::auth::ScramVerifier;
 
@@ -75,6 +76,9 @@ pub(super) struct FileConfig {
     max_client_conn: Option<Scalar>,
     max_message_size: Option<Scalar>,
     drain_timeout: Option<Scalar>,
+    fleet_url: Option<Scalar>,
+    fleet_id: Option<Scalar>,
+    fleet_heartbeat: Option<Scalar>,
     admin_users: Option<Vec<String>>,
     #[serde(default)]
     telemetry: TelemetryFile,
@@ -106,6 +110,9 @@ pub struct Overrides {
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
     pub drain_timeout: Option<String>,
+    pub fleet_url: Option<String>,
+    pub fleet_id: Option<String>,
+    pub fleet_heartbeat: Option<String>,
     /// Comma-separated admin console users.
     pub admin_users: Option<String>,
     pub otlp_endpoint: Option<String>,
@@ -159,6 +166,9 @@ impl Overrides {
         set(&mut file.max_client_conn, self.max_client_conn.as_ref());
         set(&mut file.max_message_size, self.max_message_size.as_ref());
         set(&mut file.drain_timeout, self.drain_timeout.as_ref());
+        set(&mut file.fleet_url, self.fleet_url.as_ref());
+        set(&mut file.fleet_id, self.fleet_id.as_ref());
+        set(&mut file.fleet_heartbeat, self.fleet_heartbeat.as_ref());
         if let Some(users) = &self.admin_users {
             file.admin_users = Some(
                 users
@@ -213,6 +223,7 @@ impl FileConfig {
     }
 
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
+        let fleet = self.fleet()?;
         let pool = self.pool.validate("", &default_pool())?;
         let mut databases = BTreeMap::new();
         for (name, file) in &self.databases {
@@ -254,6 +265,7 @@ impl FileConfig {
         let telemetry = self.telemetry.validate()?;
         Ok(Config {
             admin_users: self.admin_users.unwrap_or_default(),
+            fleet,
             drain_timeout: field(
                 "drain_timeout",
                 self.drain_timeout.as_ref(),
@@ -385,6 +397,52 @@ impl PoolFile {
             return Err(invalid(key("acquire_timeout"), "must be greater than zero"));
         }
         Ok(settings)
+    }
+}
+
+/// The machine's name, for the fleet registry.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+impl FileConfig {
+    fn fleet(&self) -> Result<Option<FleetConfig>, ConfigError> {
+        let Some(url) = self
+            .fleet_url
+            .as_ref()
+            .map(Scalar::text)
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        tokio_postgres::Config::from_str(&url).map_err(|e| invalid("fleet_url", e.to_string()))?;
+        let heartbeat = field(
+            "fleet_heartbeat",
+            self.fleet_heartbeat.as_ref(),
+            Duration::from_secs(2),
+            parse_duration,
+        )?;
+        if heartbeat.is_zero() {
+            return Err(invalid("fleet_heartbeat", "must be greater than zero"));
+        }
+        let host = hostname();
+        Ok(Some(FleetConfig {
+            url,
+            // host-pid: unique per process, readable in the registry.
+            id: self
+                .fleet_id
+                .as_ref()
+                .map(Scalar::text)
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+            host,
+            heartbeat,
+        }))
     }
 }
 

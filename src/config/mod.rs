@@ -284,6 +284,19 @@ pub struct TelemetrySettings {
     pub slow_query_threshold: Duration,
 }
 
+/// How this sidecar joins the fleet of sidecars in front of one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Direct connection (not through a pooler) to the database, for the control channel.
+    pub url: String,
+    /// This sidecar's id in `pgsidecar.sidecars`.
+    pub id: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// How often it heartbeats.
+    pub heartbeat: Duration,
+}
+
 /// A user clients may log in as, and the secret the proxy uses toward the server for them.
 #[derive(Clone, Default)]
 pub struct UserSecret {
@@ -327,6 +340,8 @@ pub struct Config {
     pub max_message_size: usize,
     /// On SIGTERM (or a drain request), how long sessions get to reach a transaction boundary.
     pub drain_timeout: Duration,
+    /// Fleet membership, when `fleet_url` is set.
+    pub fleet: Option<FleetConfig>,
     /// Users who may open the admin console (database `pgsidecar`).
     pub admin_users: Vec<String>,
     /// Per-query spans.

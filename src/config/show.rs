@@ -74,6 +74,20 @@ impl Config {
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_message_size", self.max_message_size.to_string()),
             ("drain_timeout", duration(self.drain_timeout)),
+            (
+                "fleet_id",
+                self.fleet
+                    .as_ref()
+                    .map(|f| f.id.clone())
+                    .unwrap_or_default(),
+            ),
+            (
+                "fleet_heartbeat",
+                self.fleet
+                    .as_ref()
+                    .map(|f| duration(f.heartbeat))
+                    .unwrap_or_default(),
+            ),
             ("admin_users", self.admin_users.join(",")),
             (
                 "telemetry.otlp_endpoint",
@@ -112,7 +126,7 @@ impl Config {
                 key,
                 value,
                 default: match key {
-                    "upstream" | "auth" => String::new(),
+                    "upstream" | "auth" | "fleet_id" => String::new(),
                     _ => defaults
                         .iter()
                         .find(|(k, _)| *k == key)

@@ -18,6 +18,8 @@ use super::{ADMIN_DATABASE, ProxyContext};
 use crate::admin::console;
 use crate::backend::{PoolKey, ServerPool};
 use crate::config::Config;
+use crate::gate::Stragglers;
+use crate::gate::fleet::{FleetSettings, run_member};
 use crate::telemetry::TracingError;
 use crate::wire::sqlstate;
 
@@ -106,6 +108,19 @@ impl Proxy {
     /// at the drain deadline are closed (their transactions roll back). Returns when no
     /// session is left.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Some(fleet) = &self.ctx.config().fleet {
+            let stragglers: Arc<dyn Stragglers + Send + Sync> = Arc::clone(&self.ctx) as _;
+            run_member(
+                Arc::clone(&self.ctx.gate),
+                stragglers,
+                FleetSettings {
+                    control_url: fleet.url.clone(),
+                    id: fleet.id.clone(),
+                    host: fleet.host.clone(),
+                    heartbeat: fleet.heartbeat,
+                },
+            );
+        }
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {

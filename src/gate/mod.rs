@@ -6,6 +6,7 @@
 //! outage. Draining stops admission for good and ends sessions at their next transaction
 //! boundary.
 
+pub mod fleet;
 mod pause;
 
 use std::collections::{BTreeMap, HashMap};

@@ -23,7 +23,7 @@ pub struct PauseOptions {
 }
 
 /// A transaction that kept a pause waiting.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Straggler {
     /// Client-facing database.
     pub database: String,
@@ -111,6 +111,11 @@ pub async fn pause(
     }
     let started = Instant::now();
     gate.set_phase(scope, Phase::Pausing);
+    let mut pausing = Pausing {
+        gate,
+        scope,
+        given_up: true,
+    };
     let mut acquire = Box::pin(gate.lock_of(scope).write_owned());
     let mut terminated = 0;
     let guard = match tokio::time::timeout(options.deadline, &mut acquire).await {
@@ -127,17 +132,39 @@ pub async fn pause(
     let Some(guard) = guard else {
         let in_the_way = stragglers.list(scope);
         drop(acquire);
-        if !gate.held.lock().expect("gate lock").contains_key(scope) {
-            gate.set_phase(scope, Phase::Open);
-        }
+        drop(pausing);
         return Err(PauseError::Deadline {
             scope: scope.clone(),
             deadline: options.deadline,
             stragglers: in_the_way,
         });
     };
+    pausing.given_up = false;
     gate.hold(scope, guard, options.max_hold);
     Ok(report(started.elapsed(), terminated, false))
+}
+
+/// Puts a scope back to Open when a pause is given up — including when the task waiting for
+/// it is dropped (a fleet resume abandons a pause still waiting).
+struct Pausing<'a> {
+    gate: &'a Gate,
+    scope: &'a Scope,
+    given_up: bool,
+}
+
+impl Drop for Pausing<'_> {
+    fn drop(&mut self) {
+        if self.given_up
+            && !self
+                .gate
+                .held
+                .lock()
+                .expect("gate lock")
+                .contains_key(self.scope)
+        {
+            self.gate.set_phase(self.scope, Phase::Open);
+        }
+    }
 }
 
 #[cfg(test)]

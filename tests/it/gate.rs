@@ -29,7 +29,7 @@ fn options(db: &str, deadline_ms: u64, cancel_stragglers: bool) -> PauseOptions 
 }
 
 /// Clients running short write transactions until `stop`; returns (committed, errors).
-fn writers(
+pub(crate) fn writers(
     clients: Vec<Client>,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
@@ -62,7 +62,7 @@ fn writers(
         .collect()
 }
 
-async fn ledger(db: &str) -> i64 {
+pub(crate) async fn ledger(db: &str) -> i64 {
     let admin = direct(db).await;
     admin
         .batch_execute("CREATE TABLE IF NOT EXISTS ledger (id bigserial PRIMARY KEY, writer int)")
@@ -304,7 +304,7 @@ async fn sigterm_drains_at_transaction_boundaries() {
 }
 
 /// Sends a signal with kill(1), which every test machine has.
-fn send_signal(pid: i32, signal: &str) -> i32 {
+pub(crate) fn send_signal(pid: i32, signal: &str) -> i32 {
     std::process::Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .status()

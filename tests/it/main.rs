@@ -9,6 +9,7 @@ mod cli;
 mod console;
 mod copy;
 mod failures;
+mod fleet;
 mod gate;
 mod hostile;
 mod pooling;

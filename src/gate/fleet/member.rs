@@ -1,0 +1,241 @@
+//! A sidecar's membership in the fleet: register, heartbeat, answer pause/resume requests from
+//! the control channel, reconnect after failures, deregister at shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{ACK_CHANNEL, Ack, CONTROL_CHANNEL, MAX_ACK_STRAGGLERS, REGISTRY_DDL, Request};
+use crate::gate::{Gate, PauseError, PauseOptions, Scope, Stragglers};
+
+/// How a sidecar joins the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Direct connection to the database the fleet fronts (not through a pooler).
+    pub control_url: String,
+    /// This sidecar's id in `pgsidecar.sidecars`.
+    pub id: String,
+    /// The host it runs on, for people reading the registry.
+    pub host: String,
+    /// How often it heartbeats.
+    pub heartbeat: Duration,
+}
+
+/// What the member task needs from the proxy.
+pub struct Member {
+    gate: Arc<Gate>,
+    stragglers: Arc<dyn Stragglers + Send + Sync>,
+    settings: FleetSettings,
+}
+
+/// Keeps this sidecar in the fleet until draining starts, reconnecting with backoff.
+pub fn run_member(
+    gate: Arc<Gate>,
+    stragglers: Arc<dyn Stragglers + Send + Sync>,
+    settings: FleetSettings,
+) -> JoinHandle<()> {
+    let member = Member {
+        gate,
+        stragglers,
+        settings,
+    };
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let connected = Instant::now();
+            tokio::select! {
+                result = member.session() => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "fleet control connection lost; reconnecting");
+                    }
+                }
+                () = member.gate.drain_started() => {
+                    member.deregister().await;
+                    return;
+                }
+            }
+            if connected.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(500);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    })
+}
+
+impl Member {
+    async fn connect(
+        &self,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
+        let (client, mut connection) =
+            tokio_postgres::connect(&self.settings.control_url, NoTls).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fleet control connection failed");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((client, rx))
+    }
+
+    /// One connected stretch: register, listen, heartbeat and answer until the connection fails.
+    async fn session(&self) -> Result<(), tokio_postgres::Error> {
+        let (client, mut requests) = self.connect().await?;
+        client.batch_execute(REGISTRY_DDL).await?;
+        client
+            .execute(
+                "INSERT INTO pgsidecar.sidecars (id, host, version) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET host = $2, version = $3, last_heartbeat = now()",
+                &[
+                    &self.settings.id,
+                    &self.settings.host,
+                    &env!("CARGO_PKG_VERSION"),
+                ],
+            )
+            .await?;
+        client
+            .batch_execute(&format!("LISTEN {CONTROL_CHANNEL}"))
+            .await?;
+        tracing::info!(id = %self.settings.id, "joined the fleet");
+        let client = Arc::new(client);
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        let mut pending: HashMap<Scope, JoinHandle<()>> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    client
+                        .execute(
+                            "UPDATE pgsidecar.sidecars SET last_heartbeat = now() WHERE id = $1",
+                            &[&self.settings.id],
+                        )
+                        .await?;
+                }
+                payload = requests.recv() => {
+                    let Some(payload) = payload else {
+                        return client.simple_query("SELECT 1").await.map(|_| ());
+                    };
+                    match serde_json::from_str::<Request>(&payload) {
+                        Ok(request) => self.answer(request, &client, &mut pending),
+                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed fleet request"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        request: Request,
+        client: &Arc<Client>,
+        pending: &mut HashMap<Scope, JoinHandle<()>>,
+    ) {
+        let received = Instant::now();
+        let id = request.id().to_owned();
+        match request {
+            Request::Pause {
+                database,
+                deadline_ms,
+                max_hold_ms,
+                cancel_stragglers,
+                ..
+            } => {
+                let options = PauseOptions {
+                    scope: Scope::from_database(database.as_deref()),
+                    deadline: Duration::from_millis(deadline_ms),
+                    max_hold: Duration::from_millis(max_hold_ms),
+                    cancel_stragglers,
+                };
+                let gate = Arc::clone(&self.gate);
+                let stragglers = Arc::clone(&self.stragglers);
+                let client = Arc::clone(client);
+                let sidecar = self.settings.id.clone();
+                let scope = options.scope.clone();
+                let task = tokio::spawn(async move {
+                    let result = crate::gate::pause(&gate, &options, stragglers.as_ref()).await;
+                    let (ok, error, mut in_the_way) = match result {
+                        Ok(_) => (true, None, Vec::new()),
+                        Err(e @ PauseError::Deadline { .. }) => {
+                            let PauseError::Deadline { stragglers, .. } = &e else {
+                                unreachable!()
+                            };
+                            (false, Some(e.to_string()), stragglers.clone())
+                        }
+                        Err(e) => (false, Some(e.to_string()), Vec::new()),
+                    };
+                    in_the_way.truncate(MAX_ACK_STRAGGLERS);
+                    acknowledge(
+                        &client,
+                        Ack {
+                            request: id,
+                            sidecar,
+                            ok,
+                            error,
+                            took_ms: received.elapsed().as_secs_f64() * 1000.0,
+                            stragglers: in_the_way,
+                        },
+                    )
+                    .await;
+                });
+                if let Some(previous) = pending.insert(scope, task) {
+                    previous.abort();
+                }
+            }
+            Request::Resume { database, .. } => {
+                let scope = Scope::from_database(database.as_deref());
+                // A pause still waiting for its transactions is abandoned: the gate opens.
+                if let Some(task) = pending.remove(&scope) {
+                    task.abort();
+                }
+                self.gate.resume(&scope);
+                let client = Arc::clone(client);
+                let ack = Ack {
+                    request: id,
+                    sidecar: self.settings.id.clone(),
+                    ok: true,
+                    error: None,
+                    took_ms: received.elapsed().as_secs_f64() * 1000.0,
+                    stragglers: Vec::new(),
+                };
+                tokio::spawn(async move { acknowledge(&client, ack).await });
+            }
+        }
+    }
+
+    async fn deregister(&self) {
+        if let Ok((client, _)) = self.connect().await
+            && let Err(e) = client
+                .execute(
+                    "DELETE FROM pgsidecar.sidecars WHERE id = $1",
+                    &[&self.settings.id],
+                )
+                .await
+        {
+            tracing::warn!(error = %e, "could not leave the fleet registry");
+        }
+    }
+}
+
+async fn acknowledge(client: &Client, ack: Ack) {
+    let payload = serde_json::to_string(&ack).unwrap_or_default();
+    if let Err(e) = client
+        .execute("SELECT pg_notify($1, $2)", &[&ACK_CHANNEL, &payload])
+        .await
+    {
+        tracing::warn!(error = %e, "could not acknowledge a fleet request");
+    }
+}
