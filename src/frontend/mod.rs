@@ -133,6 +133,7 @@ impl Stragglers for ProxyContext {
                     client_addr: c.info.peer.to_string(),
                     server_pid: c.current().map(|s| s.pid),
                     transaction_seconds: age.as_secs_f64(),
+                    query: None,
                 })
             })
             .collect();

@@ -37,6 +37,10 @@ pub struct Straggler {
     pub server_pid: Option<i32>,
     /// How long its transaction has been open.
     pub transaction_seconds: f64,
+    /// What the server connection runs or ran last (`pg_stat_activity.query`), when the
+    /// reporter could ask the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// Who holds transactions open in a scope, and how to end them; implemented by the proxy.
@@ -189,6 +193,7 @@ mod tests {
                     client_addr: "127.0.0.1".into(),
                     server_pid: Some(42),
                     transaction_seconds: 1.0,
+                    query: None,
                 })
                 .collect()
         }

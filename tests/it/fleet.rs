@@ -121,6 +121,10 @@ async fn a_stuck_transaction_fails_the_fleet_pause_and_a_dead_sidecar_is_exclude
     let failed = &report.acks["stuck-1"];
     assert!(!failed.ok);
     assert_eq!(failed.stragglers.len(), 1);
+    assert_eq!(
+        failed.stragglers[0].query.as_deref(),
+        Some("BEGIN; INSERT INTO ledger (writer) VALUES (-1)")
+    );
     // Every sidecar was resumed: traffic flows at once.
     tokio::time::timeout(Duration::from_secs(3), other.simple_query("SELECT 1"))
         .await

@@ -185,13 +185,14 @@ pub async fn fleet_pause(url: &str, pause: &FleetPause) -> Result<FleetReport, F
         },
     )
     .await?;
-    let got = collect(
+    let mut got = collect(
         &mut acks,
         &id,
         &expected,
         started + pause.deadline + ACK_MARGIN,
     )
     .await;
+    describe_stragglers(&client, &mut got).await;
     let report = FleetReport {
         acks: got,
         stale,
@@ -229,6 +230,34 @@ pub async fn fleet_pause(url: &str, pause: &FleetPause) -> Result<FleetReport, F
         reason: reason.join("; "),
         report,
     })
+}
+
+/// Adds each straggler's current query from `pg_stat_activity`, so a failed pause says what
+/// was in the way. Best effort: without the privilege to see other sessions' queries, they stay
+/// unknown.
+async fn describe_stragglers(client: &Client, acks: &mut BTreeMap<String, Ack>) {
+    let pids: Vec<i32> = acks
+        .values()
+        .flat_map(|a| a.stragglers.iter().filter_map(|s| s.server_pid))
+        .collect();
+    if pids.is_empty() {
+        return;
+    }
+    let Ok(rows) = client
+        .query(
+            "SELECT pid, query FROM pg_stat_activity WHERE pid = ANY($1)",
+            &[&pids],
+        )
+        .await
+    else {
+        return;
+    };
+    for straggler in acks.values_mut().flat_map(|a| a.stragglers.iter_mut()) {
+        straggler.query = rows
+            .iter()
+            .find(|r| Some(r.get::<_, i32>("pid")) == straggler.server_pid)
+            .and_then(|r| r.get("query"));
+    }
 }
 
 /// Resumes every live sidecar, waiting briefly for their acknowledgements.
