@@ -430,7 +430,17 @@ pub async fn serve(
     // skipped until its Sync, as a server would.
     let mut skipping = false;
     loop {
-        let frame = match read_frame(&mut stream, &mut buf, MAX_MESSAGE).await {
+        let read = tokio::select! {
+            read = read_frame(&mut stream, &mut buf, MAX_MESSAGE) => read,
+            () = ctx.gate.drain_started() => {
+                let message = "terminating connection due to administrator command: pgsidecar is draining";
+                let _ = stream
+                    .write_all(&error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, message))
+                    .await;
+                return Ok(());
+            }
+        };
+        let frame = match read {
             Ok(frame) => frame,
             Err(WireError::Closed) => return Ok(()),
             Err(e) => {

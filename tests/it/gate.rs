@@ -257,6 +257,14 @@ async fn http_and_console_controls() {
     console.simple_query(&format!("RESUME {db}")).await.unwrap();
     let err = console.simple_query("RESUME").await.unwrap_err();
     assert_eq!(sqlstate(&err), "55000");
+
+    assert_eq!(http_get(admin.addr, "/readyz").await.status, 200);
+    let (code, reply) = post(admin.addr, "/v1/gate/drain", r#"{"deadline": "5s"}"#).await;
+    assert_eq!(code, 202, "{reply}");
+    let ready = http_get(admin.addr, "/readyz").await;
+    assert_eq!((ready.status, ready.body.as_str()), (503, "draining\n"));
+    let (code, _) = post(admin.addr, "/v1/gate/pause", "").await;
+    assert_eq!(code, 503, "a draining sidecar cannot be paused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
