@@ -2,12 +2,12 @@
 //! through the database (LISTEN/NOTIFY), under write load.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use pgsidecar::gate::fleet::{self, FleetError, FleetPause};
 
-use crate::gate::{ledger, send_signal, writers};
+use crate::gate::{ledger, send_signal, stop_writers, writers};
 use crate::support::{ProxyProcess, cluster, fresh_database};
 
 const STALE: Duration = Duration::from_millis(1500);
@@ -80,13 +80,7 @@ async fn three_sidecars_pause_and_resume_together_under_load() {
         assert_eq!(resumed.acks.len(), 3);
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut committed = 0;
-    for task in tasks {
-        let (n, errors) = task.await.unwrap();
-        assert!(errors.is_empty(), "a client saw an error: {errors:?}");
-        committed += n;
-    }
+    let committed = stop_writers(tasks, &stop).await;
     assert!(committed > 100, "{committed}");
     assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
     latencies.sort();

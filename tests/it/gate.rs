@@ -62,6 +62,22 @@ pub(crate) fn writers(
         .collect()
 }
 
+/// Stops the writers and returns how many transactions they committed, asserting that none of
+/// them saw an error.
+pub(crate) async fn stop_writers(
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+    stop: &AtomicBool,
+) -> u64 {
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for task in tasks {
+        let (n, errors) = task.await.unwrap();
+        assert!(errors.is_empty(), "a client saw an error: {errors:?}");
+        committed += n;
+    }
+    committed
+}
+
 pub(crate) async fn ledger(db: &str) -> i64 {
     let admin = direct(db).await;
     admin
@@ -97,13 +113,7 @@ async fn pauses_under_load_lose_no_transaction() {
         assert!(proxy.ctx.gate.resume(&Scope::Database(db.clone())));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut committed = 0;
-    for task in tasks {
-        let (n, errors) = task.await.unwrap();
-        assert!(errors.is_empty(), "a client saw an error: {errors:?}");
-        committed += n;
-    }
+    let committed = stop_writers(tasks, &stop).await;
     assert!(
         committed > 100,
         "too little traffic to prove anything: {committed}"
@@ -386,13 +396,7 @@ async fn sighup_resizes_the_pool_under_load() {
     assert_eq!(send_signal(pid, "HUP"), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pool_status(admin_port).await.unwrap()["pool_size"], 3);
-    stop.store(true, Ordering::Relaxed);
-    let mut committed = 0;
-    for task in tasks {
-        let (n, errors) = task.await.unwrap();
-        assert!(errors.is_empty(), "{errors:?}");
-        committed += n;
-    }
+    let committed = stop_writers(tasks, &stop).await;
     assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
     let _ = std::fs::remove_file(&config);
 }

@@ -126,6 +126,18 @@ async fn list(client: &Client, stale_after: Duration) -> Result<Vec<SidecarRow>,
         .collect())
 }
 
+/// The live sidecars' ids, and the stale ones.
+async fn roll_call(
+    client: &Client,
+    stale_after: Duration,
+) -> Result<(Vec<String>, Vec<SidecarRow>), FleetError> {
+    let (live, stale): (Vec<SidecarRow>, Vec<SidecarRow>) = list(client, stale_after)
+        .await?
+        .into_iter()
+        .partition(|s| s.live);
+    Ok((live.into_iter().map(|s| s.id).collect(), stale))
+}
+
 fn request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -164,14 +176,10 @@ async fn collect(
 /// [`FleetError`].
 pub async fn fleet_pause(url: &str, pause: &FleetPause) -> Result<FleetReport, FleetError> {
     let (client, mut acks) = connect(url).await?;
-    let (live, stale): (Vec<SidecarRow>, Vec<SidecarRow>) = list(&client, pause.stale_after)
-        .await?
-        .into_iter()
-        .partition(|s| s.live);
-    if live.is_empty() {
+    let (expected, stale) = roll_call(&client, pause.stale_after).await?;
+    if expected.is_empty() {
         return Err(FleetError::NoSidecars);
     }
-    let expected: Vec<String> = live.iter().map(|s| s.id.clone()).collect();
     let id = request_id();
     let started = Instant::now();
     publish(
@@ -270,11 +278,7 @@ pub async fn fleet_resume(
     stale_after: Duration,
 ) -> Result<FleetReport, FleetError> {
     let (client, mut acks) = connect(url).await?;
-    let (live, stale): (Vec<SidecarRow>, Vec<SidecarRow>) = list(&client, stale_after)
-        .await?
-        .into_iter()
-        .partition(|s| s.live);
-    let expected: Vec<String> = live.iter().map(|s| s.id.clone()).collect();
+    let (expected, stale) = roll_call(&client, stale_after).await?;
     let id = request_id();
     let started = Instant::now();
     publish(
