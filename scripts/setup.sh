@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgsidecar and its test suite need on Debian 12: PostgreSQL 15 (server, server-dev,
 # contrib with pgbench), pgvector 0.8.0 built from Debian's trixie source package, PgBouncer for the
-# benchmarks, and the Python packages the tests drive. Idempotent: a second run only checks.
+# benchmarks, libclang for the pg_query parser bindings, and the Python packages the tests drive. Idempotent: a second run only checks.
 set -euo pipefail
 
 PG_MAJOR=15
@@ -14,7 +14,7 @@ log() { printf '[setup] %s\n' "$*"; }
 
 need_pkgs=()
 for pkg in postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} postgresql-contrib postgresql-server-dev-${PG_MAJOR} \
-           pgbouncer build-essential dpkg-dev python3-pip; do
+           pgbouncer build-essential dpkg-dev python3-pip libclang1-14 libclang-common-14-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

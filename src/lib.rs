@@ -14,5 +14,6 @@ pub mod config;
 pub mod dev;
 pub mod frontend;
 pub mod gate;
+pub mod migrate;
 pub mod telemetry;
 pub mod wire;
