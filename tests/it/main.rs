@@ -12,6 +12,7 @@ mod failures;
 mod fleet;
 mod gate;
 mod hostile;
+mod migrate;
 mod pooling;
 mod prepared;
 mod protocol;

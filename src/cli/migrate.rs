@@ -1,0 +1,261 @@
+//! `pgsidecar migrate`: versioned migrations of a live database.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use pgsidecar::migrate::{ApplyOptions, MigrateError, Migrator, lint, source};
+
+use super::{EXIT_FAILED, EXIT_USAGE};
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    action: MigrateAction,
+    /// The migrations directory.
+    #[arg(long, global = true, default_value = "migrations")]
+    dir: PathBuf,
+    /// The database to migrate (a direct URL, not through a pooler); DATABASE_URL when not given.
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum MigrateAction {
+    /// Create NNNN_NAME.sql and NNNN_NAME.down.sql with the next number.
+    New {
+        /// What the migration does, e.g. add_documents_index.
+        name: String,
+    },
+    /// Which migrations are applied, pending, failed or edited.
+    Status,
+    /// What apply would run, in order, and which steps block and for what.
+    Plan {
+        /// Only up to this version.
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// Flag DDL that blocks reads or writes; exits 1 when anything is found.
+    Lint,
+    /// Apply the pending migrations.
+    Apply(Box<ApplyArgs>),
+    /// Roll back the newest migration, or every one newer than --to.
+    Rollback {
+        /// Keep this version and older.
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// Accept the current text of applied migrations whose files were edited.
+    Repair,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// Only up to this version.
+    #[arg(long)]
+    to: Option<i64>,
+    /// lock_timeout of every statement (a migration's directive wins).
+    #[arg(long, default_value = "2s", value_parser = pgsidecar::config::parse_duration)]
+    lock_timeout: std::time::Duration,
+    /// statement_timeout of every statement (a migration's directive wins).
+    #[arg(long, default_value = "30m", value_parser = pgsidecar::config::parse_duration)]
+    statement_timeout: std::time::Duration,
+    /// Retries of a statement that hit its lock timeout, with backoff.
+    #[arg(long, default_value_t = 5)]
+    lock_retries: u32,
+    /// How long to wait for another runner.
+    #[arg(long, default_value = "5m", value_parser = pgsidecar::config::parse_duration)]
+    lock_wait: std::time::Duration,
+    /// `now` lets migrations declared blocking run.
+    #[arg(long)]
+    maintenance_window: Option<String>,
+    /// Each sidecar's wait for in-flight transactions when paused for a blocking step.
+    #[arg(long, default_value = "10s", value_parser = pgsidecar::config::parse_duration)]
+    pause_deadline: std::time::Duration,
+    /// A pause for a blocking step lifts by itself after this.
+    #[arg(long, default_value = "60s", value_parser = pgsidecar::config::parse_duration)]
+    pause_max_hold: std::time::Duration,
+}
+
+/// `pgsidecar migrate ...`: exits 0 on success, 1 when linting finds something or a migration
+/// fails or is refused, 2 on bad arguments or an unreachable database.
+fn usage(message: &str) -> ExitCode {
+    eprintln!("pgsidecar migrate: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Lints the files; exit 1 when anything is found.
+fn lint_files(dir: &std::path::Path) -> ExitCode {
+    let migrations = match source::load(dir) {
+        Ok(m) => m,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let findings: Vec<_> = migrations.iter().flat_map(lint::lint).collect();
+    for f in &findings {
+        println!(
+            "{} statement {}: {}\n    {}\n    lock: {}\n    instead: {}",
+            f.migration,
+            f.statement + 1,
+            f.problem,
+            f.sql,
+            f.lock,
+            f.advice
+        );
+    }
+    println!(
+        "{} migration(s), {} finding(s)",
+        migrations.len(),
+        findings.len()
+    );
+    if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+async fn status(migrator: &Migrator) -> Result<(), MigrateError> {
+    let history = migrator.history().await?;
+    for m in migrator.migrations() {
+        let state = match history.iter().find(|r| r.version == m.version) {
+            Some(r) if r.is_applied() => format!(
+                "applied {} by {} in {} ms",
+                r.applied_at, r.applied_by, r.duration_ms
+            ),
+            Some(r) => match (&r.error, r.failed_statement) {
+                (Some(e), Some(i)) => format!("FAILED at statement {}: {e}", i + 1),
+                _ => format!("incomplete: {} statement(s) done", r.completed_statements),
+            },
+            None => "pending".to_owned(),
+        };
+        println!("{:<40} {state}", m.label());
+    }
+    for r in &history {
+        if !migrator.migrations().iter().any(|m| m.version == r.version) {
+            println!(
+                "{:04}_{:<35} {} (no file on disk)",
+                r.version, r.name, r.status
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn plan(migrator: &Migrator, to: Option<i64>) -> Result<(), MigrateError> {
+    let plan = migrator.plan(to).await?;
+    if plan.is_empty() {
+        println!("nothing to apply");
+    }
+    for step in &plan {
+        let kind = if step.transactional {
+            "in one transaction"
+        } else {
+            "statement by statement"
+        };
+        let resume = if step.resume_from > 0 {
+            format!(", resuming at statement {}", step.resume_from + 1)
+        } else {
+            String::new()
+        };
+        println!(
+            "{}: {} statement(s), {kind}{resume}",
+            step.migration, step.statements
+        );
+        if let Some(reason) = &step.blocking {
+            println!("    declared blocking: {reason}");
+        }
+        for f in &step.findings {
+            println!(
+                "    statement {} blocks: {} ({})",
+                f.statement + 1,
+                f.problem,
+                f.lock
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn apply(migrator: &Migrator, args: &ApplyArgs) -> Result<(), MigrateError> {
+    let options = ApplyOptions {
+        lock_timeout: args.lock_timeout,
+        statement_timeout: args.statement_timeout,
+        lock_retries: args.lock_retries,
+        lock_wait: args.lock_wait,
+        maintenance_window: args.maintenance_window.as_deref() == Some("now"),
+        pause_deadline: args.pause_deadline,
+        pause_max_hold: args.pause_max_hold,
+        target: args.to,
+        ..ApplyOptions::default()
+    };
+    let report = migrator.apply(&options).await?;
+    if report.applied.is_empty() {
+        println!("nothing to apply");
+    }
+    for step in &report.applied {
+        println!(
+            "applied {} in {:.3} s (lock retries {}, fleet paused {:.3} s)",
+            step.migration, step.seconds, step.lock_retries, step.paused_seconds
+        );
+    }
+    Ok(())
+}
+
+/// `pgsidecar migrate ...`: exits 0 on success, 1 when linting finds something or a migration
+/// fails or is refused, 2 on bad arguments or an unreachable database.
+pub async fn run(args: MigrateArgs) -> ExitCode {
+    match &args.action {
+        MigrateAction::New { name } => {
+            return match source::create(&args.dir, name) {
+                Ok(path) => {
+                    println!("created {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage(&e.to_string()),
+            };
+        }
+        MigrateAction::Lint => return lint_files(&args.dir),
+        MigrateAction::Apply(a) => {
+            if let Some(other) = a.maintenance_window.as_deref().filter(|w| *w != "now") {
+                return usage(&format!("--maintenance-window takes `now`, got `{other}`"));
+            }
+        }
+        _ => {}
+    }
+    let Some(url) = &args.database_url else {
+        return usage("give --database-url (or DATABASE_URL)");
+    };
+    let migrator = match Migrator::open(url, &args.dir).await {
+        Ok(m) => m,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let result = match &args.action {
+        MigrateAction::New { .. } | MigrateAction::Lint => Ok(()),
+        MigrateAction::Status => status(&migrator).await,
+        MigrateAction::Plan { to } => plan(&migrator, *to).await,
+        MigrateAction::Apply(a) => apply(&migrator, a).await,
+        MigrateAction::Rollback { to } => migrator
+            .rollback(*to, std::time::Duration::from_secs(300))
+            .await
+            .map(|undone| {
+                for m in undone {
+                    println!("rolled back {m}");
+                }
+            }),
+        MigrateAction::Repair => migrator.repair().await.map(|repaired| {
+            if repaired.is_empty() {
+                println!("every applied migration matches its file");
+            }
+            for m in repaired {
+                println!("accepted the new checksum of {m}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgsidecar migrate: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The migration runner against a real PostgreSQL: concurrent runners, checksums, resumable
+//! non-transactional steps, lock-timeout retries, blocking steps behind a fleet pause under live
+//! traffic, rollback and lint.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pgsidecar::migrate::{ApplyOptions, MigrateError, Migrator, lint, source};
+
+use crate::gate::{ledger, stop_writers, writers};
+use crate::support::{ProxyProcess, cluster, direct, fresh_database};
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A migrations directory for one test, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(files: &[(&str, &str)]) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "pgsidecar-it-migrations-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        let dir = Self(path);
+        for (name, sql) in files {
+            dir.write(name, sql);
+        }
+        dir
+    }
+
+    fn write(&self, name: &str, sql: &str) {
+        std::fs::write(self.0.join(name), sql).unwrap();
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn migrator(db: &str, dir: &Dir) -> Migrator {
+    Migrator::open(&cluster().url(db), &dir.0).await.unwrap()
+}
+
+async fn count(db: &str, sql: &str) -> i64 {
+    direct(db).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_at_once_apply_each_migration_once() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[
+        (
+            "0001_notes.sql",
+            "CREATE TABLE notes (id int);\nSELECT pg_sleep(0.5);\nINSERT INTO notes VALUES (1);",
+        ),
+        ("0002_more.sql", "INSERT INTO notes VALUES (2);"),
+    ]);
+    let (a, b) = (migrator(&db, &dir).await, migrator(&db, &dir).await);
+    let options = ApplyOptions::default();
+    let (ra, rb) = tokio::join!(a.apply(&options), b.apply(&options));
+    let applied = ra.unwrap().applied.len() + rb.unwrap().applied.len();
+    assert_eq!(applied, 2, "each migration ran exactly once");
+    assert_eq!(count(&db, "SELECT count(*) FROM notes").await, 2);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pgsidecar.schema_migrations WHERE status = 'applied'"
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_migration_is_refused_until_repaired() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[("0001_notes.sql", "CREATE TABLE notes (id int);")]);
+    migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    dir.write("0001_notes.sql", "CREATE TABLE notes (id bigint);");
+    let err = migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MigrateError::ChecksumMismatch { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("0001_notes"), "{err}");
+    assert!(err.to_string().contains("migrate repair"), "{err}");
+    let repaired = migrator(&db, &dir).await.repair().await.unwrap();
+    assert_eq!(repaired, ["0001_notes"]);
+    let report = migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    assert!(report.applied.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_transactional_migration_resumes_at_the_failed_statement() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[(
+        "0001_online.sql",
+        "-- pgsidecar:no-transaction\n\
+         CREATE TABLE docs (id int, title text);\n\
+         CREATE INDEX CONCURRENTLY docs_title ON docs (title);\n\
+         INSERT INTO audit VALUES ('docs indexed');\n\
+         CREATE TABLE after_audit (id int);",
+    )]);
+    let err = migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("statement 3"), "{err}");
+    let history = migrator(&db, &dir).await.history().await.unwrap();
+    assert_eq!(history[0].status, "failed");
+    assert_eq!(history[0].failed_statement, Some(2));
+    assert_eq!(history[0].completed_statements, 2);
+    // The operator fixes the cause; the next apply starts at the failed statement (the table
+    // and index are not created twice).
+    direct(&db)
+        .await
+        .batch_execute("CREATE TABLE audit (event text)")
+        .await
+        .unwrap();
+    let plan = migrator(&db, &dir).await.plan(None).await.unwrap();
+    assert_eq!(plan[0].resume_from, 2);
+    migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM audit").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM after_audit").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_concurrent_index_leaves_no_invalid_index() {
+    let db = fresh_database().await;
+    direct(&db)
+        .await
+        .batch_execute("CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);")
+        .await
+        .unwrap();
+    let dir = Dir::new(&[(
+        "0001_unique.sql",
+        "-- pgsidecar:no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);",
+    )]);
+    let err = migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("23505"), "{err}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_class WHERE relname = 'dup_v'").await,
+        0
+    );
+    direct(&db)
+        .await
+        .batch_execute("DELETE FROM dup WHERE ctid = (SELECT max(ctid) FROM dup)")
+        .await
+        .unwrap();
+    migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_index WHERE indexrelid = 'dup_v'::regclass AND indisvalid"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_is_retried_until_the_holder_lets_go() {
+    let db = fresh_database().await;
+    let holder = direct(&db).await;
+    holder
+        .batch_execute("CREATE TABLE busy (id int)")
+        .await
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE busy IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let dir = Dir::new(&[("0001_column.sql", "ALTER TABLE busy ADD COLUMN note text;")]);
+    let options = ApplyOptions {
+        lock_timeout: Duration::from_millis(100),
+        lock_retries: 10,
+        ..ApplyOptions::default()
+    };
+    let m = migrator(&db, &dir).await;
+    let apply = tokio::spawn(async move { m.apply(&options).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let report = apply.await.unwrap().unwrap();
+    assert!(report.applied[0].lock_retries >= 1, "{report:?}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'busy' AND column_name = 'note'").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_uses_the_recorded_down_sql() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[
+        ("0001_notes.sql", "CREATE TABLE notes (id int);"),
+        ("0001_notes.down.sql", "DROP TABLE notes;"),
+        ("0002_more.sql", "ALTER TABLE notes ADD COLUMN body text;"),
+        ("0002_more.down.sql", "ALTER TABLE notes DROP COLUMN body;"),
+    ]);
+    migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    // The files may change or vanish: the history keeps what to run.
+    std::fs::remove_file(dir.0.join("0002_more.down.sql")).unwrap();
+    let undone = migrator(&db, &dir)
+        .await
+        .rollback(None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(undone, ["0002_more"]);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'notes' AND column_name = 'body'").await,
+        0
+    );
+    let undone = migrator(&db, &dir)
+        .await
+        .rollback(Some(0), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(undone, ["0001_notes"]);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgsidecar.schema_migrations").await,
+        0
+    );
+}
+
+const KNOWN_BAD: &str = "CREATE INDEX docs_title ON docs (title);
+DROP INDEX docs_old;
+REINDEX TABLE docs;
+ALTER TABLE docs ADD COLUMN token uuid DEFAULT gen_random_uuid();
+ALTER TABLE docs ALTER COLUMN title SET NOT NULL;
+ALTER TABLE docs ADD CONSTRAINT title_len CHECK (length(title) < 500);
+ALTER TABLE docs ADD CONSTRAINT docs_owner FOREIGN KEY (owner) REFERENCES owners (id);
+ALTER TABLE docs ADD CONSTRAINT docs_slug UNIQUE (slug);
+ALTER TABLE docs ALTER COLUMN id TYPE bigint;
+VACUUM FULL docs;
+CLUSTER docs USING docs_pkey;
+ALTER TABLE docs RENAME COLUMN title TO heading;
+ALTER TABLE docs DROP COLUMN legacy;
+DROP TABLE old_docs;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lint_catches_each_known_bad_statement_and_apply_refuses() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[("0001_bad.sql", KNOWN_BAD)]);
+    let migrations = source::load(&dir.0).unwrap();
+    let findings = lint::lint(&migrations[0]);
+    let statements: Vec<usize> = findings.iter().map(|f| f.statement).collect();
+    assert_eq!(statements, (0..14).collect::<Vec<_>>(), "{findings:#?}");
+    assert!(
+        findings
+            .iter()
+            .all(|f| !f.lock.is_empty() && !f.advice.is_empty())
+    );
+    assert!(findings[0].advice.contains("CONCURRENTLY"));
+    let err = migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("apply refused"), "{message}");
+    assert!(
+        message.contains("statement 1 `CREATE INDEX docs_title"),
+        "{message}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgsidecar.schema_migrations").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_step_under_live_traffic_pauses_the_fleet_and_no_client_errs() {
+    let db = fresh_database().await;
+    ledger(&db).await;
+    let url = cluster().url(&db);
+    let sidecars: Vec<ProxyProcess> = (1..=2)
+        .map(|i| {
+            ProxyProcess::spawn(&[
+                "--pool-size",
+                "4",
+                "--fleet-url",
+                &url,
+                "--fleet-id",
+                &format!("mig-{i}"),
+                "--fleet-heartbeat",
+                "200ms",
+            ])
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for sidecar in &sidecars {
+        for _ in 0..10 {
+            clients.push(sidecar.connect(&db).await);
+        }
+    }
+    for _ in 0..100 {
+        let live = count(&db, "SELECT count(*) FROM pgsidecar.sidecars WHERE last_heartbeat > now() - interval '2 seconds'").await;
+        if live == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = writers(clients, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = Dir::new(&[(
+        "0001_rewrite.sql",
+        "-- pgsidecar:blocking reason=\"the ledger is small; the rewrite takes milliseconds\"\n\
+         ALTER TABLE ledger ADD COLUMN token text DEFAULT md5(random()::text);",
+    )]);
+    let m = migrator(&db, &dir).await;
+    let refused = m.apply(&ApplyOptions::default()).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("maintenance window"),
+        "{refused}"
+    );
+    let options = ApplyOptions {
+        maintenance_window: true,
+        ..ApplyOptions::default()
+    };
+    let report = m.apply(&options).await.unwrap();
+    let applied = &report.applied[0];
+    assert!(applied.paused_seconds > 0.0, "{applied:?}");
+    eprintln!(
+        "blocking step behind a fleet pause: {:.3} s in all, fleet paused {:.3} s",
+        applied.seconds, applied.paused_seconds
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let committed = stop_writers(tasks, &stop).await;
+    assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ledger WHERE token IS NULL").await,
+        0,
+        "every row got the new column"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_creates_lints_and_applies() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[]);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+            .arg("migrate")
+            .args(args)
+            .args([
+                "--dir",
+                dir.0.to_str().unwrap(),
+                "--database-url",
+                &cluster().url(&db),
+            ])
+            .output()
+            .unwrap()
+    };
+    let created = cli(&["new", "Add notes"]);
+    assert!(created.status.success());
+    assert!(dir.0.join("0001_add_notes.sql").exists());
+    assert!(dir.0.join("0001_add_notes.down.sql").exists());
+    dir.write(
+        "0001_add_notes.sql",
+        "CREATE TABLE notes (id int);\nCREATE INDEX notes_id ON notes (id);",
+    );
+    let lint = cli(&["lint"]);
+    assert_eq!(lint.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&lint.stdout).contains("CREATE INDEX without CONCURRENTLY"));
+    let refused = cli(&["apply"]);
+    assert_eq!(refused.status.code(), Some(1));
+    dir.write("0001_add_notes.sql", "CREATE TABLE notes (id int);");
+    let applied = cli(&["apply"]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let status = cli(&["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("0001_add_notes"));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("applied"));
+}
