@@ -18,6 +18,8 @@ pub struct KnownStatements {
     /// checked against `stale`.
     epoch: AtomicU64,
     stale: Mutex<HashMap<Arc<str>, u64>>,
+    /// Copies prepared before this epoch are all stale (the schema changed under them).
+    all_stale_before: AtomicU64,
 }
 
 impl KnownStatements {
@@ -63,6 +65,17 @@ impl KnownStatements {
         stale.insert(Arc::clone(name), epoch);
     }
 
+    /// Records that every copy of every statement prepared until now is stale: a migration
+    /// changed the schema, so each is closed and prepared afresh before its next use.
+    ///
+    /// # Panics
+    /// If a lock was poisoned.
+    pub fn invalidate_all(&self) {
+        self.names.lock().expect("known statements lock").clear();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.all_stale_before.store(epoch, Ordering::Release);
+    }
+
     /// Whether a copy of `name` prepared at `prepared_at` is stale.
     ///
     /// # Panics
@@ -71,6 +84,9 @@ impl KnownStatements {
     pub fn is_stale(&self, name: &str, prepared_at: u64) -> bool {
         if prepared_at >= self.epoch() {
             return false;
+        }
+        if prepared_at < self.all_stale_before.load(Ordering::Acquire) {
+            return true;
         }
         self.stale
             .lock()
@@ -201,6 +217,10 @@ mod tests {
         assert!(known.is_stale(&name, before));
         assert!(!known.is_stale(&name, known.epoch()));
         assert!(!known.is_stale("pgsc_other", before));
+        let current = known.epoch();
+        known.invalidate_all();
+        assert!(known.is_stale("pgsc_other", current));
+        assert!(!known.is_stale("pgsc_other", known.epoch()));
     }
 
     #[test]

@@ -18,8 +18,7 @@ use super::{ADMIN_DATABASE, ProxyContext};
 use crate::admin::console;
 use crate::backend::{PoolKey, ServerPool};
 use crate::config::Config;
-use crate::gate::Stragglers;
-use crate::gate::fleet::{FleetSettings, run_member};
+use crate::gate::fleet::{FleetSettings, FleetSide, run_member};
 use crate::telemetry::TracingError;
 use crate::wire::sqlstate;
 
@@ -109,10 +108,10 @@ impl Proxy {
     /// session is left.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         if let Some(fleet) = &self.ctx.config().fleet {
-            let stragglers: Arc<dyn Stragglers + Send + Sync> = Arc::clone(&self.ctx) as _;
+            let side: Arc<dyn FleetSide> = Arc::clone(&self.ctx) as _;
             run_member(
                 Arc::clone(&self.ctx.gate),
-                stragglers,
+                side,
                 FleetSettings {
                     control_url: fleet.url.clone(),
                     id: fleet.id.clone(),

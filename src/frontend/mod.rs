@@ -23,6 +23,7 @@ pub use session::SessionError;
 
 use crate::backend::PoolRegistry;
 use crate::config::Config;
+use crate::gate::fleet::FleetSide;
 use crate::gate::{
     self, Gate, PauseError, PauseOptions, PauseReport, Scope, Straggler, Stragglers,
 };
@@ -113,6 +114,14 @@ impl ProxyContext {
     pub fn abort_all(&self, reason: &'static str) {
         for client in self.cancels.all() {
             client.abort(reason);
+        }
+    }
+}
+
+impl FleetSide for ProxyContext {
+    fn schema_changed(&self) {
+        for pool in self.pools.all() {
+            pool.known_statements().invalidate_all();
         }
     }
 }

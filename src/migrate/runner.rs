@@ -91,6 +91,8 @@ pub struct StepReport {
 pub struct ApplyReport {
     /// Migrations applied, in order.
     pub applied: Vec<StepReport>,
+    /// Sidecars that acknowledged the schema change (their prepared statements are renewed).
+    pub sidecars_told: usize,
 }
 
 /// A connection to the target database and the migrations on disk.
@@ -307,6 +309,14 @@ impl Migrator {
                 lock_retries: run.lock_retries,
                 paused_seconds: run.paused.as_secs_f64(),
             });
+        }
+        if !report.applied.is_empty() {
+            // Plans cached before the change could fail or be wrong: every sidecar prepares
+            // afresh. Best effort: without a fleet there is nobody to tell.
+            match fleet::fleet_invalidate(&self.url, options.stale_after).await {
+                Ok(told) => report.sidecars_told = told.acks.len(),
+                Err(e) => tracing::warn!(error = %e, "could not tell the fleet the schema changed"),
+            }
         }
         Ok(report)
     }

@@ -361,6 +361,7 @@ async fn a_blocking_step_under_live_traffic_pauses_the_fleet_and_no_client_errs(
     let report = m.apply(&options).await.unwrap();
     let applied = &report.applied[0];
     assert!(applied.paused_seconds > 0.0, "{applied:?}");
+    assert_eq!(report.sidecars_told, 2, "both sidecars renew their prepared statements");
     eprintln!(
         "blocking step behind a fleet pause: {:.3} s in all, fleet paused {:.3} s",
         applied.seconds, applied.paused_seconds

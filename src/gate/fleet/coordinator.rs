@@ -296,3 +296,28 @@ pub async fn fleet_resume(
         took_seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+/// Tells every live sidecar that the schema changed, so that each prepares its cached statements
+/// afresh; waits briefly for their acknowledgements.
+///
+/// # Errors
+/// [`FleetError::Database`].
+pub async fn fleet_invalidate(url: &str, stale_after: Duration) -> Result<FleetReport, FleetError> {
+    let (client, mut acks) = connect(url).await?;
+    let (expected, stale) = roll_call(&client, stale_after).await?;
+    let id = request_id();
+    let started = Instant::now();
+    publish(
+        &client,
+        &Request::Invalidate {
+            request: id.clone(),
+        },
+    )
+    .await?;
+    let acks = collect(&mut acks, &id, &expected, started + ACK_MARGIN).await;
+    Ok(FleetReport {
+        acks,
+        stale,
+        took_seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -25,22 +25,29 @@ pub struct FleetSettings {
     pub heartbeat: Duration,
 }
 
+/// What the fleet asks of a sidecar beyond its gate.
+pub trait FleetSide: Stragglers + Send + Sync {
+    /// The schema changed (a migration ran): every cached prepared statement is prepared afresh
+    /// before its next use.
+    fn schema_changed(&self);
+}
+
 /// What the member task needs from the proxy.
 pub struct Member {
     gate: Arc<Gate>,
-    stragglers: Arc<dyn Stragglers + Send + Sync>,
+    side: Arc<dyn FleetSide>,
     settings: FleetSettings,
 }
 
 /// Keeps this sidecar in the fleet until draining starts, reconnecting with backoff.
 pub fn run_member(
     gate: Arc<Gate>,
-    stragglers: Arc<dyn Stragglers + Send + Sync>,
+    side: Arc<dyn FleetSide>,
     settings: FleetSettings,
 ) -> JoinHandle<()> {
     let member = Member {
         gate,
-        stragglers,
+        side,
         settings,
     };
     tokio::spawn(async move {
@@ -161,12 +168,12 @@ impl Member {
                     cancel_stragglers,
                 };
                 let gate = Arc::clone(&self.gate);
-                let stragglers = Arc::clone(&self.stragglers);
+                let side = Arc::clone(&self.side);
                 let client = Arc::clone(client);
                 let sidecar = self.settings.id.clone();
                 let scope = options.scope.clone();
                 let task = tokio::spawn(async move {
-                    let result = crate::gate::pause(&gate, &options, stragglers.as_ref()).await;
+                    let result = crate::gate::pause(&gate, &options, side.as_ref()).await;
                     let (ok, error, mut in_the_way) = match result {
                         Ok(_) => (true, None, Vec::new()),
                         Err(e @ PauseError::Deadline { .. }) => {
@@ -194,6 +201,20 @@ impl Member {
                 if let Some(previous) = pending.insert(scope, task) {
                     previous.abort();
                 }
+            }
+            Request::Invalidate { .. } => {
+                self.side.schema_changed();
+                tracing::info!("schema changed: prepared statements will be prepared afresh");
+                let client = Arc::clone(client);
+                let ack = Ack {
+                    request: id,
+                    sidecar: self.settings.id.clone(),
+                    ok: true,
+                    error: None,
+                    took_ms: received.elapsed().as_secs_f64() * 1000.0,
+                    stragglers: Vec::new(),
+                };
+                tokio::spawn(async move { acknowledge(&client, ack).await });
             }
             Request::Resume { database, .. } => {
                 let scope = Scope::from_database(database.as_deref());

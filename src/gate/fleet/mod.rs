@@ -12,9 +12,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use coordinator::{
-    FleetError, FleetPause, FleetReport, SidecarRow, fleet_pause, fleet_resume, sidecars,
+    FleetError, FleetPause, FleetReport, SidecarRow, fleet_invalidate, fleet_pause, fleet_resume,
+    sidecars,
 };
-pub use member::{FleetSettings, run_member};
+pub use member::{FleetSettings, FleetSide, run_member};
 
 use super::Straggler;
 
@@ -57,12 +58,19 @@ pub enum Request {
         /// One database, or all.
         database: Option<String>,
     },
+    /// The schema changed: prepare every statement afresh before its next use.
+    Invalidate {
+        /// Correlates acknowledgements.
+        request: String,
+    },
 }
 
 impl Request {
     fn id(&self) -> &str {
         match self {
-            Self::Pause { request, .. } | Self::Resume { request, .. } => request,
+            Self::Pause { request, .. }
+            | Self::Resume { request, .. }
+            | Self::Invalidate { request } => request,
         }
     }
 }
