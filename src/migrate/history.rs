@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS pgsidecar.schema_migrations (
     completed_statements integer NOT NULL DEFAULT 0,
     failed_statement integer,
     error text,
-    down_sql text
+    down_sql text,
+    backfill_position bigint
 )";
 
 /// One row of the history.
@@ -46,6 +47,8 @@ pub struct AppliedMigration {
     pub applied_by: String,
     /// How long it took.
     pub duration_ms: i64,
+    /// A backfill's next key.
+    pub backfill_position: Option<i64>,
 }
 
 impl AppliedMigration {
@@ -68,7 +71,7 @@ pub async fn load(client: &Client) -> Result<Vec<AppliedMigration>, MigrateError
     let rows = client
         .query(
             "SELECT version, name, checksum, status, completed_statements, failed_statement,
-                    error, down_sql, applied_at::text, applied_by, duration_ms
+                    error, down_sql, applied_at::text, applied_by, duration_ms, backfill_position
                FROM pgsidecar.schema_migrations ORDER BY version",
             &[],
         )
@@ -88,6 +91,7 @@ pub async fn load(client: &Client) -> Result<Vec<AppliedMigration>, MigrateError
             applied_at: r.get(8),
             applied_by: r.get(9),
             duration_ms: r.get(10),
+            backfill_position: r.get(11),
         })
         .collect())
 }
@@ -134,5 +138,29 @@ pub async fn record(client: &Client, r: &Record<'_>) -> Result<(), MigrateError>
         )
         .await
         .map_err(|e| MigrateError::db(format!("recording migration {}", r.version), &e))?;
+    Ok(())
+}
+
+/// Records how far a backfill got.
+///
+/// # Errors
+/// [`MigrateError::Database`].
+pub async fn record_backfill(
+    client: &Client,
+    version: i64,
+    name: &str,
+    checksum: &str,
+    position: i64,
+) -> Result<(), MigrateError> {
+    client
+        .execute(
+            "INSERT INTO pgsidecar.schema_migrations (version, name, checksum, status, backfill_position)
+             VALUES ($1, $2, $3, 'failed', $4)
+             ON CONFLICT (version) DO UPDATE SET backfill_position = $4, error = NULL,
+                 failed_statement = NULL",
+            &[&version, &name, &checksum, &position],
+        )
+        .await
+        .map_err(|e| MigrateError::db(format!("recording the progress of migration {version}"), &e))?;
     Ok(())
 }

@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
 use super::MigrateError;
 use super::history::{self, AppliedMigration, Record};
 use super::lint::{Finding, lint};
-use super::source::{self, Migration};
+use super::source::{self, Backfill, Migration};
 use crate::gate::fleet::{self, FleetError, FleetPause};
 
 /// The advisory lock every pgsidecar runner takes ("pgsidecar" in ASCII).
@@ -65,6 +66,8 @@ pub struct PlannedStep {
     pub transactional: bool,
     /// Statement to start from (a failed non-transactional migration resumes).
     pub resume_from: usize,
+    /// Key a backfill resumes at.
+    pub backfill_from: Option<i64>,
     /// Statements in all.
     pub statements: usize,
     /// The declared reason, when it is declared blocking.
@@ -84,6 +87,8 @@ pub struct StepReport {
     pub lock_retries: u32,
     /// Time the fleet was paused for its blocking statements.
     pub paused_seconds: f64,
+    /// Rows a backfill changed in this run.
+    pub backfill_rows: u64,
 }
 
 /// What a run did.
@@ -214,6 +219,7 @@ impl Migrator {
                     migration: m.label(),
                     transactional: !m.directives.no_transaction,
                     resume_from,
+                    backfill_from: row.and_then(|r| r.backfill_position),
                     statements: m.statements.len(),
                     blocking: m.directives.blocking.clone(),
                     findings: lint(m),
@@ -296,8 +302,11 @@ impl Migrator {
                 blocking,
                 lock_retries: 0,
                 paused: Duration::ZERO,
+                backfill_rows: 0,
             };
-            if step.transactional {
+            if let Some(spec) = &migration.directives.backfill {
+                run.backfill(spec, step.backfill_from).await?;
+            } else if step.transactional {
                 run.transactional().await?;
             } else {
                 run.one_by_one(step.resume_from).await?;
@@ -308,6 +317,7 @@ impl Migrator {
                 seconds: started.elapsed().as_secs_f64(),
                 lock_retries: run.lock_retries,
                 paused_seconds: run.paused.as_secs_f64(),
+                backfill_rows: run.backfill_rows,
             });
         }
         if !report.applied.is_empty() {
@@ -437,6 +447,7 @@ struct Run<'a> {
     blocking: BTreeSet<usize>,
     lock_retries: u32,
     paused: Duration,
+    backfill_rows: u64,
 }
 
 impl Run<'_> {
@@ -672,6 +683,82 @@ impl Run<'_> {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    /// Runs the backfill statement over key ranges of `spec.batch`, each batch committed on its
+    /// own and recorded, resting `spec.pause` between batches; resumes at `from`.
+    async fn backfill(&mut self, spec: &Backfill, from: Option<i64>) -> Result<(), MigrateError> {
+        let m = self.migration;
+        let started = Instant::now();
+        let label = m.label();
+        let db = |e: tokio_postgres::Error| MigrateError::db(label.clone(), &e);
+        self.client()
+            .batch_execute(&self.timeouts(false))
+            .await
+            .map_err(db)?;
+        let range = self
+            .client()
+            .query_one(
+                &format!(
+                    "SELECT min({key})::bigint, max({key})::bigint FROM {table}",
+                    key = spec.key,
+                    table = spec.table
+                ),
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let (first, last): (Option<i64>, Option<i64>) = (range.get(0), range.get(1));
+        let statement = self
+            .client()
+            .prepare_typed(&m.statements[0], &[Type::INT8, Type::INT8])
+            .await
+            .map_err(db)?;
+        let mut position = from.or(first).unwrap_or(0);
+        while let Some(last) = last.filter(|last| position <= *last) {
+            let end = position
+                .saturating_add(spec.batch)
+                .min(last.saturating_add(1));
+            loop {
+                match self.client().execute(&statement, &[&position, &end]).await {
+                    Ok(rows) => {
+                        self.backfill_rows += rows;
+                        break;
+                    }
+                    Err(e) if is_lock_timeout(&e) && self.backoff().await => {}
+                    Err(e) => {
+                        let _ = self
+                            .client()
+                            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                            .await;
+                        return Err(self.record_failure(0, 0, &e, started.elapsed()).await);
+                    }
+                }
+            }
+            position = end;
+            history::record_backfill(self.client(), m.version, &m.name, &m.checksum, position)
+                .await?;
+            tokio::time::sleep(spec.pause).await;
+        }
+        self.client()
+            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+            .await
+            .map_err(db)?;
+        history::record(
+            self.client(),
+            &Record {
+                version: m.version,
+                name: &m.name,
+                checksum: &m.checksum,
+                applied: true,
+                completed_statements: 1,
+                failed_statement: None,
+                error: None,
+                down_sql: m.down_sql.as_deref(),
+                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            },
+        )
+        .await
     }
 
     /// A failed `CREATE INDEX CONCURRENTLY` leaves an INVALID index behind; drop it so the

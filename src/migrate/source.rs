@@ -17,6 +17,20 @@ use sha2::{Digest, Sha256};
 use super::MigrateError;
 use crate::config::parse_duration;
 
+/// A batched backfill: the migration's one statement runs once per key range, `$1` (inclusive)
+/// to `$2` (exclusive), each batch committed on its own, progress recorded after each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backfill {
+    /// The table whose key ranges are walked.
+    pub table: String,
+    /// Its integer key column.
+    pub key: String,
+    /// Keys per batch.
+    pub batch: i64,
+    /// Rest between batches, so the backfill leaves room for the application.
+    pub pause: Duration,
+}
+
 /// What a migration's leading comments declare.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directives {
@@ -28,6 +42,43 @@ pub struct Directives {
     pub lock_timeout: Option<Duration>,
     /// `statement_timeout` for its statements, instead of the runner's.
     pub statement_timeout: Option<Duration>,
+    /// The migration is a batched backfill.
+    pub backfill: Option<Backfill>,
+}
+
+fn parse_backfill(args: &str) -> Result<Backfill, String> {
+    let mut table = None;
+    let mut key = None;
+    let mut batch = 1000;
+    let mut pause = Duration::from_millis(10);
+    for pair in args.split_whitespace() {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("expected name=value, got `{pair}`"))?;
+        match name {
+            "table" => table = Some(value.to_owned()),
+            "key" => key = Some(value.to_owned()),
+            "batch" => {
+                batch = value
+                    .parse()
+                    .ok()
+                    .filter(|b: &i64| *b > 0)
+                    .ok_or_else(|| format!("batch must be a positive number, got `{value}`"))?;
+            }
+            "pause" => pause = parse_duration(value)?,
+            other => {
+                return Err(format!(
+                    "unknown backfill setting `{other}` (table, key, batch, pause)"
+                ));
+            }
+        }
+    }
+    Ok(Backfill {
+        table: table.ok_or("backfill needs table=")?,
+        key: key.unwrap_or_else(|| "id".to_owned()),
+        batch,
+        pause,
+    })
 }
 
 /// One migration as found on disk.
@@ -126,9 +177,13 @@ fn parse_directives(label: &str, sql: &str) -> Result<Directives, MigrateError> 
             "statement-timeout" => {
                 directives.statement_timeout = Some(parse_duration(rest).map_err(bad)?);
             }
+            "backfill" => {
+                directives.backfill = Some(parse_backfill(rest).map_err(bad)?);
+                directives.no_transaction = true;
+            }
             other => {
                 return Err(bad(format!(
-                    "unknown directive `{other}` (known: no-transaction, blocking, lock-timeout, statement-timeout)"
+                    "unknown directive `{other}` (known: no-transaction, blocking, lock-timeout, statement-timeout, backfill)"
                 )));
             }
         }
@@ -201,10 +256,23 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
             Some((down, _)) => Some(read(down)?),
             None => None,
         };
+        let statements = split(&label, &sql)?;
+        let directives = parse_directives(&label, &sql)?;
+        if directives.backfill.is_some()
+            && (statements.len() != 1
+                || !statements[0].contains("$1")
+                || !statements[0].contains("$2"))
+        {
+            return Err(MigrateError::Directive {
+                migration: label,
+                line: 1,
+                message: "a backfill is one statement using $1 (first key, inclusive) and $2 (last key, exclusive)".into(),
+            });
+        }
         migrations.push(Migration {
             checksum: checksum(&sql),
-            statements: split(&label, &sql)?,
-            directives: parse_directives(&label, &sql)?,
+            statements,
+            directives,
             version,
             name,
             path,
@@ -271,6 +339,22 @@ mod tests {
             d.statement_timeout, None,
             "directives after the first statement do not count"
         );
+        let backfill = parse_directives(
+            "t",
+            "-- pgsidecar:backfill table=docs batch=500 pause=5ms\n",
+        )
+        .unwrap();
+        assert!(backfill.no_transaction);
+        assert_eq!(
+            backfill.backfill,
+            Some(Backfill {
+                table: "docs".into(),
+                key: "id".into(),
+                batch: 500,
+                pause: Duration::from_millis(5)
+            })
+        );
+        assert!(parse_directives("t", "-- pgsidecar:backfill key=id\n").is_err());
         let err = parse_directives("0002_x", "-- pgsidecar:blocking\n").unwrap_err();
         assert!(err.to_string().contains("0002_x line 1"), "{err}");
         assert!(parse_directives("t", "-- pgsidecar:nope\n").is_err());

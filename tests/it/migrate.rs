@@ -361,7 +361,10 @@ async fn a_blocking_step_under_live_traffic_pauses_the_fleet_and_no_client_errs(
     let report = m.apply(&options).await.unwrap();
     let applied = &report.applied[0];
     assert!(applied.paused_seconds > 0.0, "{applied:?}");
-    assert_eq!(report.sidecars_told, 2, "both sidecars renew their prepared statements");
+    assert_eq!(
+        report.sidecars_told, 2,
+        "both sidecars renew their prepared statements"
+    );
     eprintln!(
         "blocking step behind a fleet pause: {:.3} s in all, fleet paused {:.3} s",
         applied.seconds, applied.paused_seconds
@@ -416,4 +419,56 @@ async fn the_command_line_creates_lints_and_applies() {
     let status = cli(&["status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("0001_add_notes"));
     assert!(String::from_utf8_lossy(&status.stdout).contains("applied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backfill_resumes_where_it_stopped() {
+    let db = fresh_database().await;
+    direct(&db)
+        .await
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, doubled int, touched int NOT NULL DEFAULT 0);
+             INSERT INTO docs (id) SELECT generate_series(1, 10000);
+             CREATE FUNCTION stop_at_5500() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN IF NEW.id = 5500 THEN RAISE EXCEPTION 'interrupted'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER stop BEFORE UPDATE ON docs FOR EACH ROW EXECUTE FUNCTION stop_at_5500();",
+        )
+        .await
+        .unwrap();
+    let dir = Dir::new(&[(
+        "0001_double.sql",
+        "-- pgsidecar:backfill table=docs key=id batch=1000 pause=1ms\n\
+         UPDATE docs SET doubled = id * 2, touched = touched + 1 WHERE id >= $1 AND id < $2;",
+    )]);
+    let err = migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("interrupted"), "{err}");
+    let plan = migrator(&db, &dir).await.plan(None).await.unwrap();
+    assert_eq!(plan[0].backfill_from, Some(5001), "five batches were done");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM docs WHERE touched = 1").await,
+        5000
+    );
+    direct(&db)
+        .await
+        .batch_execute("DROP TRIGGER stop ON docs")
+        .await
+        .unwrap();
+    let report = migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.applied[0].backfill_rows, 5000, "only the rest ran");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM docs WHERE touched = 1 AND doubled = id * 2"
+        )
+        .await,
+        10000
+    );
 }
