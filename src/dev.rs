@@ -2,6 +2,7 @@
 //! `./.pgsidecar/`, and the proxy in front of it. [`LocalCluster`] is also what the test harness
 //! starts, so that the dev profile and the tests run PostgreSQL the same way.
 
+use crate::pgbin::pg_bindir;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -43,25 +44,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
         path: path.display().to_string(),
         source,
     }
-}
-
-/// The directory holding PostgreSQL's server programs: `PG_BINDIR`, else `pg_config --bindir`,
-/// else Debian's PostgreSQL 15 location.
-#[must_use]
-pub fn pg_bindir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PG_BINDIR") {
-        return dir.into();
-    }
-    let debian = PathBuf::from("/usr/lib/postgresql/15/bin");
-    if debian.join("initdb").exists() {
-        return debian;
-    }
-    Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or(debian, |s| PathBuf::from(s.trim()))
 }
 
 /// A free TCP port on the loopback interface.

@@ -15,5 +15,6 @@ pub mod dev;
 pub mod frontend;
 pub mod gate;
 pub mod migrate;
+pub mod pgbin;
 pub mod telemetry;
 pub mod wire;

@@ -75,6 +75,61 @@ pub struct ApplyArgs {
     /// A pause for a blocking step lifts by itself after this.
     #[arg(long, default_value = "60s", value_parser = pgsidecar::config::parse_duration)]
     pause_max_hold: std::time::Duration,
+    /// Apply to a fresh copy of the database on the staging server instead, report, drop it.
+    #[arg(long, requires = "staging_url")]
+    dry_run: bool,
+    /// The staging server for --dry-run (a URL whose user may create databases).
+    #[arg(long)]
+    staging_url: Option<String>,
+}
+
+impl ApplyArgs {
+    fn options(&self) -> ApplyOptions {
+        ApplyOptions {
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+            lock_retries: self.lock_retries,
+            lock_wait: self.lock_wait,
+            maintenance_window: self.maintenance_window.as_deref() == Some("now"),
+            pause_deadline: self.pause_deadline,
+            pause_max_hold: self.pause_max_hold,
+            target: self.to,
+            ..ApplyOptions::default()
+        }
+    }
+}
+
+/// `apply --dry-run`: the pending migrations on a copy, with durations and locks.
+async fn dry_run(url: &str, args: &MigrateArgs, apply: &ApplyArgs) -> ExitCode {
+    let staging = apply.staging_url.as_deref().unwrap_or_default();
+    match pgsidecar::migrate::dry_run(url, staging, &args.dir, &apply.options()).await {
+        Ok(report) => {
+            println!(
+                "copied the database to {} in {:.1} s",
+                report.scratch_database, report.copy_seconds
+            );
+            for step in &report.steps {
+                println!("{}: {:.3} s", step.migration, step.seconds);
+                for lock in &step.locks {
+                    println!("    held {lock}");
+                }
+            }
+            if report.steps.is_empty() {
+                println!("nothing to apply");
+            }
+            if report.invalid_indexes.is_empty() {
+                println!("no INVALID index; the copy was dropped");
+                ExitCode::SUCCESS
+            } else {
+                println!("INVALID indexes left: {:?}", report.invalid_indexes);
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        Err(e) => {
+            eprintln!("pgsidecar migrate: dry run: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 /// `pgsidecar migrate ...`: exits 0 on success, 1 when linting finds something or a migration
@@ -177,18 +232,7 @@ async fn plan(migrator: &Migrator, to: Option<i64>) -> Result<(), MigrateError> 
 }
 
 async fn apply(migrator: &Migrator, args: &ApplyArgs) -> Result<(), MigrateError> {
-    let options = ApplyOptions {
-        lock_timeout: args.lock_timeout,
-        statement_timeout: args.statement_timeout,
-        lock_retries: args.lock_retries,
-        lock_wait: args.lock_wait,
-        maintenance_window: args.maintenance_window.as_deref() == Some("now"),
-        pause_deadline: args.pause_deadline,
-        pause_max_hold: args.pause_max_hold,
-        target: args.to,
-        ..ApplyOptions::default()
-    };
-    let report = migrator.apply(&options).await?;
+    let report = migrator.apply(&args.options()).await?;
     if report.applied.is_empty() {
         println!("nothing to apply");
     }
@@ -225,6 +269,11 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
     let Some(url) = &args.database_url else {
         return usage("give --database-url (or DATABASE_URL)");
     };
+    if let MigrateAction::Apply(apply) = &args.action
+        && apply.dry_run
+    {
+        return dry_run(url, &args, apply).await;
+    }
     let migrator = match Migrator::open(url, &args.dir).await {
         Ok(m) => m,
         Err(e) => return usage(&e.to_string()),

@@ -3,6 +3,7 @@
 //! refuses undeclared blocking DDL, blocking steps run behind a fleet pause, and rollback from
 //! the down SQL kept in the history.
 
+mod dry_run;
 mod history;
 pub mod lint;
 mod runner;
@@ -10,6 +11,7 @@ pub mod source;
 
 use std::path::PathBuf;
 
+pub use dry_run::{DryRunReport, dry_run};
 pub use history::{AppliedMigration, HISTORY_DDL};
 pub use runner::{ApplyOptions, ApplyReport, Migrator, PlannedStep, StepReport};
 

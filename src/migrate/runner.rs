@@ -39,6 +39,11 @@ pub struct ApplyOptions {
     pub stale_after: Duration,
     /// Apply up to and including this version only.
     pub target: Option<i64>,
+    /// Pause the sidecars registered in the database around blocking steps, and tell them when
+    /// the schema changed. Off for a dry run on a copy.
+    pub fleet: bool,
+    /// List the locks each transactional migration holds just before it commits.
+    pub report_locks: bool,
 }
 
 impl Default for ApplyOptions {
@@ -53,6 +58,8 @@ impl Default for ApplyOptions {
             pause_max_hold: Duration::from_secs(60),
             stale_after: Duration::from_secs(10),
             target: None,
+            fleet: true,
+            report_locks: false,
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct StepReport {
     pub paused_seconds: f64,
     /// Rows a backfill changed in this run.
     pub backfill_rows: u64,
+    /// Relation locks held at commit (with `report_locks`), e.g. `AccessExclusiveLock on notes`.
+    pub locks: Vec<String>,
 }
 
 /// What a run did.
@@ -303,6 +312,7 @@ impl Migrator {
                 lock_retries: 0,
                 paused: Duration::ZERO,
                 backfill_rows: 0,
+                locks: Vec::new(),
             };
             if let Some(spec) = &migration.directives.backfill {
                 run.backfill(spec, step.backfill_from).await?;
@@ -318,9 +328,10 @@ impl Migrator {
                 lock_retries: run.lock_retries,
                 paused_seconds: run.paused.as_secs_f64(),
                 backfill_rows: run.backfill_rows,
+                locks: std::mem::take(&mut run.locks),
             });
         }
-        if !report.applied.is_empty() {
+        if options.fleet && !report.applied.is_empty() {
             // Plans cached before the change could fail or be wrong: every sidecar prepares
             // afresh. Best effort: without a fleet there is nobody to tell.
             match fleet::fleet_invalidate(&self.url, options.stale_after).await {
@@ -412,6 +423,22 @@ impl Migrator {
         Ok(undone)
     }
 
+    /// Indexes left INVALID (a failed concurrent build), by name.
+    ///
+    /// # Errors
+    /// [`MigrateError::Database`].
+    pub async fn invalid_indexes(&self) -> Result<Vec<String>, MigrateError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| MigrateError::db("looking for INVALID indexes", &e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Accepts the current text of applied migrations whose files changed: their checksums
     /// (and down SQL) are updated. Returns the migrations repaired.
     ///
@@ -448,6 +475,7 @@ struct Run<'a> {
     lock_retries: u32,
     paused: Duration,
     backfill_rows: u64,
+    locks: Vec<String>,
 }
 
 impl Run<'_> {
@@ -481,6 +509,9 @@ impl Run<'_> {
 
     /// Pauses the fleet registered in the target database, if any sidecar is registered.
     async fn pause_fleet(&self) -> Result<Option<Instant>, MigrateError> {
+        if !self.options.fleet {
+            return Ok(None);
+        }
         let pause = FleetPause {
             database: None,
             deadline: self.options.pause_deadline,
@@ -579,6 +610,9 @@ impl Run<'_> {
                     }
                     return Err(self.record_failure(index, 0, &e, started.elapsed()).await);
                 }
+            }
+            if self.options.report_locks {
+                self.locks = self.held_locks().await;
             }
             let recorded = history::record(
                 self.client(),
@@ -759,6 +793,23 @@ impl Run<'_> {
             },
         )
         .await
+    }
+
+    /// The relation locks this session holds now, outside the catalogs.
+    async fn held_locks(&self) -> Vec<String> {
+        self.client()
+            .query(
+                "SELECT DISTINCT mode || ' on ' || relation::regclass::text
+                   FROM pg_locks
+                  WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted
+                    AND relation::regclass::text NOT LIKE 'pg\\_%'
+                    AND relation::regclass::text NOT LIKE 'pgsidecar.%'
+                  ORDER BY 1",
+                &[],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default()
     }
 
     /// A failed `CREATE INDEX CONCURRENTLY` leaves an INVALID index behind; drop it so the

@@ -472,3 +472,66 @@ async fn an_interrupted_backfill_resumes_where_it_stopped() {
         10000
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_applies_to_a_copy_and_leaves_production_alone() {
+    let db = fresh_database().await;
+    direct(&db)
+        .await
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, body text);
+             INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g;",
+        )
+        .await
+        .unwrap();
+    let dir = Dir::new(&[
+        (
+            "0001_column.sql",
+            "ALTER TABLE notes ADD COLUMN author text;",
+        ),
+        (
+            "0002_index.sql",
+            "-- pgsidecar:no-transaction\nCREATE INDEX CONCURRENTLY notes_body ON notes (body);",
+        ),
+    ]);
+    let report = pgsidecar::migrate::dry_run(
+        &cluster().url(&db),
+        &cluster().url("postgres"),
+        &dir.0,
+        &ApplyOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.steps.len(), 2);
+    assert!(
+        report.steps[0]
+            .locks
+            .iter()
+            .any(|l| l == "AccessExclusiveLock on notes"),
+        "{:?}",
+        report.steps[0].locks
+    );
+    assert!(report.invalid_indexes.is_empty());
+    // Production is untouched and the copy is gone.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'notes' AND column_name = 'author'").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_class WHERE relname = 'notes_body'"
+        )
+        .await,
+        0
+    );
+    let scratch = &report.scratch_database;
+    assert_eq!(
+        count(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{scratch}'")
+        )
+        .await,
+        0
+    );
+}

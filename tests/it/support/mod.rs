@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pgsidecar::config::{Config, Overrides};
-use pgsidecar::dev::{LocalCluster, free_port, pg_bindir};
+use pgsidecar::dev::{LocalCluster, free_port};
 use pgsidecar::frontend::Proxy;
+use pgsidecar::pgbin::pg_bindir;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 

@@ -1,0 +1,166 @@
+//! The dry run: a fresh copy of the production database (schema and data, by `pg_dump` and
+//! `pg_restore`) in a scratch database on a staging server, the pending migrations applied to
+//! it with their durations and the locks they took, a check that no index was left INVALID, and
+//! the copy dropped again.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Config, NoTls};
+
+use super::MigrateError;
+use super::runner::{ApplyOptions, Migrator, StepReport};
+use crate::pgbin::pg_bindir;
+
+/// What the dry run found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunReport {
+    /// The scratch database (dropped at the end).
+    pub scratch_database: String,
+    /// Dump and restore of the copy.
+    pub copy_seconds: f64,
+    /// Each migration as applied to the copy.
+    pub steps: Vec<StepReport>,
+    /// Indexes left INVALID on the copy (should be none).
+    pub invalid_indexes: Vec<String>,
+}
+
+/// A libpq key/value connection string for `config`, pointed at `database`.
+fn conninfo(config: &Config, database: &str) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = Vec::new();
+    if let Some(Host::Tcp(host)) = config.get_hosts().first() {
+        parts.push(format!("host={}", quote(host)));
+    }
+    if let Some(port) = config.get_ports().first() {
+        parts.push(format!("port={port}"));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(password) = config.get_password() {
+        parts.push(format!(
+            "password={}",
+            quote(&String::from_utf8_lossy(password))
+        ));
+    }
+    parts.push(format!("dbname={}", quote(database)));
+    parts.join(" ")
+}
+
+async fn run_tool(program: &str, args: &[&str]) -> Result<(), MigrateError> {
+    let output = tokio::process::Command::new(pg_bindir().join(program))
+        .args(args)
+        .output()
+        .await
+        .map_err(|source| MigrateError::Io {
+            path: pg_bindir().join(program),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(MigrateError::Database {
+            context: format!("{program} for the dry run's copy"),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Copies the database at `production_url` to a scratch database on `staging_url`'s server,
+/// applies the pending migrations from `dir` there, and drops the copy.
+///
+/// # Errors
+/// [`MigrateError`] from the copy or from a migration; the copy is dropped in every case.
+pub async fn dry_run(
+    production_url: &str,
+    staging_url: &str,
+    dir: &Path,
+    options: &ApplyOptions,
+) -> Result<DryRunReport, MigrateError> {
+    let bad_url = |e: tokio_postgres::Error| MigrateError::db("parsing a database URL", &e);
+    let production = Config::from_str(production_url).map_err(bad_url)?;
+    let staging = Config::from_str(staging_url).map_err(bad_url)?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let scratch = format!("pgsidecar_dryrun_{stamp}_{}", std::process::id());
+    let (admin, connection) = staging
+        .connect(NoTls)
+        .await
+        .map_err(|e| MigrateError::db("connecting to the staging server", &e))?;
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {scratch} TEMPLATE template0"))
+        .await
+        .map_err(|e| MigrateError::db("creating the scratch database", &e))?;
+    let result = copy_and_apply(&production, &staging, &scratch, dir, options).await;
+    if let Err(e) = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+        .await
+    {
+        tracing::error!(error = %e, database = %scratch, "could not drop the dry run's copy");
+    }
+    result
+}
+
+async fn copy_and_apply(
+    production: &Config,
+    staging: &Config,
+    scratch: &str,
+    dir: &Path,
+    options: &ApplyOptions,
+) -> Result<DryRunReport, MigrateError> {
+    let started = Instant::now();
+    let dump = std::env::temp_dir().join(format!("{scratch}.dump"));
+    let dump_path = dump.to_string_lossy().into_owned();
+    let source_db = production.get_dbname().unwrap_or("postgres");
+    let copied = async {
+        run_tool(
+            "pg_dump",
+            &[
+                "--format=custom",
+                "--no-owner",
+                "--no-privileges",
+                "--file",
+                &dump_path,
+                &conninfo(production, source_db),
+            ],
+        )
+        .await?;
+        run_tool(
+            "pg_restore",
+            &[
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--dbname",
+                &conninfo(staging, scratch),
+                &dump_path,
+            ],
+        )
+        .await
+    }
+    .await;
+    let _ = std::fs::remove_file(&dump);
+    copied?;
+    let copy_seconds = started.elapsed().as_secs_f64();
+    let migrator = Migrator::open(&conninfo(staging, scratch), dir).await?;
+    let options = ApplyOptions {
+        fleet: false,
+        report_locks: true,
+        maintenance_window: true,
+        ..options.clone()
+    };
+    let report = migrator.apply(&options).await?;
+    let invalid_indexes = migrator.invalid_indexes().await?;
+    Ok(DryRunReport {
+        scratch_database: scratch.to_owned(),
+        copy_seconds,
+        steps: report.applied,
+        invalid_indexes,
+    })
+}
