@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use pgsidecar::migrate::{ApplyOptions, MigrateError, Migrator, lint, source};
+use pgsidecar::migrate::{ApplyOptions, MaintenanceWindow, MigrateError, Migrator, lint, source};
 
 use super::{EXIT_FAILED, EXIT_USAGE};
 
@@ -66,9 +66,9 @@ pub struct ApplyArgs {
     /// How long to wait for another runner.
     #[arg(long, default_value = "5m", value_parser = pgsidecar::config::parse_duration)]
     lock_wait: std::time::Duration,
-    /// `now` lets migrations declared blocking run.
-    #[arg(long)]
-    maintenance_window: Option<String>,
+    /// When migrations declared blocking may run: a daily UTC range like 02:00-04:30, or now.
+    #[arg(long, env = "PGSIDECAR_MAINTENANCE_WINDOW", value_parser = MaintenanceWindow::parse)]
+    maintenance_window: Option<MaintenanceWindow>,
     /// Each sidecar's wait for in-flight transactions when paused for a blocking step.
     #[arg(long, default_value = "10s", value_parser = pgsidecar::config::parse_duration)]
     pause_deadline: std::time::Duration,
@@ -90,7 +90,7 @@ impl ApplyArgs {
             statement_timeout: self.statement_timeout,
             lock_retries: self.lock_retries,
             lock_wait: self.lock_wait,
-            maintenance_window: self.maintenance_window.as_deref() == Some("now"),
+            maintenance_window: self.maintenance_window,
             pause_deadline: self.pause_deadline,
             pause_max_hold: self.pause_max_hold,
             target: self.to,
@@ -259,11 +259,6 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
             };
         }
         MigrateAction::Lint => return lint_files(&args.dir),
-        MigrateAction::Apply(a) => {
-            if let Some(other) = a.maintenance_window.as_deref().filter(|w| *w != "now") {
-                return usage(&format!("--maintenance-window takes `now`, got `{other}`"));
-            }
-        }
         _ => {}
     }
     let Some(url) = &args.database_url else {

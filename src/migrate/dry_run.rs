@@ -12,6 +12,7 @@ use tokio_postgres::{Config, NoTls};
 
 use super::MigrateError;
 use super::runner::{ApplyOptions, Migrator, StepReport};
+use super::window::MaintenanceWindow;
 use crate::pgbin::pg_bindir;
 
 /// What the dry run found.
@@ -152,7 +153,7 @@ async fn copy_and_apply(
     let options = ApplyOptions {
         fleet: false,
         report_locks: true,
-        maintenance_window: true,
+        maintenance_window: Some(MaintenanceWindow::Now),
         ..options.clone()
     };
     let report = migrator.apply(&options).await?;

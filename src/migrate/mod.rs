@@ -8,12 +8,14 @@ mod history;
 pub mod lint;
 mod runner;
 pub mod source;
+mod window;
 
 use std::path::PathBuf;
 
 pub use dry_run::{DryRunReport, dry_run};
 pub use history::{AppliedMigration, HISTORY_DDL};
 pub use runner::{ApplyOptions, ApplyReport, Migrator, PlannedStep, StepReport};
+pub use window::MaintenanceWindow;
 
 /// Why a migration command failed.
 #[derive(Debug, thiserror::Error)]

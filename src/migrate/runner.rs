@@ -13,6 +13,7 @@ use super::MigrateError;
 use super::history::{self, AppliedMigration, Record};
 use super::lint::{Finding, lint};
 use super::source::{self, Backfill, Migration};
+use super::window::MaintenanceWindow;
 use crate::gate::fleet::{self, FleetError, FleetPause};
 
 /// The advisory lock every pgsidecar runner takes ("pgsidecar" in ASCII).
@@ -29,8 +30,8 @@ pub struct ApplyOptions {
     pub lock_retries: u32,
     /// How long to wait for another runner's lock.
     pub lock_wait: Duration,
-    /// Declared blocking steps may run now.
-    pub maintenance_window: bool,
+    /// When declared blocking steps may run; never without one.
+    pub maintenance_window: Option<MaintenanceWindow>,
     /// Each sidecar's wait for in-flight transactions when the fleet is paused for a blocking step.
     pub pause_deadline: Duration,
     /// The pause lifts by itself after this.
@@ -53,7 +54,7 @@ impl Default for ApplyOptions {
             statement_timeout: Duration::from_secs(30 * 60),
             lock_retries: 5,
             lock_wait: Duration::from_secs(300),
-            maintenance_window: false,
+            maintenance_window: None,
             pause_deadline: Duration::from_secs(10),
             pause_max_hold: Duration::from_secs(60),
             stale_after: Duration::from_secs(10),
@@ -263,12 +264,18 @@ impl Migrator {
                     ));
                 }
             }
-            if step.blocking.is_some() && !options.maintenance_window {
-                problems.push(format!(
-                    "{} is declared blocking ({}); it runs only in a maintenance window (--maintenance-window now)",
-                    step.migration,
-                    step.blocking.as_deref().unwrap_or_default()
-                ));
+            let reason = step.blocking.as_deref().unwrap_or_default();
+            match options.maintenance_window {
+                _ if step.blocking.is_none() => {}
+                None => problems.push(format!(
+                    "{} is declared blocking ({reason}); it runs only in a maintenance window (--maintenance-window HH:MM-HH:MM, or now)",
+                    step.migration
+                )),
+                Some(window) if !window.is_open() => problems.push(format!(
+                    "{} is declared blocking ({reason}); the maintenance window {window} is closed now",
+                    step.migration
+                )),
+                Some(_) => {}
             }
         }
         if problems.is_empty() {

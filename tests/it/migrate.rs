@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pgsidecar::migrate::{ApplyOptions, MigrateError, Migrator, lint, source};
+use pgsidecar::migrate::{ApplyOptions, MaintenanceWindow, MigrateError, Migrator, lint, source};
 
 use crate::gate::{ledger, stop_writers, writers};
 use crate::support::{ProxyProcess, cluster, direct, fresh_database};
@@ -354,8 +354,27 @@ async fn a_blocking_step_under_live_traffic_pauses_the_fleet_and_no_client_errs(
         refused.to_string().contains("maintenance window"),
         "{refused}"
     );
+    // A window that is closed now refuses too; `now` opens it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let later = (now % 86_400 / 60 + 120) % 1440;
+    let closed = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        later / 60,
+        later % 60,
+        (later + 60) % 1440 / 60,
+        (later + 60) % 60
+    );
     let options = ApplyOptions {
-        maintenance_window: true,
+        maintenance_window: Some(MaintenanceWindow::parse(&closed).unwrap()),
+        ..ApplyOptions::default()
+    };
+    let refused = m.apply(&options).await.unwrap_err();
+    assert!(refused.to_string().contains("is closed now"), "{refused}");
+    let options = ApplyOptions {
+        maintenance_window: Some(MaintenanceWindow::Now),
         ..ApplyOptions::default()
     };
     let report = m.apply(&options).await.unwrap();
