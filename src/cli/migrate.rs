@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use pgsidecar::migrate::{ApplyOptions, MaintenanceWindow, MigrateError, Migrator, lint, source};
+use pgsidecar::migrate::{
+    ApplyOptions, CopyScope, MaintenanceWindow, MigrateError, Migrator, lint, source,
+};
 
 use super::{EXIT_FAILED, EXIT_USAGE};
 
@@ -81,6 +83,16 @@ pub struct ApplyArgs {
     /// The staging server for --dry-run (a URL whose user may create databases).
     #[arg(long)]
     staging_url: Option<String>,
+    /// With --dry-run: copy the schema and this percentage of each table's rows, not everything.
+    #[arg(long, requires = "dry_run", value_parser = sample_percent)]
+    sample_percent: Option<f64>,
+}
+
+fn sample_percent(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|p| *p > 0.0 && *p <= 100.0)
+        .ok_or_else(|| format!("expected a percentage between 0 and 100, got `{text}`"))
 }
 
 impl ApplyArgs {
@@ -102,7 +114,10 @@ impl ApplyArgs {
 /// `apply --dry-run`: the pending migrations on a copy, with durations and locks.
 async fn dry_run(url: &str, args: &MigrateArgs, apply: &ApplyArgs) -> ExitCode {
     let staging = apply.staging_url.as_deref().unwrap_or_default();
-    match pgsidecar::migrate::dry_run(url, staging, &args.dir, &apply.options()).await {
+    let copy = apply
+        .sample_percent
+        .map_or(CopyScope::Full, CopyScope::Sample);
+    match pgsidecar::migrate::dry_run(url, staging, &args.dir, &apply.options(), copy).await {
         Ok(report) => {
             println!(
                 "copied the database to {} in {:.1} s",

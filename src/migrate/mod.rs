@@ -12,7 +12,7 @@ mod window;
 
 use std::path::PathBuf;
 
-pub use dry_run::{DryRunReport, dry_run};
+pub use dry_run::{CopyScope, DryRunReport, dry_run};
 pub use history::{AppliedMigration, HISTORY_DDL};
 pub use runner::{ApplyOptions, ApplyReport, Migrator, PlannedStep, StepReport};
 pub use window::MaintenanceWindow;

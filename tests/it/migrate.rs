@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pgsidecar::migrate::{ApplyOptions, MaintenanceWindow, MigrateError, Migrator, lint, source};
+use pgsidecar::migrate::{
+    ApplyOptions, CopyScope, MaintenanceWindow, MigrateError, Migrator, lint, source,
+};
 
 use crate::gate::{ledger, stop_writers, writers};
 use crate::support::{ProxyProcess, cluster, direct, fresh_database};
@@ -518,6 +520,7 @@ async fn a_dry_run_applies_to_a_copy_and_leaves_production_alone() {
         &cluster().url("postgres"),
         &dir.0,
         &ApplyOptions::default(),
+        CopyScope::Full,
     )
     .await
     .unwrap();
