@@ -490,6 +490,29 @@ impl Run<'_> {
         &self.migrator.client
     }
 
+    /// The history row of this migration with the given outcome.
+    fn entry<'e>(
+        &'e self,
+        applied: bool,
+        completed_statements: i32,
+        failed_statement: Option<i32>,
+        error: Option<&'e str>,
+        duration_ms: i64,
+    ) -> Record<'e> {
+        let m = self.migration;
+        Record {
+            version: m.version,
+            name: &m.name,
+            checksum: &m.checksum,
+            applied,
+            completed_statements,
+            failed_statement,
+            error,
+            down_sql: m.down_sql.as_deref(),
+            duration_ms,
+        }
+    }
+
     fn timeouts(&self, local: bool) -> String {
         let d = &self.migration.directives;
         let scope = if local { "LOCAL " } else { "" };
@@ -566,20 +589,15 @@ impl Run<'_> {
             error,
         );
         let message = failure.to_string();
-        let m = self.migration;
         let _ = history::record(
             self.client(),
-            &Record {
-                version: m.version,
-                name: &m.name,
-                checksum: &m.checksum,
-                applied: false,
-                completed_statements: i32::try_from(completed).unwrap_or(i32::MAX),
-                failed_statement: Some(i32::try_from(index).unwrap_or(i32::MAX)),
-                error: Some(&message),
-                down_sql: m.down_sql.as_deref(),
-                duration_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
-            },
+            &self.entry(
+                false,
+                i32::try_from(completed).unwrap_or(i32::MAX),
+                Some(i32::try_from(index).unwrap_or(i32::MAX)),
+                Some(&message),
+                i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+            ),
         )
         .await;
         failure
@@ -623,17 +641,13 @@ impl Run<'_> {
             }
             let recorded = history::record(
                 self.client(),
-                &Record {
-                    version: m.version,
-                    name: &m.name,
-                    checksum: &m.checksum,
-                    applied: true,
-                    completed_statements: i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
-                    failed_statement: None,
-                    error: None,
-                    down_sql: m.down_sql.as_deref(),
-                    duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                },
+                &self.entry(
+                    true,
+                    i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
+                    None,
+                    None,
+                    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                ),
             )
             .await;
             let committed = match recorded {
@@ -688,34 +702,26 @@ impl Run<'_> {
             let done = index + 1;
             history::record(
                 self.client(),
-                &Record {
-                    version: m.version,
-                    name: &m.name,
-                    checksum: &m.checksum,
-                    applied: done == m.statements.len(),
-                    completed_statements: i32::try_from(done).unwrap_or(i32::MAX),
-                    failed_statement: None,
-                    error: None,
-                    down_sql: m.down_sql.as_deref(),
-                    duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                },
+                &self.entry(
+                    done == m.statements.len(),
+                    i32::try_from(done).unwrap_or(i32::MAX),
+                    None,
+                    None,
+                    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                ),
             )
             .await?;
         }
         if m.statements.is_empty() || from >= m.statements.len() {
             history::record(
                 self.client(),
-                &Record {
-                    version: m.version,
-                    name: &m.name,
-                    checksum: &m.checksum,
-                    applied: true,
-                    completed_statements: i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
-                    failed_statement: None,
-                    error: None,
-                    down_sql: m.down_sql.as_deref(),
-                    duration_ms: 0,
-                },
+                &self.entry(
+                    true,
+                    i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
+                    None,
+                    None,
+                    0,
+                ),
             )
             .await?;
         }
@@ -787,17 +793,13 @@ impl Run<'_> {
             .map_err(db)?;
         history::record(
             self.client(),
-            &Record {
-                version: m.version,
-                name: &m.name,
-                checksum: &m.checksum,
-                applied: true,
-                completed_statements: 1,
-                failed_statement: None,
-                error: None,
-                down_sql: m.down_sql.as_deref(),
-                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-            },
+            &self.entry(
+                true,
+                1,
+                None,
+                None,
+                i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            ),
         )
         .await
     }

@@ -268,6 +268,26 @@ async fn describe_stragglers(client: &Client, acks: &mut BTreeMap<String, Ack>) 
     }
 }
 
+/// Publishes a request every live sidecar answers at once, and collects their
+/// acknowledgements for a few seconds.
+async fn broadcast(
+    url: &str,
+    stale_after: Duration,
+    request: impl FnOnce(String) -> Request,
+) -> Result<FleetReport, FleetError> {
+    let (client, mut acks) = connect(url).await?;
+    let (expected, stale) = roll_call(&client, stale_after).await?;
+    let id = request_id();
+    let started = Instant::now();
+    publish(&client, &request(id.clone())).await?;
+    let acks = collect(&mut acks, &id, &expected, started + ACK_MARGIN).await;
+    Ok(FleetReport {
+        acks,
+        stale,
+        took_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Resumes every live sidecar, waiting briefly for their acknowledgements.
 ///
 /// # Errors
@@ -277,24 +297,11 @@ pub async fn fleet_resume(
     database: Option<&str>,
     stale_after: Duration,
 ) -> Result<FleetReport, FleetError> {
-    let (client, mut acks) = connect(url).await?;
-    let (expected, stale) = roll_call(&client, stale_after).await?;
-    let id = request_id();
-    let started = Instant::now();
-    publish(
-        &client,
-        &Request::Resume {
-            request: id.clone(),
-            database: database.map(str::to_owned),
-        },
-    )
-    .await?;
-    let acks = collect(&mut acks, &id, &expected, started + ACK_MARGIN).await;
-    Ok(FleetReport {
-        acks,
-        stale,
-        took_seconds: started.elapsed().as_secs_f64(),
+    broadcast(url, stale_after, |request| Request::Resume {
+        request,
+        database: database.map(str::to_owned),
     })
+    .await
 }
 
 /// Tells every live sidecar that the schema changed, so that each prepares its cached statements
@@ -303,21 +310,5 @@ pub async fn fleet_resume(
 /// # Errors
 /// [`FleetError::Database`].
 pub async fn fleet_invalidate(url: &str, stale_after: Duration) -> Result<FleetReport, FleetError> {
-    let (client, mut acks) = connect(url).await?;
-    let (expected, stale) = roll_call(&client, stale_after).await?;
-    let id = request_id();
-    let started = Instant::now();
-    publish(
-        &client,
-        &Request::Invalidate {
-            request: id.clone(),
-        },
-    )
-    .await?;
-    let acks = collect(&mut acks, &id, &expected, started + ACK_MARGIN).await;
-    Ok(FleetReport {
-        acks,
-        stale,
-        took_seconds: started.elapsed().as_secs_f64(),
-    })
+    broadcast(url, stale_after, |request| Request::Invalidate { request }).await
 }

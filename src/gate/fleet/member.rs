@@ -205,16 +205,7 @@ impl Member {
             Request::Invalidate { .. } => {
                 self.side.schema_changed();
                 tracing::info!("schema changed: prepared statements will be prepared afresh");
-                let client = Arc::clone(client);
-                let ack = Ack {
-                    request: id,
-                    sidecar: self.settings.id.clone(),
-                    ok: true,
-                    error: None,
-                    took_ms: received.elapsed().as_secs_f64() * 1000.0,
-                    stragglers: Vec::new(),
-                };
-                tokio::spawn(async move { acknowledge(&client, ack).await });
+                self.acknowledge_now(client, id, received);
             }
             Request::Resume { database, .. } => {
                 let scope = Scope::from_database(database.as_deref());
@@ -223,18 +214,23 @@ impl Member {
                     task.abort();
                 }
                 self.gate.resume(&scope);
-                let client = Arc::clone(client);
-                let ack = Ack {
-                    request: id,
-                    sidecar: self.settings.id.clone(),
-                    ok: true,
-                    error: None,
-                    took_ms: received.elapsed().as_secs_f64() * 1000.0,
-                    stragglers: Vec::new(),
-                };
-                tokio::spawn(async move { acknowledge(&client, ack).await });
+                self.acknowledge_now(client, id, received);
             }
         }
+    }
+
+    /// Acknowledges a request that was carried out at once.
+    fn acknowledge_now(&self, client: &Arc<Client>, request: String, received: Instant) {
+        let client = Arc::clone(client);
+        let ack = Ack {
+            request,
+            sidecar: self.settings.id.clone(),
+            ok: true,
+            error: None,
+            took_ms: received.elapsed().as_secs_f64() * 1000.0,
+            stragglers: Vec::new(),
+        };
+        tokio::spawn(async move { acknowledge(&client, ack).await });
     }
 
     async fn deregister(&self) {
