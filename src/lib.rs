@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod backup;
 pub mod config;
 pub mod dev;
 pub mod frontend;

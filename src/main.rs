@@ -39,6 +39,8 @@ enum Command {
     Gate(cli::gate::GateArgs),
     /// Versioned migrations of a live database: new, status, plan, lint, apply, rollback, repair.
     Migrate(cli::migrate::MigrateArgs),
+    /// Backups proven restorable: create (dump + manifest) and verify (restore + compare).
+    Backup(cli::backup::BackupArgs),
     /// Print a SCRAM-SHA-256 verifier for a users.NAME.scram_verifier entry.
     Passwd {
         /// The password; read from standard input when omitted.
@@ -329,6 +331,10 @@ fn main() -> ExitCode {
         Command::Passwd { password } => passwd(password),
         Command::Gate(args) => {
             return runtime.block_on(cli::gate::run(args));
+        }
+        Command::Backup(args) => {
+            init_logging(None);
+            return runtime.block_on(cli::backup::run(args));
         }
         Command::Migrate(args) => {
             init_logging(None);

@@ -1,6 +1,7 @@
 //! The operational subcommands: each parses its own arguments and reports on stdout/stderr with
 //! an exit status scripts can act on.
 
+pub mod backup;
 pub mod gate;
 pub mod migrate;
 

@@ -7,13 +7,12 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::config::Host;
 use tokio_postgres::{Config, NoTls};
 
 use super::MigrateError;
 use super::runner::{ApplyOptions, Migrator, StepReport};
 use super::window::MaintenanceWindow;
-use crate::pgbin::pg_bindir;
+use crate::pgbin::{self, conninfo};
 
 /// What the dry run found.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,46 +27,14 @@ pub struct DryRunReport {
     pub invalid_indexes: Vec<String>,
 }
 
-/// A libpq key/value connection string for `config`, pointed at `database`.
-fn conninfo(config: &Config, database: &str) -> String {
-    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    let mut parts = Vec::new();
-    if let Some(Host::Tcp(host)) = config.get_hosts().first() {
-        parts.push(format!("host={}", quote(host)));
-    }
-    if let Some(port) = config.get_ports().first() {
-        parts.push(format!("port={port}"));
-    }
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={}", quote(user)));
-    }
-    if let Some(password) = config.get_password() {
-        parts.push(format!(
-            "password={}",
-            quote(&String::from_utf8_lossy(password))
-        ));
-    }
-    parts.push(format!("dbname={}", quote(database)));
-    parts.join(" ")
-}
-
-async fn run_tool(program: &str, args: &[&str]) -> Result<(), MigrateError> {
-    let output = tokio::process::Command::new(pg_bindir().join(program))
-        .args(args)
-        .output()
+async fn run_tool(program: &'static str, args: &[&str]) -> Result<(), MigrateError> {
+    pgbin::run(program, args)
         .await
-        .map_err(|source| MigrateError::Io {
-            path: pg_bindir().join(program),
-            source,
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(MigrateError::Database {
+        .map(|_| ())
+        .map_err(|message| MigrateError::Database {
             context: format!("{program} for the dry run's copy"),
-            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            message,
         })
-    }
 }
 
 /// How much of the production data the copy holds.
