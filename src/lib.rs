@@ -15,6 +15,7 @@ pub mod config;
 pub mod dev;
 pub mod frontend;
 pub mod gate;
+pub mod health;
 pub mod migrate;
 pub mod pgbin;
 pub mod telemetry;

@@ -39,6 +39,8 @@ enum Command {
     Gate(cli::gate::GateArgs),
     /// Versioned migrations of a live database: new, status, plan, lint, apply, rollback, repair.
     Migrate(cli::migrate::MigrateArgs),
+    /// Database health checks with warn/critical thresholds and a Nagios-style exit code.
+    Health(Box<cli::health::HealthArgs>),
     /// Backups proven restorable: create (dump + manifest) and verify (restore + compare).
     Backup(cli::backup::BackupArgs),
     /// Print a SCRAM-SHA-256 verifier for a users.NAME.scram_verifier entry.
@@ -331,6 +333,9 @@ fn main() -> ExitCode {
         Command::Passwd { password } => passwd(password),
         Command::Gate(args) => {
             return runtime.block_on(cli::gate::run(args));
+        }
+        Command::Health(args) => {
+            return runtime.block_on(cli::health::run(*args));
         }
         Command::Backup(args) => {
             init_logging(None);

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod gate;
+pub mod health;
 pub mod migrate;
 
 /// Something did not work out: a failed pause, a failed or refused migration, lint findings.

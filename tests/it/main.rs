@@ -12,6 +12,7 @@ mod copy;
 mod failures;
 mod fleet;
 mod gate;
+mod health;
 mod hostile;
 mod migrate;
 mod pooling;
