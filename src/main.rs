@@ -233,7 +233,7 @@ fn init_logging(tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGSIDECAR_LOG")
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,tokio_postgres=warn".into());
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use pgsidecar::migrate::policy::{BackupPolicy, ensure_backup};
+use pgsidecar::migrate::verify::{self, Verification};
 use pgsidecar::migrate::{
     ApplyOptions, CopyScope, MaintenanceWindow, MigrateError, Migrator, lint, source,
 };
@@ -49,6 +51,10 @@ pub enum MigrateAction {
     },
     /// Accept the current text of applied migrations whose files were edited.
     Repair,
+    /// Check the database after migrations: INVALID indexes, NOT VALID constraints, smoke queries.
+    Verify,
+    /// The whole policy in one go: plan, backup (verified), dry run, apply, verify, report.
+    Deploy(Box<ApplyArgs>),
 }
 
 #[derive(Args)]
@@ -83,9 +89,27 @@ pub struct ApplyArgs {
     /// The staging server for --dry-run (a URL whose user may create databases).
     #[arg(long)]
     staging_url: Option<String>,
-    /// With --dry-run: copy the schema and this percentage of each table's rows, not everything.
-    #[arg(long, requires = "dry_run", value_parser = sample_percent)]
+    /// With --dry-run (or deploy's dry run): copy the schema and this percentage of each table's rows.
+    #[arg(long, value_parser = sample_percent)]
     sample_percent: Option<f64>,
+    /// Take a backup to --backup-output and prove it on --scratch-url before applying.
+    #[arg(long, requires_all = ["backup_output", "scratch_url"])]
+    backup: bool,
+    /// Where --backup writes the dump (and its manifest beside it).
+    #[arg(long)]
+    backup_output: Option<PathBuf>,
+    /// A server where the backup's verification restores into a scratch database.
+    #[arg(long)]
+    scratch_url: Option<String>,
+    /// Go ahead without a verified backup; --reason is required and recorded in the history.
+    #[arg(long, requires = "reason", conflicts_with = "backup")]
+    no_backup: bool,
+    /// Why there is no backup.
+    #[arg(long)]
+    reason: Option<String>,
+    /// How recent a verified backup of this database must be.
+    #[arg(long, default_value = "24h", value_parser = pgsidecar::config::parse_duration)]
+    backup_max_age: std::time::Duration,
 }
 
 fn sample_percent(text: &str) -> Result<f64, String> {
@@ -96,6 +120,19 @@ fn sample_percent(text: &str) -> Result<f64, String> {
 }
 
 impl ApplyArgs {
+    fn policy(&self) -> BackupPolicy {
+        if self.no_backup {
+            BackupPolicy::Without(self.reason.clone().unwrap_or_default())
+        } else if self.backup {
+            BackupPolicy::TakeNow {
+                output: self.backup_output.clone().unwrap_or_default(),
+                scratch_url: self.scratch_url.clone().unwrap_or_default(),
+            }
+        } else {
+            BackupPolicy::RequireVerified(self.backup_max_age)
+        }
+    }
+
     fn options(&self) -> ApplyOptions {
         ApplyOptions {
             lock_timeout: self.lock_timeout,
@@ -106,6 +143,9 @@ impl ApplyArgs {
             pause_deadline: self.pause_deadline,
             pause_max_hold: self.pause_max_hold,
             target: self.to,
+            no_backup_reason: self
+                .no_backup
+                .then(|| self.reason.clone().unwrap_or_default()),
             ..ApplyOptions::default()
         }
     }
@@ -147,8 +187,123 @@ async fn dry_run(url: &str, args: &MigrateArgs, apply: &ApplyArgs) -> ExitCode {
     }
 }
 
-/// `pgsidecar migrate ...`: exits 0 on success, 1 when linting finds something or a migration
-/// fails or is refused, 2 on bad arguments or an unreachable database.
+fn print_verification(outcome: &Verification) {
+    for smoke in &outcome.smoke {
+        println!(
+            "smoke {}: {:.1} ms (budget {:.0} ms)\n{}",
+            smoke.name,
+            smoke.took_ms,
+            smoke.budget_ms,
+            smoke
+                .plan
+                .lines()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    for problem in &outcome.problems {
+        println!("VERIFY FAILED: {problem}");
+    }
+    if outcome.problems.is_empty() {
+        println!("verification passed");
+    }
+}
+
+async fn verify_now(migrator: &Migrator, dir: &std::path::Path) -> Result<(), MigrateError> {
+    let outcome = verify::verify(migrator.client(), dir, migrator.migrations(), None).await?;
+    print_verification(&outcome);
+    if outcome.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(MigrateError::Refused(format!(
+            "{} verification problem(s); rollback stays an explicit command",
+            outcome.problems.len()
+        )))
+    }
+}
+
+/// `migrate deploy`: plan, backup policy, dry run (with --staging-url), apply, verify.
+async fn deploy(migrator: &Migrator, url: &str, args: &MigrateArgs, apply: &ApplyArgs) -> ExitCode {
+    let steps = async {
+        println!("== plan");
+        plan(migrator, apply.to).await?;
+        let pending = migrator.plan(apply.to).await?;
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        println!("== backup");
+        let evidence = ensure_backup(url, &apply.policy()).await?;
+        println!("{evidence:?}");
+        if let Some(staging) = &apply.staging_url {
+            println!("== dry run on {staging}");
+            let copy = apply
+                .sample_percent
+                .map_or(CopyScope::Full, CopyScope::Sample);
+            let rehearsal =
+                pgsidecar::migrate::dry_run(url, staging, &args.dir, &apply.options(), copy)
+                    .await?;
+            for step in &rehearsal.steps {
+                println!(
+                    "{}: {:.3} s on the copy, locks {:?}",
+                    step.migration, step.seconds, step.locks
+                );
+            }
+        }
+        println!("== apply");
+        let before = verify::row_counts(migrator.client()).await?;
+        let report = migrator.apply(&apply.options()).await?;
+        for step in &report.applied {
+            println!(
+                "applied {} in {:.3} s (lock retries {}, fleet paused {:.3} s)",
+                step.migration, step.seconds, step.lock_retries, step.paused_seconds
+            );
+        }
+        println!("== verify");
+        let applied: Vec<&pgsidecar::migrate::source::Migration> = migrator
+            .migrations()
+            .iter()
+            .filter(|m| report.applied.iter().any(|a| a.migration == m.label()))
+            .collect();
+        let outcome = verify::verify(
+            migrator.client(),
+            &args.dir,
+            migrator.migrations(),
+            Some((&before, &applied)),
+        )
+        .await?;
+        print_verification(&outcome);
+        Ok::<_, MigrateError>(Some((report, outcome)))
+    };
+    match steps.await {
+        Ok(None) => {
+            println!("nothing to deploy");
+            ExitCode::SUCCESS
+        }
+        Ok(Some((report, outcome))) => {
+            println!(
+                "== report: {} migration(s) applied, verification {}",
+                report.applied.len(),
+                if outcome.problems.is_empty() {
+                    "passed"
+                } else {
+                    "FAILED (roll forward; rollback stays explicit)"
+                }
+            );
+            if outcome.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        Err(e) => {
+            eprintln!("pgsidecar migrate deploy: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Reports bad arguments or an unreachable database (exit 2).
 fn usage(message: &str) -> ExitCode {
     eprintln!("pgsidecar migrate: {message}");
     ExitCode::from(EXIT_USAGE)
@@ -246,7 +401,12 @@ async fn plan(migrator: &Migrator, to: Option<i64>) -> Result<(), MigrateError> 
     Ok(())
 }
 
-async fn apply(migrator: &Migrator, args: &ApplyArgs) -> Result<(), MigrateError> {
+/// Applies the pending migrations once the backup policy is met.
+async fn apply(migrator: &Migrator, url: &str, args: &ApplyArgs) -> Result<(), MigrateError> {
+    if !migrator.plan(args.to).await?.is_empty() {
+        let evidence = ensure_backup(url, &args.policy()).await?;
+        println!("backup: {evidence:?}");
+    }
     let report = migrator.apply(&args.options()).await?;
     if report.applied.is_empty() {
         println!("nothing to apply");
@@ -292,7 +452,9 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         MigrateAction::New { .. } | MigrateAction::Lint => Ok(()),
         MigrateAction::Status => status(&migrator).await,
         MigrateAction::Plan { to } => plan(&migrator, *to).await,
-        MigrateAction::Apply(a) => apply(&migrator, a).await,
+        MigrateAction::Apply(a) => apply(&migrator, url, a).await,
+        MigrateAction::Verify => verify_now(&migrator, &args.dir).await,
+        MigrateAction::Deploy(a) => return deploy(&migrator, url, &args, a).await,
         MigrateAction::Rollback { to } => migrator
             .rollback(*to, std::time::Duration::from_secs(300))
             .await

@@ -19,8 +19,12 @@ CREATE TABLE IF NOT EXISTS pgsidecar.schema_migrations (
     failed_statement integer,
     error text,
     down_sql text,
-    backfill_position bigint
-)";
+    backfill_position bigint,
+    no_backup_reason text
+);
+ALTER TABLE pgsidecar.schema_migrations
+    ADD COLUMN IF NOT EXISTS backfill_position bigint,
+    ADD COLUMN IF NOT EXISTS no_backup_reason text";
 
 /// One row of the history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -107,6 +111,7 @@ pub struct Record<'a> {
     pub error: Option<&'a str>,
     pub down_sql: Option<&'a str>,
     pub duration_ms: i64,
+    pub no_backup_reason: Option<&'a str>,
 }
 
 /// Inserts or replaces the history row of a migration.
@@ -118,12 +123,12 @@ pub async fn record(client: &Client, r: &Record<'_>) -> Result<(), MigrateError>
         .execute(
             "INSERT INTO pgsidecar.schema_migrations
                  (version, name, checksum, status, completed_statements, failed_statement, error,
-                  down_sql, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                  down_sql, duration_ms, no_backup_reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (version) DO UPDATE SET
                  name = $2, checksum = $3, status = $4, completed_statements = $5,
                  failed_statement = $6, error = $7, down_sql = $8, duration_ms = $9,
-                 applied_at = now(), applied_by = current_user",
+                 no_backup_reason = $10, applied_at = now(), applied_by = current_user",
             &[
                 &r.version,
                 &r.name,
@@ -134,6 +139,7 @@ pub async fn record(client: &Client, r: &Record<'_>) -> Result<(), MigrateError>
                 &r.error,
                 &r.down_sql,
                 &r.duration_ms,
+                &r.no_backup_reason,
             ],
         )
         .await

@@ -6,8 +6,10 @@
 mod dry_run;
 mod history;
 pub mod lint;
+pub mod policy;
 mod runner;
 pub mod source;
+pub mod verify;
 mod window;
 
 use std::path::PathBuf;
@@ -96,6 +98,9 @@ pub enum MigrateError {
     /// Rollback has nothing to run.
     #[error("{0}")]
     Rollback(String),
+    /// The backup policy is not met, or the backup did not verify.
+    #[error("backup policy: {0}")]
+    Backup(String),
 }
 
 impl MigrateError {

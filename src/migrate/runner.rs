@@ -45,6 +45,8 @@ pub struct ApplyOptions {
     pub fleet: bool,
     /// List the locks each transactional migration holds just before it commits.
     pub report_locks: bool,
+    /// Why this run goes ahead without a verified backup; recorded in the history.
+    pub no_backup_reason: Option<String>,
 }
 
 impl Default for ApplyOptions {
@@ -61,6 +63,7 @@ impl Default for ApplyOptions {
             target: None,
             fleet: true,
             report_locks: false,
+            no_backup_reason: None,
         }
     }
 }
@@ -430,6 +433,12 @@ impl Migrator {
         Ok(undone)
     }
 
+    /// The connection, for checks around a run.
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Indexes left INVALID (a failed concurrent build), by name.
     ///
     /// # Errors
@@ -510,6 +519,7 @@ impl Run<'_> {
             error,
             down_sql: m.down_sql.as_deref(),
             duration_ms,
+            no_backup_reason: self.options.no_backup_reason.as_deref(),
         }
     }
 

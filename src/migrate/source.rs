@@ -44,6 +44,8 @@ pub struct Directives {
     pub statement_timeout: Option<Duration>,
     /// The migration is a batched backfill.
     pub backfill: Option<Backfill>,
+    /// Constraints it adds NOT VALID on purpose (validated by a later migration).
+    pub leaves_not_valid: Vec<String>,
 }
 
 fn parse_backfill(args: &str) -> Result<Backfill, String> {
@@ -177,13 +179,18 @@ fn parse_directives(label: &str, sql: &str) -> Result<Directives, MigrateError> 
             "statement-timeout" => {
                 directives.statement_timeout = Some(parse_duration(rest).map_err(bad)?);
             }
+            "leaves-not-valid" => directives.leaves_not_valid.extend(
+                rest.split([',', ' '])
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned),
+            ),
             "backfill" => {
                 directives.backfill = Some(parse_backfill(rest).map_err(bad)?);
                 directives.no_transaction = true;
             }
             other => {
                 return Err(bad(format!(
-                    "unknown directive `{other}` (known: no-transaction, blocking, lock-timeout, statement-timeout, backfill)"
+                    "unknown directive `{other}` (known: no-transaction, blocking, lock-timeout, statement-timeout, backfill, leaves-not-valid)"
                 )));
             }
         }

@@ -431,11 +431,23 @@ async fn the_command_line_creates_lints_and_applies() {
     let refused = cli(&["apply"]);
     assert_eq!(refused.status.code(), Some(1));
     dir.write("0001_add_notes.sql", "CREATE TABLE notes (id int);");
-    let applied = cli(&["apply"]);
+    let unprotected = cli(&["apply"]);
+    assert_eq!(unprotected.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unprotected.stderr)
+            .contains("no backup of this database was verified"),
+        "{}",
+        String::from_utf8_lossy(&unprotected.stderr)
+    );
+    let applied = cli(&["apply", "--no-backup", "--reason", "scratch test database"]);
     assert!(
         applied.status.success(),
         "{}",
         String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgsidecar.schema_migrations WHERE no_backup_reason = 'scratch test database'").await,
+        1
     );
     let status = cli(&["status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("0001_add_notes"));
@@ -555,5 +567,114 @@ async fn a_dry_run_applies_to_a_copy_and_leaves_production_alone() {
         )
         .await,
         0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_catches_an_invalid_index_and_a_slow_smoke_query() {
+    let db = fresh_database().await;
+    let setup = direct(&db).await;
+    setup
+        .batch_execute("CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);")
+        .await
+        .unwrap();
+    assert!(
+        setup
+            .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v)")
+            .await
+            .is_err()
+    );
+    let dir = Dir::new(&[]);
+    std::fs::create_dir_all(dir.0.join("smoke")).unwrap();
+    dir.write("smoke/fast.sql", "-- budget: 5s\nSELECT count(*) FROM dup;");
+    dir.write(
+        "smoke/slow.sql",
+        "-- budget: 1ms\nSELECT count(*) FROM generate_series(1, 2000000);",
+    );
+    let outcome = pgsidecar::migrate::verify::verify(&setup, &dir.0, &[], None)
+        .await
+        .unwrap();
+    assert_eq!(outcome.problems.len(), 2, "{:#?}", outcome.problems);
+    assert!(
+        outcome
+            .problems
+            .iter()
+            .any(|p| p.contains("dup_v is INVALID") && p.contains("roll forward"))
+    );
+    assert!(
+        outcome
+            .problems
+            .iter()
+            .any(|p| p.contains("slow.sql") && p.contains("over its 1 ms budget"))
+    );
+    let fast = outcome.smoke.iter().find(|s| s.name == "fast.sql").unwrap();
+    assert!(fast.took_ms < fast.budget_ms);
+    assert!(fast.plan.contains("Execution Time"), "{}", fast.plan);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_refuses_without_a_verified_backup_and_runs_the_whole_policy_with_one() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[("0001_notes.sql", "CREATE TABLE notes (id int);")]);
+    let dump = dir.0.join("backup.dump");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+            .args(["migrate", "deploy"])
+            .args(args)
+            .args([
+                "--dir",
+                dir.0.to_str().unwrap(),
+                "--database-url",
+                &cluster().url(&db),
+            ])
+            .output()
+            .unwrap()
+    };
+    let refused = cli(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("no backup of this database was verified")
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'").await,
+        0
+    );
+    let deployed = cli(&[
+        "--backup",
+        "--backup-output",
+        dump.to_str().unwrap(),
+        "--scratch-url",
+        &cluster().url("postgres"),
+        "--staging-url",
+        &cluster().url("postgres"),
+    ]);
+    let stdout = String::from_utf8_lossy(&deployed.stdout);
+    assert!(
+        deployed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    for section in [
+        "== plan",
+        "== backup",
+        "== dry run",
+        "== apply",
+        "== verify",
+        "verification passed",
+    ] {
+        assert!(stdout.contains(section), "{section} missing:\n{stdout}");
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pgsidecar.backups WHERE verified_at IS NOT NULL"
+        )
+        .await,
+        1
     );
 }
