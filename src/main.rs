@@ -112,6 +112,9 @@ struct ProxyArgs {
     /// How often this sidecar heartbeats in the fleet registry (e.g. 2s).
     #[arg(long, env = "PGSIDECAR_FLEET_HEARTBEAT")]
     fleet_heartbeat: Option<String>,
+    /// How often the sidecar runs the database health checks over the fleet URL (0 = never).
+    #[arg(long, env = "PGSIDECAR_HEALTH_INTERVAL")]
+    health_interval: Option<String>,
     /// Comma-separated users allowed into the admin console (database pgsidecar).
     #[arg(long, env = "PGSIDECAR_ADMIN_USERS")]
     admin_users: Option<String>,
@@ -178,6 +181,7 @@ impl ProxyArgs {
             fleet_url: self.fleet_url,
             fleet_id: self.fleet_id,
             fleet_heartbeat: self.fleet_heartbeat,
+            health_interval: self.health_interval,
             admin_users: self.admin_users,
             otlp_endpoint: if otel_traces_disabled() {
                 Some(String::new())

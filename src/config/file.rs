@@ -79,6 +79,7 @@ pub(super) struct FileConfig {
     fleet_url: Option<Scalar>,
     fleet_id: Option<Scalar>,
     fleet_heartbeat: Option<Scalar>,
+    health_interval: Option<Scalar>,
     admin_users: Option<Vec<String>>,
     #[serde(default)]
     telemetry: TelemetryFile,
@@ -113,6 +114,7 @@ pub struct Overrides {
     pub fleet_url: Option<String>,
     pub fleet_id: Option<String>,
     pub fleet_heartbeat: Option<String>,
+    pub health_interval: Option<String>,
     /// Comma-separated admin console users.
     pub admin_users: Option<String>,
     pub otlp_endpoint: Option<String>,
@@ -169,6 +171,7 @@ impl Overrides {
         set(&mut file.fleet_url, self.fleet_url.as_ref());
         set(&mut file.fleet_id, self.fleet_id.as_ref());
         set(&mut file.fleet_heartbeat, self.fleet_heartbeat.as_ref());
+        set(&mut file.health_interval, self.health_interval.as_ref());
         if let Some(users) = &self.admin_users {
             file.admin_users = Some(
                 users
@@ -442,6 +445,12 @@ impl FileConfig {
                 .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
             host,
             heartbeat,
+            health_interval: field(
+                "health_interval",
+                self.health_interval.as_ref(),
+                Duration::from_secs(30),
+                parse_duration,
+            )?,
         }))
     }
 }

@@ -295,6 +295,8 @@ pub struct FleetConfig {
     pub host: String,
     /// How often it heartbeats.
     pub heartbeat: Duration,
+    /// How often it runs the database health checks over the control URL (zero: never).
+    pub health_interval: Duration,
 }
 
 /// A user clients may log in as, and the secret the proxy uses toward the server for them.

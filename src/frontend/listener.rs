@@ -19,6 +19,7 @@ use crate::admin::console;
 use crate::backend::{PoolKey, ServerPool};
 use crate::config::Config;
 use crate::gate::fleet::{FleetSettings, FleetSide, run_member};
+use crate::health;
 use crate::telemetry::TracingError;
 use crate::wire::sqlstate;
 
@@ -119,6 +120,23 @@ impl Proxy {
                     heartbeat: fleet.heartbeat,
                 },
             );
+            if !fleet.health_interval.is_zero() {
+                let metrics = Arc::clone(&self.ctx.telemetry.metrics);
+                let checks = health::monitor::spawn(
+                    fleet.url.clone(),
+                    fleet.health_interval,
+                    move |checks| {
+                        for check in checks {
+                            metrics.health(check.name, check.status.as_metric(), check.value);
+                        }
+                    },
+                );
+                let gate = Arc::clone(&self.ctx.gate);
+                tokio::spawn(async move {
+                    gate.drain_started().await;
+                    checks.abort();
+                });
+            }
         }
         loop {
             tokio::select! {

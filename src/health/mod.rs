@@ -5,6 +5,7 @@
 //! a Nagios-style overall status.
 
 mod checks;
+pub mod monitor;
 
 use std::time::Duration;
 

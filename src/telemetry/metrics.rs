@@ -50,6 +50,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    check: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn query_histogram() -> Histogram {
@@ -80,6 +85,8 @@ pub struct Metrics {
     pinned: Family<PoolLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabels, Counter>,
+    health_status: Family<CheckLabels, Gauge>,
+    health_value: Family<CheckLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -110,10 +117,13 @@ impl Metrics {
             pinned: Family::default(),
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
+            health_status: Family::default(),
+            health_value: Family::default(),
             registry: Registry::default(),
         };
         metrics.register_connections(&mut registry);
         metrics.register_traffic(&mut registry);
+        metrics.register_health(&mut registry);
         Self {
             registry,
             ..metrics
@@ -146,6 +156,26 @@ impl Metrics {
             "Time from forwarding a query (or extended batch) to the server until its ReadyForQuery",
             self.query_duration.clone(),
         );
+    }
+
+    fn register_health(&self, registry: &mut Registry) {
+        registry.register(
+            "database_health_status",
+            "Result of each database health check the sidecar runs (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
+            self.health_status.clone(),
+        );
+        registry.register(
+            "database_health_value",
+            "The value each database health check measured (see pgsidecar health for units)",
+            self.health_value.clone(),
+        );
+    }
+
+    /// Records one health check's outcome.
+    pub fn health(&self, check: &'static str, status: i64, value: f64) {
+        let labels = CheckLabels { check };
+        self.health_status.get_or_create(&labels).set(status);
+        self.health_value.get_or_create(&labels).set(value);
     }
 
     fn register_traffic(&self, registry: &mut Registry) {

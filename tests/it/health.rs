@@ -113,3 +113,45 @@ async fn a_saturated_sidecar_pool_is_critical() {
     holder.batch_execute("COMMIT").await.unwrap();
     queued.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_exports_the_checks_as_metrics() {
+    let db = fresh_database().await;
+    let setup = direct(&db).await;
+    setup
+        .batch_execute("CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);")
+        .await
+        .unwrap();
+    assert!(
+        setup
+            .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v)")
+            .await
+            .is_err()
+    );
+    let mut o = overrides("transaction", 1);
+    o.fleet_url = Some(crate::support::cluster().url(&db));
+    o.fleet_heartbeat = Some("200ms".into());
+    o.health_interval = Some("200ms".into());
+    let proxy = start_proxy_with(&o, None).await;
+    let admin = proxy.admin().await;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = crate::support::http_get(admin.addr, "/metrics").await.body;
+        if text.contains("pgsidecar_database_health_status{check=\"invalid_indexes\"} 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("pgsidecar_database_health_status{check=\"invalid_indexes\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pgsidecar_database_health_status{check=\"connections\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pgsidecar_database_health_value{check=\"connections\"}"),
+        "{text}"
+    );
+}
