@@ -273,12 +273,29 @@ fn shorten(sql: &str) -> String {
     }
 }
 
-/// Lints every statement of `migration`.
+/// The table a statement acts on, when it names one (`schema.table` or `table`).
+fn target_table(stmt: &NodeEnum) -> Option<String> {
+    let relation = match stmt {
+        NodeEnum::IndexStmt(s) => s.relation.as_ref(),
+        NodeEnum::AlterTableStmt(s) => s.relation.as_ref(),
+        NodeEnum::CreateStmt(s) => s.relation.as_ref(),
+        _ => None,
+    }?;
+    Some(if relation.schemaname.is_empty() {
+        relation.relname.clone()
+    } else {
+        format!("{}.{}", relation.schemaname, relation.relname)
+    })
+}
+
+/// Lints every statement of `migration`. Statements on a table the same migration created
+/// (and, in a transaction, nobody else can see yet) block nobody and are not flagged.
 #[must_use]
 pub fn lint(migration: &Migration) -> Vec<Finding> {
     let in_transaction = !migration.directives.no_transaction;
     let mut findings = Vec::new();
     let mut validated = false;
+    let mut created: Vec<String> = Vec::new();
     for (index, sql) in migration.statements.iter().enumerate() {
         let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::default()) else {
             continue;
@@ -287,7 +304,17 @@ pub fn lint(migration: &Migration) -> Vec<Finding> {
             let Some(stmt) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
                 continue;
             };
-            for r in check(stmt, in_transaction, validated) {
+            let target = target_table(stmt);
+            if let NodeEnum::CreateStmt(_) = stmt {
+                created.extend(target.clone());
+            }
+            let fresh = in_transaction && target.as_ref().is_some_and(|t| created.contains(t));
+            let rules = if fresh && !matches!(stmt, NodeEnum::CreateStmt(_)) {
+                Vec::new()
+            } else {
+                check(stmt, in_transaction, validated)
+            };
+            for r in rules {
                 findings.push(Finding {
                     migration: migration.label(),
                     statement: index,
@@ -335,6 +362,15 @@ mod tests {
             .into_iter()
             .map(|f| f.problem)
             .collect()
+    }
+
+    #[test]
+    fn indexes_on_a_table_created_in_the_same_transaction_block_nobody() {
+        let sql = "CREATE TABLE fresh (id int, a text);
+            CREATE INDEX fresh_a ON fresh (a);
+            ALTER TABLE fresh ADD CONSTRAINT fresh_a_key UNIQUE (a);
+            CREATE INDEX old_a ON old (a);";
+        assert_eq!(problems(sql, false), ["CREATE INDEX without CONCURRENTLY"]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod migrate;
 mod pooling;
 mod prepared;
 mod protocol;
+mod retrieval;
 mod session_state;
 mod telemetry;
 mod tools;

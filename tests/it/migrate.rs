@@ -423,7 +423,7 @@ async fn the_command_line_creates_lints_and_applies() {
     assert!(dir.0.join("0001_add_notes.down.sql").exists());
     dir.write(
         "0001_add_notes.sql",
-        "CREATE TABLE notes (id int);\nCREATE INDEX notes_id ON notes (id);",
+        "CREATE INDEX pg_class_relname ON pg_class_copy (relname);",
     );
     let lint = cli(&["lint"]);
     assert_eq!(lint.status.code(), Some(1));

@@ -1,0 +1,171 @@
+//! The document-retrieval schema shipped in `migrations/`: it applies, rolls back and applies
+//! again with pgvector; the planner uses the HNSW index for the canonical similarity query at a
+//! high ef_search and the metadata GIN index for containment; HNSW recall on a small set.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pgsidecar::migrate::{ApplyOptions, Migrator, lint, source};
+use tokio_postgres::Client;
+
+use crate::support::{cluster, direct, fresh_database};
+
+fn migrations() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+}
+
+/// 30,000 documents, 0.1 % of them in German; the first 2,000 have one chunk each, with
+/// embeddings around 30 cluster centres; one small tenant.
+async fn load(client: &Client) {
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE centres AS
+                 SELECT c, array_agg(random() - 0.5) AS v FROM generate_series(1, 30) c,
+                        generate_series(1, 3072) GROUP BY c;
+             INSERT INTO documents (tenant, collection, source_uri, title, metadata, content_hash)
+                  SELECT CASE WHEN g <= 30 THEN 'small' ELSE 'big' END, 'docs', 'https://example.com/' || g,
+                         'doc ' || g,
+                         jsonb_build_object('lang', CASE WHEN g % 1000 = 0 THEN 'de' ELSE 'en' END, 'n', g),
+                         md5(g::text)
+                    FROM generate_series(1, 30000) g;
+             INSERT INTO chunks (document_id, tenant, collection, ordinal, content, token_count, embedding, embedding_model)
+                  SELECT d.id, d.tenant, d.collection, 0, 'database index chunk ' || d.id, 5,
+                         (SELECT array_agg(ce.v[i] + (random() - 0.5) * 0.2 ORDER BY i)
+                            FROM generate_series(1, 3072) i)::vector,
+                         'text-embedding-3-large'
+                    FROM documents d JOIN centres ce ON ce.c = 1 + d.id % 30
+                   WHERE d.id <= 2000;
+             ANALYZE documents; ANALYZE chunks;",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
+    let loaded = source::load(migrations()).unwrap();
+    assert_eq!(loaded.len(), 3);
+    let findings: Vec<_> = loaded.iter().flat_map(lint::lint).collect();
+    assert!(findings.is_empty(), "{findings:#?}");
+    let db = fresh_database().await;
+    let migrator = Migrator::open(&cluster().url(&db), migrations())
+        .await
+        .unwrap();
+    assert_eq!(
+        migrator
+            .apply(&ApplyOptions::default())
+            .await
+            .unwrap()
+            .applied
+            .len(),
+        3
+    );
+    let undone = migrator
+        .rollback(Some(0), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(undone.len(), 3);
+    let client = direct(&db).await;
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('documents', 'chunks')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    assert_eq!(
+        migrator
+            .apply(&ApplyOptions::default())
+            .await
+            .unwrap()
+            .applied
+            .len(),
+        3
+    );
+}
+
+async fn explain(client: &Client, sql: &str) -> String {
+    client
+        .query(&format!("EXPLAIN {sql}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const ANN: &str = "WITH candidates AS (
+        SELECT id, embedding FROM chunks
+         WHERE tenant = 'big' AND collection = 'docs'
+         ORDER BY embedding::halfvec(3072) <=> (SELECT embedding FROM chunks WHERE id = $ID)::halfvec(3072)
+         LIMIT 40)
+    SELECT id FROM candidates
+     ORDER BY embedding <=> (SELECT embedding FROM chunks WHERE id = $ID) LIMIT 10";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_uses_the_indexes_and_hnsw_recall_holds() {
+    let db = fresh_database().await;
+    let migrator = Migrator::open(&cluster().url(&db), migrations())
+        .await
+        .unwrap();
+    migrator.apply(&ApplyOptions::default()).await.unwrap();
+    let client = direct(&db).await;
+    load(&client).await;
+
+    // The canonical queries' settings (docs/retrieval-queries.md), at an ef_search far above the
+    // ~90 where the planner would otherwise abandon the HNSW index.
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off;
+             SET LOCAL hnsw.ef_search = 400; SET LOCAL hnsw.iterative_scan = relaxed_order;",
+        )
+        .await
+        .unwrap();
+    let gin = explain(
+        &client,
+        "SELECT id FROM documents WHERE metadata @> '{\"lang\": \"de\"}'",
+    )
+    .await;
+    assert!(
+        gin.contains("Bitmap Index Scan on documents_metadata"),
+        "{gin}"
+    );
+    let plan = explain(&client, &ANN.replace("$ID", "1")).await;
+    assert!(plan.contains("chunks_embedding_hnsw"), "{plan}");
+
+    let mut found = 0;
+    let queries = 20;
+    for q in 1..=queries {
+        let id = 30 + q * 97;
+        let ann: Vec<i64> = client
+            .query(&ANN.replace("$ID", &id.to_string()), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let exact: Vec<i64> = client
+            .query(
+                &format!(
+                    "SELECT id FROM chunks WHERE tenant = 'big' AND collection = 'docs'
+                      ORDER BY embedding <=> (SELECT embedding FROM chunks WHERE id = {id})
+                      LIMIT 10"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        found += ann.iter().filter(|id| exact.contains(id)).count();
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+    #[allow(clippy::cast_precision_loss)]
+    let recall = found as f64 / f64::from(queries * 10);
+    eprintln!("HNSW recall@10 over {queries} queries on 2,000 chunks: {recall:.3}");
+    assert!(recall >= 0.9, "recall@10 {recall}");
+}
