@@ -21,7 +21,7 @@ trap bench_cleanup EXIT
 start_postgres() { # port max_connections
   as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
   as_pg "$BIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-    -o "-p $1 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c max_connections=$2 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
+    -o "-p $1 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c max_connections=$2 -c shared_buffers=${PG_SHARED_BUFFERS:-256MB} -c fsync=off -c synchronous_commit=off ${PG_EXTRA:-}" \
     start >/dev/null
   "$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$1" -U postgres postgres >/dev/null 2>&1
 }

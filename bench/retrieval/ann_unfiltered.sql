@@ -1,0 +1,15 @@
+-- The ANN path without a filter.
+\set qid random(1, :n)
+BEGIN;
+SET LOCAL enable_seqscan = off;
+SET LOCAL enable_sort = off;
+SET LOCAL hnsw.ef_search = 200;
+SET LOCAL jit = off;
+WITH q AS (SELECT embedding FROM chunks WHERE id = :qid),
+candidates AS (
+    SELECT c.id, c.document_id, c.embedding FROM chunks c
+     ORDER BY c.embedding::halfvec(3072) <=> (SELECT embedding::halfvec(3072) FROM q)
+     LIMIT 80)
+SELECT id, document_id, embedding <=> (SELECT embedding FROM q) AS distance
+  FROM candidates ORDER BY distance LIMIT 10;
+COMMIT;
