@@ -44,7 +44,7 @@ print(f"{len(lat)} queries: p50 {pick(0.5):.1f} ms, p95 {pick(0.95):.1f} ms, p99
 }
 
 for clients in 1 8; do
-  for script in ann ann_unfiltered exact_small exact_big chunks_of_a_document; do
+  for script in ann ann_metadata ann_unfiltered hybrid exact_small exact_big chunks_of_a_document; do
     jobs=$(( clients < 2 ? clients : 2 ))
     rm -f "$work"/log-*
     "$BIN/pgbench" -n -f "bench/retrieval/$script.sql" -D n="$N" -c "$clients" -j "$jobs" -T "$SECONDS_PER_RUN" \
