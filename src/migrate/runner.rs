@@ -523,6 +523,13 @@ impl Run<'_> {
         }
     }
 
+    /// Puts the session's timeouts back after statements that ran outside a transaction.
+    async fn reset_timeouts(&self) -> Result<(), tokio_postgres::Error> {
+        self.client()
+            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+            .await
+    }
+
     fn timeouts(&self, local: bool) -> String {
         let d = &self.migration.directives;
         let scope = if local { "LOCAL " } else { "" };
@@ -699,10 +706,7 @@ impl Run<'_> {
                         if is_lock_timeout(&e) && self.backoff().await {
                             continue;
                         }
-                        let _ = self
-                            .client()
-                            .batch_execute("RESET lock_timeout; RESET statement_timeout")
-                            .await;
+                        let _ = self.reset_timeouts().await;
                         return Err(self
                             .record_failure(index, index, &e, started.elapsed())
                             .await);
@@ -735,10 +739,7 @@ impl Run<'_> {
             )
             .await?;
         }
-        self.client()
-            .batch_execute("RESET lock_timeout; RESET statement_timeout")
-            .await
-            .map_err(db)?;
+        self.reset_timeouts().await.map_err(db)?;
         Ok(())
     }
 
@@ -784,10 +785,7 @@ impl Run<'_> {
                     }
                     Err(e) if is_lock_timeout(&e) && self.backoff().await => {}
                     Err(e) => {
-                        let _ = self
-                            .client()
-                            .batch_execute("RESET lock_timeout; RESET statement_timeout")
-                            .await;
+                        let _ = self.reset_timeouts().await;
                         return Err(self.record_failure(0, 0, &e, started.elapsed()).await);
                     }
                 }
@@ -797,10 +795,7 @@ impl Run<'_> {
                 .await?;
             tokio::time::sleep(spec.pause).await;
         }
-        self.client()
-            .batch_execute("RESET lock_timeout; RESET statement_timeout")
-            .await
-            .map_err(db)?;
+        self.reset_timeouts().await.map_err(db)?;
         history::record(
             self.client(),
             &self.entry(

@@ -5,24 +5,19 @@ use std::time::Duration;
 
 use pgsidecar::health::{self, Status, Thresholds};
 
-use crate::support::{connect, direct, fresh_database, overrides, start_proxy_with};
+use crate::support::{
+    connect, direct, fresh_database, leave_invalid_index, overrides, start_proxy_with,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_waits_long_transactions_and_invalid_indexes_are_reported() {
     let db = fresh_database().await;
     let setup = direct(&db).await;
     setup
-        .batch_execute(
-            "CREATE TABLE queue (id int); CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);",
-        )
+        .batch_execute("CREATE TABLE queue (id int)")
         .await
         .unwrap();
-    assert!(
-        setup
-            .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v)")
-            .await
-            .is_err()
-    );
+    leave_invalid_index(&setup).await;
     let url = crate::support::cluster().url(&db);
     let blocker = connect(&format!("{url}?application_name=blocker-app"))
         .await
@@ -118,16 +113,7 @@ async fn a_saturated_sidecar_pool_is_critical() {
 async fn the_sidecar_exports_the_checks_as_metrics() {
     let db = fresh_database().await;
     let setup = direct(&db).await;
-    setup
-        .batch_execute("CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);")
-        .await
-        .unwrap();
-    assert!(
-        setup
-            .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v)")
-            .await
-            .is_err()
-    );
+    leave_invalid_index(&setup).await;
     let mut o = overrides("transaction", 1);
     o.fleet_url = Some(crate::support::cluster().url(&db));
     o.fleet_heartbeat = Some("200ms".into());

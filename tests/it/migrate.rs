@@ -12,7 +12,7 @@ use pgsidecar::migrate::{
 };
 
 use crate::gate::{ledger, stop_writers, writers};
-use crate::support::{ProxyProcess, cluster, direct, fresh_database};
+use crate::support::{ProxyProcess, cluster, direct, fresh_database, leave_invalid_index};
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
@@ -574,16 +574,7 @@ async fn a_dry_run_applies_to_a_copy_and_leaves_production_alone() {
 async fn verification_catches_an_invalid_index_and_a_slow_smoke_query() {
     let db = fresh_database().await;
     let setup = direct(&db).await;
-    setup
-        .batch_execute("CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);")
-        .await
-        .unwrap();
-    assert!(
-        setup
-            .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v)")
-            .await
-            .is_err()
-    );
+    leave_invalid_index(&setup).await;
     let dir = Dir::new(&[]);
     std::fs::create_dir_all(dir.0.join("smoke")).unwrap();
     dir.write("smoke/fast.sql", "-- budget: 5s\nSELECT count(*) FROM dup;");

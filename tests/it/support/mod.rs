@@ -241,6 +241,21 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> HttpResponse {
     }
 }
 
+/// Leaves an INVALID index `dup_v` behind in the connected database, the way a failed
+/// `CREATE UNIQUE INDEX CONCURRENTLY` does in production.
+pub async fn leave_invalid_index(client: &Client) {
+    client
+        .batch_execute("CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);")
+        .await
+        .unwrap();
+    assert!(
+        client
+            .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v)")
+            .await
+            .is_err()
+    );
+}
+
 /// Starts a trust-auth proxy in the given mode and pool size.
 pub async fn start_proxy(pool_mode: &str, pool_size: usize) -> TestProxy {
     start_proxy_with(&overrides(pool_mode, pool_size), None).await
