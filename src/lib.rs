@@ -19,4 +19,5 @@ pub mod health;
 pub mod migrate;
 pub mod pgbin;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;

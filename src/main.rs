@@ -64,9 +64,33 @@ struct ProxyArgs {
     /// Upstream PostgreSQL URL; DATABASE_URL when not given.
     #[arg(long, env = "PGSIDECAR_UPSTREAM")]
     upstream: Option<String>,
-    /// Client authentication: trust or scram-sha-256.
+    /// Client authentication: scram-sha-256, md5, password (TLS only) or trust.
     #[arg(long, env = "PGSIDECAR_AUTH")]
     auth: Option<String>,
+    /// Query that returns (name, stored secret) for user $1, for users not in the file.
+    #[arg(long, env = "PGSIDECAR_AUTH_QUERY")]
+    auth_query: Option<String>,
+    /// Server-side user the auth query runs as.
+    #[arg(long, env = "PGSIDECAR_AUTH_USER")]
+    auth_user: Option<String>,
+    /// How long a failed login waits before its error (e.g. 500ms).
+    #[arg(long, env = "PGSIDECAR_AUTH_FAILURE_DELAY")]
+    auth_failure_delay: Option<String>,
+    /// PEM certificate chain clients see (reloaded on SIGHUP).
+    #[arg(long, env = "PGSIDECAR_TLS_CERT")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PGSIDECAR_TLS_KEY")]
+    tls_key: Option<String>,
+    /// Client TLS: disable, allow or require (default: allow with a certificate).
+    #[arg(long, env = "PGSIDECAR_CLIENT_TLS")]
+    client_tls: Option<String>,
+    /// TLS toward the upstream: disable, prefer, require, verify-ca or verify-full.
+    #[arg(long, env = "PGSIDECAR_SERVER_TLS_MODE")]
+    server_tls_mode: Option<String>,
+    /// PEM CA certificates for verify-ca / verify-full.
+    #[arg(long, env = "PGSIDECAR_SERVER_CA")]
+    server_ca: Option<String>,
     /// transaction or session.
     #[arg(long, env = "PGSIDECAR_POOL_MODE")]
     pool_mode: Option<String>,
@@ -166,6 +190,14 @@ impl ProxyArgs {
             admin_listen: self.admin_listen,
             upstream: self.upstream,
             auth: self.auth,
+            auth_query: self.auth_query,
+            auth_user: self.auth_user,
+            auth_failure_delay: self.auth_failure_delay,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            client_tls: self.client_tls,
+            server_tls_mode: self.server_tls_mode,
+            server_ca: self.server_ca,
             pool_mode: self.pool_mode,
             pool_size: self.pool_size,
             min_idle: self.min_idle,

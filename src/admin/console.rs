@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::frontend::ProxyContext;
 use crate::gate::{DEFAULT_MAX_HOLD, DEFAULT_PAUSE_DEADLINE, PauseError, PauseOptions, Scope};
+use crate::tls::PgStream;
 use crate::wire::extended::{put_command_complete, put_empty};
 use crate::wire::messages::{
     Severity, error, put_backend_key, put_data_row, put_parameter_status, put_ready_for_query,
@@ -404,7 +403,7 @@ pub enum ConsoleError {
 /// [`ConsoleError`] when the client's socket fails or it breaks the protocol (it is told).
 pub async fn serve(
     ctx: &Arc<ProxyContext>,
-    mut stream: TcpStream,
+    mut stream: PgStream,
     user: &str,
 ) -> Result<(), ConsoleError> {
     let mut out = BytesMut::new();
@@ -424,7 +423,7 @@ pub async fn serve(
     }
     put_backend_key(&mut out, 0, 0);
     put_ready_for_query(&mut out, b'I');
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let mut buf = BytesMut::new();
     // After an extended-protocol message the console refuses, the rest of that batch is
     // skipped until its Sync, as a server would.
@@ -435,7 +434,7 @@ pub async fn serve(
             () = ctx.gate.drain_started() => {
                 let message = "terminating connection due to administrator command: pgsidecar is draining";
                 let _ = stream
-                    .write_all(&error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, message))
+                    .send(&error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, message))
                     .await;
                 return Ok(());
             }
@@ -445,7 +444,7 @@ pub async fn serve(
             Err(WireError::Closed) => return Ok(()),
             Err(e) => {
                 let _ = stream
-                    .write_all(&error(
+                    .send(&error(
                         Severity::Fatal,
                         sqlstate::PROTOCOL_VIOLATION,
                         &e.to_string(),
@@ -486,7 +485,7 @@ pub async fn serve(
             other => {
                 let message = format!("invalid frontend message type {other}");
                 let _ = stream
-                    .write_all(&error(
+                    .send(&error(
                         Severity::Fatal,
                         sqlstate::PROTOCOL_VIOLATION,
                         &message,
@@ -496,7 +495,7 @@ pub async fn serve(
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
         }
     }
 }

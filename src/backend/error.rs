@@ -17,6 +17,9 @@ pub enum BackendError {
     /// The server answered with an ErrorResponse.
     #[error("server error {0}")]
     Server(ErrorFields),
+    /// TLS toward the server could not be set up as configured.
+    #[error("server TLS: {0}")]
+    Tls(String),
     /// The server asked for an authentication the proxy cannot give.
     #[error("server authentication: {0}")]
     Auth(String),

@@ -3,16 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use bytes::{BufMut, BytesMut};
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
 use super::BackendError;
+use crate::auth::{KeyedScramClient, SCRAM_SHA_256_PLUS, ScramKeys};
+use crate::tls::{PgStream, UpstreamTls};
 use crate::wire::messages::{ErrorFields, take_cstr};
 use crate::wire::read_frame;
 use crate::wire::startup::encode_startup;
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 
 /// Largest message the proxy accepts from a server during login.
 const LOGIN_FRAME_LIMIT: usize = 1 << 20;
@@ -22,12 +21,18 @@ const LOGIN_FRAME_LIMIT: usize = 1 << 20;
 pub struct LoginTarget {
     /// `host:port` of the server.
     pub address: String,
+    /// The host alone: the name a verify-full certificate must carry.
+    pub host: String,
+    /// TLS toward the server.
+    pub tls: UpstreamTls,
     /// Server-side user.
     pub user: String,
     /// Server-side database.
     pub database: String,
     /// Password, if the server asks for one.
     pub password: Option<String>,
+    /// Keys a client proved with SCRAM, used when no password is configured (pass-through).
+    pub scram_keys: Option<ScramKeys>,
 }
 
 impl std::fmt::Debug for LoginTarget {
@@ -43,27 +48,61 @@ fn password_message(out: &mut BytesMut, payload: &[u8]) {
 }
 
 impl LoginTarget {
-    fn password(&self) -> Result<&str, BackendError> {
-        self.password.as_deref().ok_or_else(|| {
-            BackendError::Auth(format!(
-                "the server asks for a password for user \"{}\" and none is configured",
-                self.user
+    /// The SCRAM client for this login: the password when configured, else a client's keys.
+    fn scram_client(
+        &self,
+        binding: Option<Vec<u8>>,
+        plus: bool,
+    ) -> Result<ScramClient, BackendError> {
+        if let Some(password) = &self.password {
+            let (binding, mechanism) = match binding {
+                Some(data) if plus => (
+                    ChannelBinding::tls_server_end_point(data),
+                    SCRAM_SHA_256_PLUS,
+                ),
+                Some(_) => (ChannelBinding::unrequested(), SCRAM_SHA_256),
+                None => (ChannelBinding::unsupported(), SCRAM_SHA_256),
+            };
+            Ok(ScramClient::Password(
+                ScramSha256::new(password.as_bytes(), binding),
+                mechanism,
             ))
-        })
+        } else if let Some(keys) = &self.scram_keys {
+            Ok(ScramClient::Keys(KeyedScramClient::new(
+                keys.clone(),
+                binding,
+                plus,
+            )))
+        } else {
+            Err(self.no_password())
+        }
+    }
+
+    fn no_password(&self) -> BackendError {
+        BackendError::Auth(format!(
+            "the server asks for a password for user \"{}\" and none is configured \
+             (and no client of this pool has logged in with SCRAM yet)",
+            self.user
+        ))
+    }
+
+    fn password(&self) -> Result<&str, BackendError> {
+        self.password.as_deref().ok_or_else(|| self.no_password())
     }
 
     /// Sends the startup packet and answers authentication requests until AuthenticationOk.
     /// The stream is then ready for the server's ParameterStatus / BackendKeyData / ReadyForQuery.
     pub(super) async fn authenticate(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut PgStream,
         buf: &mut BytesMut,
+        channel_binding: Option<Vec<u8>>,
     ) -> Result<(), BackendError> {
         let mut params = BTreeMap::new();
         params.insert("user".to_owned(), self.user.clone());
         params.insert("database".to_owned(), self.database.clone());
-        stream.write_all(&encode_startup(&params)).await?;
-        let mut scram: Option<ScramSha256> = None;
+        stream.send(&encode_startup(&params)).await?;
+        let mut scram: Option<ScramClient> = None;
         loop {
             let frame = read_frame(stream, buf, LOGIN_FRAME_LIMIT).await?;
             match frame.tag {
@@ -114,18 +153,16 @@ impl LoginTarget {
                             "server offers only {offered:?}; pgsidecar speaks SCRAM-SHA-256"
                         )));
                     }
-                    let client = ScramSha256::new(
-                        self.password()?.as_bytes(),
-                        ChannelBinding::unsupported(),
-                    );
+                    let plus = offered.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+                    let client = self.scram_client(channel_binding.clone(), plus)?;
                     let mut payload = Vec::new();
-                    payload.extend_from_slice(SCRAM_SHA_256.as_bytes());
+                    payload.extend_from_slice(client.mechanism().as_bytes());
                     payload.push(0);
-                    let first = client.message();
+                    let first = client.first_message();
                     payload.extend_from_slice(
                         &i32::try_from(first.len()).expect("small").to_be_bytes(),
                     );
-                    payload.extend_from_slice(first);
+                    payload.extend_from_slice(&first);
                     password_message(&mut out, &payload);
                     scram = Some(client);
                 }
@@ -133,18 +170,14 @@ impl LoginTarget {
                     let client = scram.as_mut().ok_or_else(|| {
                         BackendError::Auth("SASL continue before SASL start".into())
                     })?;
-                    client
-                        .update(data)
-                        .map_err(|e| BackendError::Auth(format!("SCRAM: {e}")))?;
-                    password_message(&mut out, client.message());
+                    let reply = client.answer(data)?;
+                    password_message(&mut out, &reply);
                 }
                 12 => {
-                    let mut client = scram
+                    let client = scram
                         .take()
                         .ok_or_else(|| BackendError::Auth("SASL final before SASL start".into()))?;
-                    client
-                        .finish(data)
-                        .map_err(|e| BackendError::Auth(format!("server SCRAM signature: {e}")))?;
+                    client.verify(data)?;
                     continue;
                 }
                 other => {
@@ -153,7 +186,59 @@ impl LoginTarget {
                     )));
                 }
             }
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
+        }
+    }
+}
+
+/// The proxy's side of a SCRAM login to the server: with a configured password, or with keys a
+/// client proved (pass-through).
+enum ScramClient {
+    Password(ScramSha256, &'static str),
+    Keys(KeyedScramClient),
+}
+
+impl ScramClient {
+    fn mechanism(&self) -> &'static str {
+        match self {
+            Self::Password(_, mechanism) => mechanism,
+            Self::Keys(client) => client.mechanism(),
+        }
+    }
+
+    fn first_message(&self) -> Vec<u8> {
+        match self {
+            Self::Password(client, _) => client.message().to_vec(),
+            Self::Keys(client) => client.client_first().into_bytes(),
+        }
+    }
+
+    fn answer(&mut self, server_first: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let scram = |e: &dyn std::fmt::Display| BackendError::Auth(format!("SCRAM: {e}"));
+        match self {
+            Self::Password(client, _) => {
+                client.update(server_first).map_err(|e| scram(&e))?;
+                Ok(client.message().to_vec())
+            }
+            Self::Keys(client) => {
+                let text = std::str::from_utf8(server_first).map_err(|e| scram(&e))?;
+                Ok(client
+                    .client_final(text)
+                    .map_err(|e| scram(&e))?
+                    .into_bytes())
+            }
+        }
+    }
+
+    fn verify(self, server_final: &[u8]) -> Result<(), BackendError> {
+        let signature =
+            |e: &dyn std::fmt::Display| BackendError::Auth(format!("server SCRAM signature: {e}"));
+        match self {
+            Self::Password(mut client, _) => client.finish(server_final).map_err(|e| signature(&e)),
+            Self::Keys(client) => {
+                let text = std::str::from_utf8(server_final).map_err(|e| signature(&e))?;
+                client.verify_server_final(text).map_err(|e| signature(&e))
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use deadpool::Runtime;
 use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
 use super::{BackendError, CancelTarget, KnownStatements, LoginTarget, ServerConn};
+use crate::auth::ScramKeys;
 use crate::config::{Config, PoolMode, PoolSettings};
 use crate::telemetry::{Metrics, PoolMetrics};
 
@@ -183,7 +184,30 @@ impl ServerPool {
             self.pool.resize(settings.size);
         }
         *manager.settings.write().expect("pool settings lock") = settings;
-        *manager.target.write().expect("pool target lock") = target;
+        let mut current = manager.target.write().expect("pool target lock");
+        let keys = current.scram_keys.take();
+        *current = LoginTarget {
+            scram_keys: keys,
+            ..target
+        };
+    }
+
+    /// Remembers the SCRAM keys a client of this pool just proved, so that server connections
+    /// can be opened for a user whose password pgsidecar does not have (pass-through). The
+    /// latest keys win: after a password change, the next client brings the new ones.
+    ///
+    /// # Panics
+    /// If the target lock was poisoned.
+    pub fn offer_scram_keys(&self, keys: ScramKeys) {
+        let mut target = self
+            .pool
+            .manager()
+            .target
+            .write()
+            .expect("pool target lock");
+        if target.password.is_none() && target.scram_keys.as_ref() != Some(&keys) {
+            target.scram_keys = Some(keys);
+        }
     }
 
     /// Server connections open, idle, and clients waiting, right now.
@@ -364,6 +388,9 @@ impl PoolRegistry {
         let upstream = &config.upstream;
         LoginTarget {
             address: format!("{}:{}", upstream.host, upstream.port),
+            host: upstream.host.clone(),
+            tls: config.tls.server.clone(),
+            scram_keys: None,
             user: upstream.user.clone().unwrap_or_else(|| key.user.clone()),
             database: upstream
                 .database

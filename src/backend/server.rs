@@ -7,6 +7,8 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::tls::{PgStream, Probe};
+
 use super::{BackendError, LoginTarget, PreparedSet, ServerParams};
 use crate::wire::messages::{ErrorFields, parse_parameter_status};
 use crate::wire::{WireError, read_frame};
@@ -78,8 +80,8 @@ impl CancelTarget {
 /// using `buf` as its read buffer, and reports what it saw through the methods here.
 #[derive(Debug)]
 pub struct ServerConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, TLS-wrapped when negotiated.
+    pub stream: PgStream,
     /// Bytes read from the server and not yet forwarded.
     pub buf: BytesMut,
     /// Session settings in effect.
@@ -115,11 +117,18 @@ impl ServerConn {
         target: &LoginTarget,
         max_prepared: usize,
     ) -> Result<Self, BackendError> {
-        let mut stream = TcpStream::connect(&target.address).await?;
-        stream.set_nodelay(true)?;
-        let addr = stream.peer_addr()?;
+        let tcp = TcpStream::connect(&target.address).await?;
+        tcp.set_nodelay(true)?;
+        let addr = tcp.peer_addr()?;
+        let (mut stream, channel_binding) = target
+            .tls
+            .connect(tcp, &target.host)
+            .await
+            .map_err(|e| BackendError::Tls(e.to_string()))?;
         let mut buf = BytesMut::with_capacity(4096);
-        target.authenticate(&mut stream, &mut buf).await?;
+        target
+            .authenticate(&mut stream, &mut buf, channel_binding)
+            .await?;
         let mut params = ServerParams::default();
         let mut key = None;
         loop {
@@ -168,12 +177,8 @@ impl ServerConn {
     /// True when the connection is idle and intact: nothing unread is buffered and the socket is
     /// neither closed nor carrying unexpected bytes (such as a termination notice).
     #[must_use]
-    pub fn is_idle_and_open(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0_u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    pub fn is_idle_and_open(&mut self) -> bool {
+        self.buf.is_empty() && self.stream.probe(&mut self.buf) == Probe::Quiet
     }
 
     /// Runs a simple query and returns its first row as text (NULL as `None`), for the proxy's
@@ -186,6 +191,54 @@ impl ServerConn {
     /// If `sql` is longer than 4 GiB.
     pub async fn fetch_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, BackendError> {
         self.send_query(sql).await?;
+        self.read_first_row().await
+    }
+
+    /// Runs `sql` with text parameters (`$1`, ...) through the extended protocol, so that
+    /// values never need quoting, and returns its first row as [`ServerConn::fetch_row`] does.
+    ///
+    /// # Errors
+    /// As [`ServerConn::run_quietly`].
+    ///
+    /// # Panics
+    /// If `sql` or a parameter is longer than 1 GiB.
+    pub async fn fetch_row_with(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Option<String>>, BackendError> {
+        fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+            out.put_u8(tag);
+            out.put_u32(u32::try_from(body.len() + 4).expect("proxy-built message is small"));
+            out.put_slice(body);
+        }
+        let mut body = BytesMut::new();
+        body.put_u8(0);
+        body.put_slice(sql.as_bytes());
+        body.put_u8(0);
+        body.put_u16(0);
+        let mut out = BytesMut::new();
+        message(&mut out, b'P', &body);
+        body.clear();
+        // Unnamed portal, unnamed statement, all parameters as text.
+        body.put_u8(0);
+        body.put_u8(0);
+        body.put_u16(0);
+        body.put_u16(u16::try_from(params.len()).expect("few parameters"));
+        for value in params {
+            body.put_i32(i32::try_from(value.len()).expect("parameter below 1 GiB"));
+            body.put_slice(value.as_bytes());
+        }
+        body.put_u16(0);
+        message(&mut out, b'B', &body);
+        message(&mut out, b'E', &[0, 0, 0, 0, 1]);
+        message(&mut out, b'S', &[]);
+        self.stream.send(&out).await?;
+        self.read_first_row().await
+    }
+
+    /// Reads a statement's results up to ReadyForQuery, keeping the first row.
+    async fn read_first_row(&mut self) -> Result<Vec<Option<String>>, BackendError> {
         let mut row = None;
         let mut failure = None;
         loop {
@@ -213,7 +266,7 @@ impl ServerConn {
         out.put_u32(u32::try_from(sql.len() + 5).expect("proxy-built SQL is small"));
         out.put_slice(sql.as_bytes());
         out.put_u8(0);
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         Ok(())
     }
 

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::security::SecurityFile;
 use super::values::{field, ranged, socket_addr};
 use super::{
     AuthMethod, Config, ConfigError, FleetConfig, OtlpProtocol, PoolMode, PoolSettings,
     SamplerSettings, TelemetrySettings, Upstream, UserSecret, invalid, parse_duration, parse_size,
 };
-use crate::auth::ScramVerifier;
+use crate::auth::{Md5Secret, ScramVerifier, Secret};
 
 /// A TOML scalar, so that `pool_size = 20` and `PGSIDECAR_POOL_SIZE=20` take one validation path.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,7 +52,9 @@ struct PoolFile {
 struct UserFile {
     password: Option<String>,
     scram_verifier: Option<String>,
+    md5_secret: Option<String>,
     server_password: Option<String>,
+    server_password_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +75,14 @@ pub(super) struct FileConfig {
     admin_listen: Option<Scalar>,
     upstream: Option<Scalar>,
     auth: Option<Scalar>,
+    auth_query: Option<Scalar>,
+    auth_user: Option<Scalar>,
+    auth_failure_delay: Option<Scalar>,
+    tls_cert: Option<Scalar>,
+    tls_key: Option<Scalar>,
+    client_tls: Option<Scalar>,
+    server_tls_mode: Option<Scalar>,
+    server_ca: Option<Scalar>,
     client_login_timeout: Option<Scalar>,
     max_client_conn: Option<Scalar>,
     max_message_size: Option<Scalar>,
@@ -99,6 +110,14 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     pub upstream: Option<String>,
     pub auth: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_user: Option<String>,
+    pub auth_failure_delay: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub client_tls: Option<String>,
+    pub server_tls_mode: Option<String>,
+    pub server_ca: Option<String>,
     pub pool_mode: Option<String>,
     pub pool_size: Option<String>,
     pub min_idle: Option<String>,
@@ -138,6 +157,17 @@ impl Overrides {
         set(&mut file.admin_listen, self.admin_listen.as_ref());
         set(&mut file.upstream, self.upstream.as_ref());
         set(&mut file.auth, self.auth.as_ref());
+        set(&mut file.auth_query, self.auth_query.as_ref());
+        set(&mut file.auth_user, self.auth_user.as_ref());
+        set(
+            &mut file.auth_failure_delay,
+            self.auth_failure_delay.as_ref(),
+        );
+        set(&mut file.tls_cert, self.tls_cert.as_ref());
+        set(&mut file.tls_key, self.tls_key.as_ref());
+        set(&mut file.client_tls, self.client_tls.as_ref());
+        set(&mut file.server_tls_mode, self.server_tls_mode.as_ref());
+        set(&mut file.server_ca, self.server_ca.as_ref());
         set(&mut file.pool.pool_mode, self.pool_mode.as_ref());
         set(&mut file.pool.pool_size, self.pool_size.as_ref());
         set(&mut file.pool.min_idle, self.min_idle.as_ref());
@@ -254,12 +284,17 @@ impl FileConfig {
             AuthMethod::ScramSha256,
             str::parse,
         )?;
-        if auth == AuthMethod::ScramSha256 && users.values().all(|u| u.verifier.is_none()) {
-            return Err(invalid(
-                "users",
-                "auth is scram-sha-256 but no user has a password or scram_verifier",
-            ));
+        let security = SecurityFile {
+            tls_cert: self.tls_cert.as_ref(),
+            tls_key: self.tls_key.as_ref(),
+            client_tls: self.client_tls.as_ref(),
+            server_tls_mode: self.server_tls_mode.as_ref(),
+            server_ca: self.server_ca.as_ref(),
+            auth_query: self.auth_query.as_ref(),
+            auth_user: self.auth_user.as_ref(),
+            auth_failure_delay: self.auth_failure_delay.as_ref(),
         }
+        .validate(auth, &users, upstream.password.is_some())?;
         let admin_listen = match &self.admin_listen {
             None => None,
             Some(v) if v.text().is_empty() => None,
@@ -285,6 +320,9 @@ impl FileConfig {
             admin_listen,
             upstream,
             auth,
+            auth_query: security.auth_query,
+            auth_failure_delay: security.auth_failure_delay,
+            tls: security.tls,
             pool,
             databases,
             users,
@@ -488,26 +526,55 @@ impl TelemetryFile {
 
 impl UserFile {
     fn validate(self, prefix: &str) -> Result<UserSecret, ConfigError> {
-        let verifier = match (&self.password, &self.scram_verifier) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    format!("{prefix}scram_verifier"),
-                    "give either password or scram_verifier, not both",
-                ));
-            }
-            (Some(password), None) => Some(ScramVerifier::from_password(password)),
-            (None, Some(text)) => Some(
-                ScramVerifier::parse(text)
-                    .map_err(|m| invalid(format!("{prefix}scram_verifier"), m))?,
-            ),
-            (None, None) => None,
+        let given = [&self.password, &self.scram_verifier, &self.md5_secret]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if given > 1 {
+            return Err(invalid(
+                format!("{prefix}scram_verifier"),
+                "give one of password, scram_verifier or md5_secret",
+            ));
+        }
+        let secret = if let Some(password) = &self.password {
+            Some(Secret::Scram(ScramVerifier::from_password(password)))
+        } else if let Some(text) = &self.scram_verifier {
+            Some(Secret::Scram(ScramVerifier::parse(text).map_err(|m| {
+                invalid(format!("{prefix}scram_verifier"), m)
+            })?))
+        } else if let Some(text) = &self.md5_secret {
+            Some(Secret::Md5(
+                Md5Secret::parse(text).map_err(|m| invalid(format!("{prefix}md5_secret"), m))?,
+            ))
+        } else {
+            None
         };
+        let from_file = match &self.server_password_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                    .map_err(|e| {
+                        invalid(
+                            format!("{prefix}server_password_file"),
+                            format!("{path}: {e}"),
+                        )
+                    })?,
+            ),
+        };
+        if from_file.is_some() && self.server_password.is_some() {
+            return Err(invalid(
+                format!("{prefix}server_password_file"),
+                "give server_password or server_password_file, not both",
+            ));
+        }
         Ok(UserSecret {
-            verifier,
-            server_password: self.server_password.or(self.password),
+            secret,
+            server_password: self.server_password.or(from_file).or(self.password),
         })
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! names the key at fault so that a bad deploy is fixed in one look.
 
 mod file;
+mod security;
 mod show;
 mod values;
 
@@ -18,10 +19,11 @@ use thiserror::Error;
 
 use file::FileConfig;
 pub use file::Overrides;
+pub use security::{AuthQuery, TlsSettings};
 pub use show::Setting;
 pub use values::{parse_duration, parse_size};
 
-use crate::auth::ScramVerifier;
+use crate::auth::Secret;
 
 /// Why a configuration could not be loaded. The binary exits with status 2 on any of these.
 #[derive(Debug, Error)]
@@ -91,12 +93,16 @@ impl fmt::Display for PoolMode {
     }
 }
 
-/// How clients prove who they are to the proxy.
+/// How clients prove who they are to the proxy (the pg_hba.conf method names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     /// Anyone is let in under the name they give: for the local dev profile only.
     Trust,
-    /// SCRAM-SHA-256 against the configured users.
+    /// A cleartext password, accepted only over TLS, checked against the stored secret.
+    Password,
+    /// md5 for users whose stored secret is md5; SCRAM for those with a SCRAM verifier.
+    Md5,
+    /// SCRAM-SHA-256 (and -PLUS over TLS) only.
     ScramSha256,
 }
 
@@ -105,11 +111,24 @@ impl FromStr for AuthMethod {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "trust" => Ok(Self::Trust),
+            "password" => Ok(Self::Password),
+            "md5" => Ok(Self::Md5),
             "scram-sha-256" => Ok(Self::ScramSha256),
             other => Err(format!(
-                "expected `trust` or `scram-sha-256`, got `{other}`"
+                "expected `scram-sha-256`, `md5`, `password` or `trust`, got `{other}`"
             )),
         }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Trust => "trust",
+            Self::Password => "password",
+            Self::Md5 => "md5",
+            Self::ScramSha256 => "scram-sha-256",
+        })
     }
 }
 
@@ -302,8 +321,8 @@ pub struct FleetConfig {
 /// A user clients may log in as, and the secret the proxy uses toward the server for them.
 #[derive(Clone, Default)]
 pub struct UserSecret {
-    /// Verifier clients' SCRAM proofs are checked against.
-    pub verifier: Option<ScramVerifier>,
+    /// The stored secret clients' proofs are checked against (SCRAM verifier or md5 hash).
+    pub secret: Option<Secret>,
     /// Password for the server-side login.
     pub server_password: Option<String>,
 }
@@ -311,7 +330,7 @@ pub struct UserSecret {
 impl fmt::Debug for UserSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserSecret")
-            .field("verifier", &self.verifier.is_some())
+            .field("secret", &self.secret.is_some())
             .field("server_password", &self.server_password.is_some())
             .finish()
     }
@@ -328,6 +347,12 @@ pub struct Config {
     pub upstream: Upstream,
     /// Client authentication.
     pub auth: AuthMethod,
+    /// Users looked up in the upstream when the file does not list them.
+    pub auth_query: Option<AuthQuery>,
+    /// Failed logins are answered after this long.
+    pub auth_failure_delay: Duration,
+    /// TLS toward clients and the upstream.
+    pub tls: TlsSettings,
     /// Defaults for every pool.
     pub pool: PoolSettings,
     /// Per-database overrides of the pool defaults.

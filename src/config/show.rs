@@ -48,13 +48,32 @@ impl Config {
                 "upstream",
                 format!("{}:{}", self.upstream.host, self.upstream.port),
             ),
+            ("auth", self.auth.to_string()),
             (
-                "auth",
-                match self.auth {
-                    super::AuthMethod::Trust => "trust",
-                    super::AuthMethod::ScramSha256 => "scram-sha-256",
-                }
-                .to_owned(),
+                "auth_user",
+                self.auth_query
+                    .as_ref()
+                    .map(|q| q.user.clone())
+                    .unwrap_or_default(),
+            ),
+            ("auth_failure_delay", duration(self.auth_failure_delay)),
+            ("client_tls", self.tls.client_mode.to_string()),
+            (
+                "tls_cert",
+                self.tls
+                    .client_files
+                    .as_ref()
+                    .map(|(cert, _)| cert.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("server_tls_mode", self.tls.server.mode().to_string()),
+            (
+                "server_ca",
+                self.tls
+                    .server_ca
+                    .as_ref()
+                    .map(|ca| ca.display().to_string())
+                    .unwrap_or_default(),
             ),
             ("pool_mode", pool.mode.to_string()),
             ("pool_size", pool.size.to_string()),

@@ -6,22 +6,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::cancel::ClientInfo;
-use super::login::{Admission, LoginError, authenticate, read_admission};
+use super::login::{Admission, LoginError, admission, authenticate};
+use super::negotiate::negotiate;
 use super::params::ClientParams;
 use super::session::Session;
 use super::{ADMIN_DATABASE, ProxyContext};
 use crate::admin::console;
+use crate::auth::ScramKeys;
 use crate::backend::{PoolKey, ServerPool};
 use crate::config::Config;
 use crate::gate::fleet::{FleetSettings, FleetSide, run_member};
 use crate::health;
 use crate::telemetry::TracingError;
+use crate::tls::PgStream;
 use crate::wire::sqlstate;
+use crate::wire::startup::StartupRequest;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -194,28 +197,56 @@ async fn wait_for_sessions(ctx: &ProxyContext, deadline: Instant) -> bool {
     true
 }
 
-async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let counted = ClientCount(Arc::clone(&ctx));
-    let deadline = ctx.config().client_login_timeout;
-    let login = match tokio::time::timeout(deadline, login(&ctx, &mut stream, count)).await {
-        Ok(Ok(Some(login))) => login,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "login refused");
-            let _ = stream.write_all(&e.to_client()).await;
+    let config = ctx.config();
+    let deadline = tokio::time::Instant::now() + config.client_login_timeout;
+    // A client that does not finish negotiating in time is closed without a word, as
+    // PostgreSQL does: it may be half-way through a TLS handshake.
+    let (mut stream, request) = match tokio::time::timeout_at(deadline, negotiate(&config, tcp))
+        .await
+    {
+        Ok(Ok(negotiated)) => negotiated,
+        Ok(Err(refusal)) => {
+            tracing::info!(%peer, error = %refusal.error, "connection refused");
+            if let Some(mut stream) = refusal.stream {
+                let _ = stream.send(&refusal.error.to_client()).await;
+            }
             return;
         }
         Err(_) => {
-            let e = LoginError {
-                code: sqlstate::PROTOCOL_VIOLATION,
-                message: format!("login not completed within client_login_timeout ({deadline:?})"),
-            };
-            let _ = stream.write_all(&e.to_client()).await;
+            tracing::info!(%peer, "client did not send a startup packet within client_login_timeout");
             return;
         }
     };
+    let login =
+        match tokio::time::timeout_at(deadline, login(&ctx, &mut stream, request, count)).await {
+            Ok(Ok(Some(login))) => login,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "login refused");
+                if e.is_auth_failure() {
+                    ctx.telemetry.metrics.login_failed(peer.ip());
+                    tokio::time::sleep(config.auth_failure_delay).await;
+                }
+                let _ = stream.send(&e.to_client()).await;
+                return;
+            }
+            Err(_) => {
+                let e = LoginError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!(
+                        "login not completed within client_login_timeout ({:?})",
+                        config.client_login_timeout
+                    ),
+                );
+                let _ = stream.send(&e.to_client()).await;
+                return;
+            }
+        };
     if login.database == ADMIN_DATABASE {
         let _counted = counted;
         if let Err(e) = console::serve(&ctx, stream, &login.user).await {
@@ -233,13 +264,16 @@ async fn handle_client(ctx: Arc<ProxyContext>, mut stream: TcpStream, peer: Sock
         user: login.user.clone(),
         database: login.database.clone(),
         peer,
-        local: stream.local_addr().ok(),
+        local,
         connected_at: SystemTime::now(),
     };
     let pool = ctx.pools.get(&PoolKey {
         database: login.database,
         user: login.user,
     });
+    if let Some(keys) = login.scram_keys {
+        pool.offer_scram_keys(keys);
+    }
     let in_pool = PoolClient::new(Arc::clone(&pool));
     let cancel = ctx.cancels.issue(info);
     let mut session = Session::new(Arc::clone(&ctx), stream, pool, login.params, cancel);
@@ -266,16 +300,19 @@ struct Login {
     user: String,
     database: String,
     params: ClientParams,
+    /// The keys a SCRAM login proved, for logging in to the server on the client's behalf.
+    scram_keys: Option<ScramKeys>,
 }
 
-/// Reads the startup packet and authenticates; `None` means the connection was a cancel
+/// Checks the startup packet and authenticates; `None` means the connection was a cancel
 /// request and is done.
 async fn login(
     ctx: &Arc<ProxyContext>,
-    stream: &mut TcpStream,
+    stream: &mut PgStream,
+    request: StartupRequest,
     count: usize,
 ) -> Result<Option<Login>, LoginError> {
-    let (user, database, params) = match read_admission(stream).await? {
+    let (user, database, params) = match admission(ctx, stream, request).await? {
         Admission::Cancel { pid, secret } => {
             if let Some(target) = ctx.cancels.resolve(pid, secret)
                 && let Err(e) = target.send().await
@@ -291,26 +328,27 @@ async fn login(
         } => (user, database, params),
     };
     if count > ctx.config().max_client_conn {
-        return Err(LoginError {
-            code: sqlstate::TOO_MANY_CONNECTIONS,
-            message: format!(
+        return Err(LoginError::new(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
                 "sorry, too many clients already (max_client_conn is {})",
                 ctx.config().max_client_conn
             ),
-        });
+        ));
     }
-    authenticate(ctx, stream, &user).await?;
+    let scram_keys = authenticate(ctx, stream, &user, &database).await?;
     if database == ADMIN_DATABASE && !ctx.config().admin_users.contains(&user) {
-        return Err(LoginError {
-            code: sqlstate::INVALID_AUTHORIZATION,
-            message: format!(
+        return Err(LoginError::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
                 "user \"{user}\" may not open the pgsidecar admin console (not in admin_users)"
             ),
-        });
+        ));
     }
     Ok(Some(Login {
         user,
         database,
         params,
+        scram_keys,
     }))
 }

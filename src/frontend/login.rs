@@ -1,21 +1,25 @@
-//! The client's side of connection start: negotiation requests, the startup packet, and
-//! authentication against the configured users.
+//! The client's side of connection start after negotiation: the startup packet's parameters,
+//! and authentication with the configured method against the user's stored secret.
 
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::startup::Authentication;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use rand::RngExt;
 
 use super::ProxyContext;
 use super::params::ClientParams;
-use crate::auth::{ScramServer, ScramVerifier};
+use super::secrets::lookup_secret;
+use crate::auth::{
+    ChannelOffer, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError, ScramKeys, ScramServer,
+    ScramVerifier, Secret,
+};
 use crate::config::AuthMethod;
+use crate::tls::{ClientTlsMode, PgStream};
 use crate::wire::messages::{
     Severity, error, put_authentication, put_negotiate_protocol, take_cstr,
 };
-use crate::wire::startup::{MAX_STARTUP_LEN, StartupRequest, read_startup};
+use crate::wire::startup::{MAX_STARTUP_LEN, StartupRequest};
 use crate::wire::{Frame, WireError, read_frame, sqlstate};
 
 /// What the first packets of a connection asked for.
@@ -49,7 +53,8 @@ pub struct LoginError {
 }
 
 impl LoginError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    /// A login failure with this SQLSTATE and message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -60,6 +65,13 @@ impl LoginError {
     #[must_use]
     pub fn to_client(&self) -> Bytes {
         error(Severity::Fatal, self.code, &self.message)
+    }
+
+    /// Whether the client failed to prove who it is (as opposed to breaking the protocol or
+    /// hitting a limit): these are delayed and counted per source address.
+    #[must_use]
+    pub fn is_auth_failure(&self) -> bool {
+        self.code == sqlstate::INVALID_PASSWORD || self.code == sqlstate::INVALID_AUTHORIZATION
     }
 }
 
@@ -75,34 +87,31 @@ impl From<std::io::Error> for LoginError {
     }
 }
 
-/// Reads the startup packet, answering one SSLRequest or GSSENCRequest with `N` first.
+/// Turns the negotiated first packet into an admission: a cancel, or a startup whose protocol
+/// version and options are answered (NegotiateProtocolVersion for 3.1+ or `_pq_` options: the
+/// proxy speaks 3.0) and whose user, database and settings are checked.
 ///
 /// # Errors
-/// [`LoginError`] for malformed packets or a second negotiation request.
-pub async fn read_admission(stream: &mut TcpStream) -> Result<Admission, LoginError> {
-    let mut request = read_startup(stream).await?;
-    if matches!(request, StartupRequest::Ssl | StartupRequest::GssEnc) {
-        stream.write_all(b"N").await?;
-        request = read_startup(stream).await?;
-    }
-    match request {
-        StartupRequest::Ssl | StartupRequest::GssEnc => Err(LoginError::new(
-            sqlstate::PROTOCOL_VIOLATION,
-            "encryption negotiation requested twice",
-        )),
-        StartupRequest::Cancel { pid, secret } => Ok(Admission::Cancel { pid, secret }),
+/// [`LoginError`] for a replication connection, a missing user, bad settings, or a plaintext
+/// connection when TLS is required.
+pub async fn admission(
+    ctx: &ProxyContext,
+    stream: &mut PgStream,
+    request: StartupRequest,
+) -> Result<Admission, LoginError> {
+    let (minor_version, params) = match request {
+        StartupRequest::Cancel { pid, secret } => return Ok(Admission::Cancel { pid, secret }),
+        StartupRequest::Ssl | StartupRequest::GssEnc => {
+            return Err(LoginError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "unexpected encryption negotiation request",
+            ));
+        }
         StartupRequest::Startup {
             minor_version,
             params,
-        } => startup(stream, minor_version, params).await,
-    }
-}
-
-async fn startup(
-    stream: &mut TcpStream,
-    minor_version: u16,
-    params: BTreeMap<String, String>,
-) -> Result<Admission, LoginError> {
+        } => (minor_version, params),
+    };
     let protocol_options: Vec<String> = params
         .keys()
         .filter(|k| k.starts_with("_pq_."))
@@ -111,8 +120,18 @@ async fn startup(
     if minor_version > 0 || !protocol_options.is_empty() {
         let mut out = BytesMut::new();
         put_negotiate_protocol(&mut out, protocol_options);
-        stream.write_all(&out).await?;
+        stream.send(&out).await?;
     }
+    if ctx.config().tls.client_mode == ClientTlsMode::Require && !stream.is_tls() {
+        return Err(LoginError::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            "pgsidecar accepts only TLS connections (client_tls = require)",
+        ));
+    }
+    startup(&params)
+}
+
+fn startup(params: &BTreeMap<String, String>) -> Result<Admission, LoginError> {
     if params.contains_key("replication") {
         return Err(LoginError::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -134,7 +153,7 @@ async fn startup(
         .filter(|d| !d.is_empty())
         .cloned()
         .unwrap_or_else(|| user.clone());
-    let settings = ClientParams::from_startup(&params)
+    let settings = ClientParams::from_startup(params)
         .map_err(|m| LoginError::new(sqlstate::PROTOCOL_VIOLATION, m))?;
     Ok(Admission::Startup {
         user,
@@ -143,49 +162,53 @@ async fn startup(
     })
 }
 
-/// Authenticates `user` as the configuration says.
+fn wrong_password(user: &str) -> LoginError {
+    LoginError::new(
+        sqlstate::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+/// Authenticates `user` (logging in to `database`) as the configuration says. Returns the
+/// SCRAM keys the client proved, when it logged in with SCRAM, for pass-through to the server.
 ///
 /// # Errors
-/// [`LoginError`] with 28P01 for a failed password, 08P01 for a broken exchange.
+/// [`LoginError`] with 28P01 for a failed password, 28000 for a method the connection does
+/// not allow, 08P01 for a broken exchange.
 pub async fn authenticate(
     ctx: &ProxyContext,
-    stream: &mut TcpStream,
+    stream: &mut PgStream,
     user: &str,
-) -> Result<(), LoginError> {
-    if ctx.config().auth == AuthMethod::ScramSha256 {
-        let verifier = ctx
-            .config()
-            .users
-            .get(user)
-            .and_then(|u| u.verifier.clone())
-            .unwrap_or_else(ScramVerifier::impossible);
-        scram(stream, verifier).await.map_err(|e| match e {
-            ScramFailure::Wrong => LoginError::new(
-                sqlstate::INVALID_PASSWORD,
-                format!("password authentication failed for user \"{user}\""),
-            ),
-            ScramFailure::Login(e) => e,
-        })?;
-    }
+    database: &str,
+) -> Result<Option<ScramKeys>, LoginError> {
+    let method = ctx.config().auth;
+    let keys = if method == AuthMethod::Trust {
+        None
+    } else {
+        let secret = lookup_secret(ctx, user, database).await?;
+        match (method, secret) {
+            (AuthMethod::Password, secret) => {
+                cleartext(stream, user, secret).await?;
+                None
+            }
+            (AuthMethod::Md5, Some(Secret::Md5(secret))) => {
+                md5(stream, user, &secret).await?;
+                None
+            }
+            (_, Some(Secret::Scram(verifier))) => Some(scram(ctx, stream, user, verifier).await?),
+            // Unknown users and secrets the method cannot use fail at the same step as a
+            // wrong password, so that the answer does not tell which it was.
+            (_, _) => Some(scram(ctx, stream, user, ScramVerifier::impossible()).await?),
+        }
+    };
     let mut out = BytesMut::new();
     put_authentication(&mut out, &Authentication::Ok);
-    stream.write_all(&out).await?;
-    Ok(())
-}
-
-enum ScramFailure {
-    Wrong,
-    Login(LoginError),
-}
-
-impl<E: Into<LoginError>> From<E> for ScramFailure {
-    fn from(e: E) -> Self {
-        Self::Login(e.into())
-    }
+    stream.send(&out).await?;
+    Ok(keys)
 }
 
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut PgStream,
     buf: &mut BytesMut,
 ) -> Result<Frame, LoginError> {
     let frame = read_frame(stream, buf, MAX_STARTUP_LEN).await?;
@@ -194,56 +217,125 @@ async fn read_password_message(
     } else {
         Err(LoginError::new(
             sqlstate::PROTOCOL_VIOLATION,
-            format!("expected a SASL response, got message type {}", frame.tag),
+            format!(
+                "expected a password message, got message type '{}'",
+                char::from(frame.tag).escape_default()
+            ),
         ))
     }
 }
 
-async fn scram(stream: &mut TcpStream, verifier: ScramVerifier) -> Result<(), ScramFailure> {
+/// Sends an authentication request and reads the client's PasswordMessage as one string.
+async fn ask_password(
+    stream: &mut PgStream,
+    request: &Authentication,
+) -> Result<String, LoginError> {
     let mut out = BytesMut::new();
-    put_authentication(
-        &mut out,
-        &Authentication::SASL(vec!["SCRAM-SHA-256".to_owned()]),
-    );
-    stream.write_all(&out).await?;
+    put_authentication(&mut out, request);
+    stream.send(&out).await?;
+    let mut buf = BytesMut::new();
+    let frame = read_password_message(stream, &mut buf).await?;
+    let (text, _) = take_cstr(&frame.body)?;
+    Ok(text.to_owned())
+}
+
+async fn cleartext(
+    stream: &mut PgStream,
+    user: &str,
+    secret: Option<Secret>,
+) -> Result<(), LoginError> {
+    if !stream.is_tls() {
+        return Err(LoginError::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            "cleartext password authentication is refused without TLS",
+        ));
+    }
+    let password = ask_password(stream, &Authentication::CleartextPassword).await?;
+    let valid = match secret {
+        Some(Secret::Scram(verifier)) => verifier.check_password(&password),
+        Some(Secret::Md5(secret)) => secret.check_password(user, &password),
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(wrong_password(user))
+    }
+}
+
+async fn md5(
+    stream: &mut PgStream,
+    user: &str,
+    secret: &crate::auth::Md5Secret,
+) -> Result<(), LoginError> {
+    let salt: [u8; 4] = rand::rng().random();
+    let response = ask_password(stream, &Authentication::MD5Password(salt.to_vec())).await?;
+    if secret.check_response(salt, &response) {
+        Ok(())
+    } else {
+        Err(wrong_password(user))
+    }
+}
+
+async fn scram(
+    ctx: &ProxyContext,
+    stream: &mut PgStream,
+    user: &str,
+    verifier: ScramVerifier,
+) -> Result<ScramKeys, LoginError> {
+    let config = ctx.config();
+    let binding = match stream {
+        PgStream::Tls(_) => config.tls.client.as_ref().map(|tls| tls.channel_binding()),
+        PgStream::Plain(_) => None,
+    };
+    let (offer, mechanisms) = match binding {
+        Some(data) => (
+            ChannelOffer::Tls(data),
+            vec![SCRAM_SHA_256_PLUS.to_owned(), SCRAM_SHA_256.to_owned()],
+        ),
+        None => (ChannelOffer::None, vec![SCRAM_SHA_256.to_owned()]),
+    };
+    let mut out = BytesMut::new();
+    put_authentication(&mut out, &Authentication::SASL(mechanisms));
+    stream.send(&out).await?;
     let mut buf = BytesMut::new();
     let initial = read_password_message(stream, &mut buf).await?;
     let (mechanism, rest) = take_cstr(&initial.body)?;
-    if mechanism != "SCRAM-SHA-256" {
+    if mechanism != SCRAM_SHA_256 && !(mechanism == SCRAM_SHA_256_PLUS && binding.is_some()) {
         return Err(LoginError::new(
-            sqlstate::INVALID_AUTHORIZATION,
-            format!("SASL mechanism {mechanism} is not supported"),
-        )
-        .into());
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("client selected an invalid SASL authentication mechanism {mechanism}"),
+        ));
     }
     let data = rest
         .get(4..)
         .ok_or(WireError::protocol("short SASLInitialResponse"))?;
-    let malformed = |e: crate::auth::ScramError| {
-        ScramFailure::Login(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()))
-    };
     let client_first =
         std::str::from_utf8(data).map_err(|_| WireError::protocol("SCRAM message is not UTF-8"))?;
-    let (exchange, server_first) = ScramServer::start(verifier, client_first).map_err(malformed)?;
+    let failed = |e: ScramError| match e {
+        ScramError::WrongPassword => wrong_password(user),
+        ScramError::ChannelBinding => {
+            LoginError::new(sqlstate::INVALID_AUTHORIZATION, e.to_string())
+        }
+        ScramError::Malformed(_) => LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+    };
+    let (exchange, server_first) =
+        ScramServer::start(verifier, mechanism, offer, client_first).map_err(failed)?;
     out.clear();
     put_authentication(
         &mut out,
         &Authentication::SASLContinue(Bytes::from(server_first)),
     );
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let response = read_password_message(stream, &mut buf).await?;
     let client_final = std::str::from_utf8(&response.body)
         .map_err(|_| WireError::protocol("SCRAM message is not UTF-8"))?;
-    let server_final = match exchange.finish(client_final) {
-        Ok(v) => v,
-        Err(crate::auth::ScramError::WrongPassword) => return Err(ScramFailure::Wrong),
-        Err(e) => return Err(malformed(e)),
-    };
+    let (server_final, keys) = exchange.finish(client_final).map_err(failed)?;
     out.clear();
     put_authentication(
         &mut out,
         &Authentication::SASLFinal(Bytes::from(server_final)),
     );
-    stream.write_all(&out).await?;
-    Ok(())
+    stream.send(&out).await?;
+    Ok(keys)
 }

@@ -51,6 +51,15 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+/// Distinct source addresses counted by name; later ones share the `other` series, so that a
+/// scan from many addresses cannot grow the exposition without bound.
+const MAX_LOGIN_FAILURE_SOURCES: usize = 1000;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     check: &'static str,
 }
@@ -87,6 +96,8 @@ pub struct Metrics {
     spans_dropped: Family<ReasonLabels, Counter>,
     health_status: Family<CheckLabels, Gauge>,
     health_value: Family<CheckLabels, Gauge<f64, AtomicU64>>,
+    login_failures: Family<SourceLabels, Counter>,
+    login_failure_sources: std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>,
 }
 
 impl Default for Metrics {
@@ -119,6 +130,8 @@ impl Metrics {
             spans_dropped: Family::default(),
             health_status: Family::default(),
             health_value: Family::default(),
+            login_failures: Family::default(),
+            login_failure_sources: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
         metrics.register_connections(&mut registry);
@@ -160,6 +173,11 @@ impl Metrics {
 
     fn register_health(&self, registry: &mut Registry) {
         registry.register(
+            "client_login_failures",
+            "Client logins refused for failed authentication, by source address (the first 1000 addresses; later ones as \"other\")",
+            self.login_failures.clone(),
+        );
+        registry.register(
             "database_health_status",
             "Result of each database health check the sidecar runs (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
             self.health_status.clone(),
@@ -169,6 +187,28 @@ impl Metrics {
             "The value each database health check measured (see pgsidecar health for units)",
             self.health_value.clone(),
         );
+    }
+
+    /// Counts a failed client login (wrong password, unknown user, refused method) by the
+    /// address it came from.
+    ///
+    /// # Panics
+    /// If the source set's lock was poisoned.
+    pub fn login_failed(&self, source: std::net::IpAddr) {
+        let mut sources = self
+            .login_failure_sources
+            .lock()
+            .expect("login failure sources lock");
+        let label = if sources.contains(&source) || sources.len() < MAX_LOGIN_FAILURE_SOURCES {
+            sources.insert(source);
+            source.to_string()
+        } else {
+            "other".to_owned()
+        };
+        drop(sources);
+        self.login_failures
+            .get_or_create(&SourceLabels { source: label })
+            .inc();
     }
 
     /// Records one health check's outcome.

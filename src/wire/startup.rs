@@ -15,6 +15,9 @@ const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 
+/// An SSLRequest, as the proxy sends it to the upstream before a TLS handshake.
+pub const SSL_REQUEST_PACKET: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
 /// What a client asked for in its first packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartupRequest {
@@ -158,6 +161,14 @@ mod tests {
                 minor_version: 0,
                 params
             }
+        );
+    }
+
+    #[test]
+    fn ssl_request_packet_is_the_request_code() {
+        assert_eq!(
+            parse_startup(BytesMut::from(&SSL_REQUEST_PACKET[..])).unwrap(),
+            StartupRequest::Ssl
         );
     }
 

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use super::ProxyContext;
 use super::cancel::CancelSlot;
@@ -24,6 +23,7 @@ use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPoo
 use crate::config::{Config, PoolMode};
 use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::FinishedQuery;
+use crate::tls::PgStream;
 use crate::wire::extended::{ParseMessage, put_empty};
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::{
@@ -136,7 +136,7 @@ pub struct Session {
     ctx: Arc<ProxyContext>,
     /// The configuration when the session started.
     config: Arc<Config>,
-    client: TcpStream,
+    client: PgStream,
     buf: BytesMut,
     pool: Arc<ServerPool>,
     params: ClientParams,
@@ -156,7 +156,7 @@ impl Session {
     /// A session for an authenticated client.
     pub(super) fn new(
         ctx: Arc<ProxyContext>,
-        client: TcpStream,
+        client: PgStream,
         pool: Arc<ServerPool>,
         params: ClientParams,
         cancel: Arc<CancelSlot>,
@@ -194,7 +194,7 @@ impl Session {
         }
         put_backend_key(&mut out, self.cancel.pid, self.cancel.secret);
         put_ready_for_query(&mut out, b'I');
-        self.client.write_all(&out).await?;
+        self.client.send(&out).await?;
         if self.mode() == PoolMode::Transaction {
             self.release(checkout);
             Ok(None)
@@ -206,7 +206,7 @@ impl Session {
     /// Tells the client why its session ends and forgets its cancel key.
     pub(super) async fn fail(&mut self, e: &SessionError) {
         if let Some(message) = e.to_client() {
-            let _ = self.client.write_all(&message).await;
+            let _ = self.client.send(&message).await;
         }
         self.ctx.cancels.remove(self.cancel.pid);
     }
@@ -322,17 +322,27 @@ impl Session {
             if self.ctx.gate.is_draining() {
                 return Err(SessionError::Shutdown);
             }
-            if self.buf.is_empty() {
+            let read = if let (PgStream::Plain(tcp), true) = (&self.client, self.buf.is_empty()) {
                 // An idle client holds no buffer: thousands of idle connections stay cheap.
                 self.buf = BytesMut::new();
                 tokio::select! {
-                    readable = self.client.readable() => readable?,
+                    readable = tcp.readable() => readable?,
                     () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
                     reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
                 }
-            }
-            self.buf.reserve(READ_CHUNK);
-            if self.client.read_buf(&mut self.buf).await? == 0 {
+                self.buf.reserve(READ_CHUNK);
+                self.client.read_buf(&mut self.buf).await?
+            } else {
+                // TLS may hold decrypted bytes the socket no longer shows as readable, so the
+                // read itself is what waits.
+                self.buf.reserve(READ_CHUNK);
+                tokio::select! {
+                    read = self.client.read_buf(&mut self.buf) => read?,
+                    () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
+                    reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
+                }
+            };
+            if read == 0 {
                 return Ok(false);
             }
         }
@@ -390,7 +400,7 @@ impl Session {
         }
         put_ready_for_query(&mut out, b'I');
         self.buf.advance(end);
-        self.client.write_all(&out).await?;
+        self.client.send(&out).await?;
         Ok(true)
     }
 
@@ -516,14 +526,14 @@ impl Session {
         if !chunk.to_server.is_empty() {
             server
                 .stream
-                .write_all(&chunk.to_server)
+                .send(&chunk.to_server)
                 .await
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
             self.pool.metrics().received(chunk.to_server.len());
         }
         let due = self.relay(server, talk).due_responses();
         if !due.is_empty() {
-            self.client.write_all(&due).await?;
+            self.client.send(&due).await?;
         }
         Ok(chunk.terminate)
     }
@@ -549,7 +559,7 @@ impl Session {
         }
         let chunk = taken.map_err(|e| SessionError::ServerLost(e.to_string()))?;
         if !chunk.is_empty() {
-            if self.client.write_all(&chunk).await.is_err() {
+            if self.client.send(&chunk).await.is_err() {
                 return Ok(false);
             }
             self.pool.metrics().sent(chunk.len());
@@ -563,7 +573,7 @@ impl Session {
                 .map_err(SessionError::ClientProtocol)?;
             server
                 .stream
-                .write_all(&again)
+                .send(&again)
                 .await
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
         }

@@ -1,0 +1,164 @@
+//! The security keys of the configuration: TLS on both sides and where client secrets come
+//! from. Certificates, keys and CA files are loaded here, during validation, so that a bad file
+//! fails the start (or is refused by a reload) instead of the first client's login.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::file::Scalar;
+use super::values::field;
+use super::{AuthMethod, ConfigError, UserSecret, invalid, parse_duration};
+use crate::tls::{ClientTls, ClientTlsMode, ServerTlsMode, UpstreamTls};
+
+/// TLS toward clients and toward the upstream.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Whether clients may, must or cannot use TLS.
+    pub client_mode: ClientTlsMode,
+    /// The listener's certificate, when TLS is offered.
+    pub client: Option<Arc<ClientTls>>,
+    /// Certificate and key files, for display.
+    pub client_files: Option<(PathBuf, PathBuf)>,
+    /// TLS toward the upstream.
+    pub server: UpstreamTls,
+    /// CA file for verify-ca / verify-full, for display.
+    pub server_ca: Option<PathBuf>,
+}
+
+/// Looking users up in the upstream itself, so that they need not be listed in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthQuery {
+    /// A query taking the user name as `$1` and returning its name and stored secret.
+    pub query: String,
+    /// The server-side user the query runs as (its password must be configured).
+    pub user: String,
+}
+
+/// The raw values of the security keys, from the file and overrides.
+pub(super) struct SecurityFile<'a> {
+    pub tls_cert: Option<&'a Scalar>,
+    pub tls_key: Option<&'a Scalar>,
+    pub client_tls: Option<&'a Scalar>,
+    pub server_tls_mode: Option<&'a Scalar>,
+    pub server_ca: Option<&'a Scalar>,
+    pub auth_query: Option<&'a Scalar>,
+    pub auth_user: Option<&'a Scalar>,
+    pub auth_failure_delay: Option<&'a Scalar>,
+}
+
+/// What the security keys validate to.
+pub(super) struct Security {
+    pub tls: TlsSettings,
+    pub auth_query: Option<AuthQuery>,
+    pub auth_failure_delay: Duration,
+}
+
+fn path(value: Option<&Scalar>) -> Option<PathBuf> {
+    value
+        .map(Scalar::text)
+        .filter(|t| !t.is_empty())
+        .map(PathBuf::from)
+}
+
+impl SecurityFile<'_> {
+    pub(super) fn validate(
+        &self,
+        auth: AuthMethod,
+        users: &std::collections::BTreeMap<String, UserSecret>,
+        upstream_password: bool,
+    ) -> Result<Security, ConfigError> {
+        let client_files = match (path(self.tls_cert), path(self.tls_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("tls_key", "tls_cert is set but tls_key is not"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls_cert", "tls_key is set but tls_cert is not"));
+            }
+        };
+        let client = match &client_files {
+            Some((cert, key)) => Some(Arc::new(
+                ClientTls::load(cert, key).map_err(|e| invalid("tls_cert", e.to_string()))?,
+            )),
+            None => None,
+        };
+        let default_mode = if client.is_some() {
+            ClientTlsMode::Allow
+        } else {
+            ClientTlsMode::Disable
+        };
+        let client_mode = field("client_tls", self.client_tls, default_mode, str::parse)?;
+        if client_mode != ClientTlsMode::Disable && client.is_none() {
+            return Err(invalid(
+                "client_tls",
+                format!("client_tls = {client_mode} needs tls_cert and tls_key"),
+            ));
+        }
+        let server_mode = field(
+            "server_tls_mode",
+            self.server_tls_mode,
+            ServerTlsMode::Prefer,
+            str::parse,
+        )?;
+        let server_ca = path(self.server_ca);
+        let server = UpstreamTls::new(server_mode, server_ca.as_deref())
+            .map_err(|e| invalid("server_ca", e.to_string()))?;
+        let auth_query = match (
+            self.auth_query.map(Scalar::text),
+            self.auth_user.map(Scalar::text),
+        ) {
+            (None, None) => None,
+            (Some(query), Some(user)) if !query.is_empty() && !user.is_empty() => {
+                if !query.contains("$1") {
+                    return Err(invalid("auth_query", "must take the user name as $1"));
+                }
+                let has_password = upstream_password
+                    || users
+                        .get(&user)
+                        .is_some_and(|u| u.server_password.is_some());
+                if !has_password {
+                    return Err(invalid(
+                        "auth_user",
+                        format!(
+                            "user \"{user}\" needs users.{user}.server_password (or a password in the upstream URL)"
+                        ),
+                    ));
+                }
+                Some(AuthQuery { query, user })
+            }
+            (Some(_), _) => return Err(invalid("auth_user", "auth_query needs auth_user")),
+            (None, Some(_)) => return Err(invalid("auth_query", "auth_user needs auth_query")),
+        };
+        if matches!(
+            auth,
+            AuthMethod::ScramSha256 | AuthMethod::Md5 | AuthMethod::Password
+        ) && auth_query.is_none()
+            && users.values().all(|u| u.secret.is_none())
+        {
+            return Err(invalid(
+                "users",
+                format!(
+                    "auth is {auth} but no user has a scram_verifier or md5_secret, and no auth_query is set"
+                ),
+            ));
+        }
+        Ok(Security {
+            tls: TlsSettings {
+                client_mode,
+                client,
+                client_files,
+                server,
+                server_ca,
+            },
+            auth_query,
+            auth_failure_delay: field(
+                "auth_failure_delay",
+                self.auth_failure_delay,
+                Duration::from_millis(500),
+                parse_duration,
+            )?,
+        })
+    }
+}
