@@ -183,6 +183,9 @@ impl Proxy {
     }
 }
 
+/// How long a refused connection is kept to let the client read why.
+const CLOSE_LINGER: Duration = Duration::from_millis(250);
+
 /// How long sessions that were told to end get to close before the pools are closed under them.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
@@ -212,8 +215,10 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr)
         Ok(Ok(negotiated)) => negotiated,
         Ok(Err(refusal)) => {
             tracing::info!(%peer, error = %refusal.error, "connection refused");
-            if let Some(mut stream) = refusal.stream {
-                let _ = stream.send(&refusal.error.to_client()).await;
+            if let Some(stream) = refusal.stream {
+                stream
+                    .send_and_close(&refusal.error.to_client(), CLOSE_LINGER)
+                    .await;
             }
             return;
         }
@@ -232,7 +237,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr)
                     ctx.telemetry.metrics.login_failed(peer.ip());
                     tokio::time::sleep(config.auth_failure_delay).await;
                 }
-                let _ = stream.send(&e.to_client()).await;
+                stream.send_and_close(&e.to_client(), CLOSE_LINGER).await;
                 return;
             }
             Err(_) => {
@@ -243,7 +248,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr)
                         config.client_login_timeout
                     ),
                 );
-                let _ = stream.send(&e.to_client()).await;
+                stream.send_and_close(&e.to_client(), CLOSE_LINGER).await;
                 return;
             }
         };

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
@@ -58,6 +58,19 @@ impl PgStream {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Sends a last message and closes the connection so that the peer can read it: the write
+    /// side is shut down, then whatever the peer had already sent is read and dropped (for up to
+    /// `linger`), because closing a socket with unread input resets the connection and the
+    /// peer would lose the message.
+    pub async fn send_and_close(mut self, last: &[u8], linger: std::time::Duration) {
+        if self.send(last).await.is_err() || self.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0_u8; 4096];
+        let drain = async { while matches!(self.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(linger, drain).await;
     }
 
     /// Reads whatever is available right now without waiting, so that a pooled connection can be

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod auth;
 mod backup;
 mod cli;
 mod console;
@@ -21,4 +22,5 @@ mod protocol;
 mod retrieval;
 mod session_state;
 mod telemetry;
+mod tls;
 mod tools;

@@ -14,11 +14,15 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 pub mod otlp;
+pub mod pki;
+
+use pki::TestPki;
 
 /// The cluster shared by all tests of this run.
 pub struct TestCluster {
     cluster: LocalCluster,
     dir: PathBuf,
+    pki: TestPki,
 }
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
@@ -35,8 +39,38 @@ fn start_cluster() -> TestCluster {
     let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
     let extra = "host all md5_user 127.0.0.1/32 md5\nhost all plain_user 127.0.0.1/32 password\n";
     std::fs::write(&hba, format!("{extra}{rules}")).expect("write pg_hba.conf");
+    // The server speaks TLS with a certificate for localhost/127.0.0.1 from the test CA.
+    let pki = TestPki::generate(&dir.join("pki"));
+    let data = cluster.data_dir();
+    std::fs::copy(&pki.localhost.0, data.join("server.crt")).expect("server.crt");
+    std::fs::copy(&pki.localhost.1, data.join("server.key")).expect("server.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("key mode");
+    }
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        for file in ["server.crt", "server.key"] {
+            let path = data.join(file).display().to_string();
+            Command::new("chown")
+                .args(["postgres:postgres", &path])
+                .status()
+                .expect("chown");
+        }
+    }
     cluster
-        .start(&[("max_connections", "400"), ("shared_buffers", "64MB")])
+        .start(&[
+            ("max_connections", "400"),
+            ("shared_buffers", "64MB"),
+            ("ssl", "on"),
+        ])
         .expect("PostgreSQL starts");
     // Stop the cluster and remove its files once this test process is gone.
     let pg_ctl = pg_bindir().join("pg_ctl");
@@ -78,7 +112,7 @@ fn start_cluster() -> TestCluster {
         });
     });
     setup.join().expect("cluster setup");
-    TestCluster { cluster, dir }
+    TestCluster { cluster, dir, pki }
 }
 
 /// The shared cluster, started on first use.
@@ -95,6 +129,11 @@ impl TestCluster {
     /// A superuser URL straight to the server.
     pub fn url(&self, database: &str) -> String {
         self.cluster.url(database)
+    }
+
+    /// The test certificates (the server's own chains to `pki().ca`).
+    pub fn pki(&self) -> &TestPki {
+        &self.pki
     }
 
     /// The cluster's directory (socket and log live there).
