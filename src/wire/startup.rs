@@ -73,6 +73,11 @@ pub async fn read_startup<R: AsyncRead + Unpin>(
 /// As [`read_startup`].
 pub fn parse_startup(mut packet: BytesMut) -> Result<StartupRequest, WireError> {
     let len = packet.len();
+    if len < 8 {
+        return Err(WireError::protocol(format!(
+            "invalid startup packet length {len}"
+        )));
+    }
     let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
     match code {
         SSL_REQUEST if len == 8 => Ok(StartupRequest::Ssl),

@@ -1,11 +1,14 @@
 //! Hostile and malformed input: the proxy answers with errors or closes the connection, never
 //! panics, and keeps serving everyone else.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::support::{ProxyProcess, fresh_database};
+use crate::support::{ProxyProcess, fresh_database, overrides, start_proxy_with};
 
 /// A small deterministic generator, so that a failure can be replayed.
 struct Lcg(u64);
@@ -177,4 +180,151 @@ async fn random_traffic_never_panics_or_disturbs_others() {
     let out = proxy.child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Reads until the proxy closes the connection (or 10 s pass) and returns what it sent.
+async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    reply
+}
+
+/// Asserts the reply is an ErrorResponse carrying `code`.
+fn assert_error(reply: &[u8], code: &str, what: &str) {
+    let text = String::from_utf8_lossy(reply);
+    assert!(
+        reply.contains(&b'E') && text.contains(code),
+        "{what}: expected SQLSTATE {code}, got {text:?}"
+    );
+}
+
+/// A raw connection that has logged in (trust) and seen its first ReadyForQuery.
+async fn logged_in(port: u16, db: &str) -> TcpStream {
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    raw.write_all(&startup(db)).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    while !seen.ends_with(b"Z\0\0\0\x05I") {
+        let n = raw.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "proxy closed during login");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_clients_get_errors_while_ten_others_run() {
+    let db = fresh_database().await;
+    let mut settings = overrides("transaction", 4);
+    settings.max_message_size = Some("64KiB".into());
+    settings.client_login_timeout = Some("1s".into());
+    let proxy = start_proxy_with(&settings, None).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut bystanders = Vec::new();
+    for id in 0..10 {
+        let client = proxy.connect(&db).await.unwrap();
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        bystanders.push(tokio::spawn(async move {
+            let mut n = 0_i32;
+            while !stop.load(Ordering::Relaxed) {
+                let got: i32 = client
+                    .query_one("SELECT $1::int + $2::int", &[&n, &id])
+                    .await
+                    .expect("a bystander's query failed")
+                    .get(0);
+                assert_eq!(got, n + id);
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            n
+        }));
+    }
+    let port = proxy.port;
+
+    // Garbage instead of a startup packet.
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    raw.write_all(b"\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_error(&read_all(&mut raw).await, "08P01", "garbage startup");
+
+    // A startup packet declaring a megabyte.
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    raw.write_all(&[0, 0x10, 0, 0, 0, 3, 0, 0]).await.unwrap();
+    assert_error(&read_all(&mut raw).await, "08P01", "oversized startup");
+
+    // A startup packet cut short: the client half-closes before the rest arrives.
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    raw.write_all(&startup(&db)[..12]).await.unwrap();
+    raw.shutdown().await.unwrap();
+    assert_error(&read_all(&mut raw).await, "08P01", "truncated startup");
+
+    // After login: a length far above max_message_size.
+    let mut raw = logged_in(port, &db).await;
+    raw.write_all(b"Q\x7f\xff\xff\xff").await.unwrap();
+    assert_error(&read_all(&mut raw).await, "54000", "oversized message");
+
+    // After login: a message cut short.
+    let mut raw = logged_in(port, &db).await;
+    raw.write_all(b"Q\0\0\0\x20SELE").await.unwrap();
+    raw.shutdown().await.unwrap();
+    assert_error(&read_all(&mut raw).await, "08P01", "truncated message");
+
+    // After login: a message type that does not exist.
+    let mut raw = logged_in(port, &db).await;
+    raw.write_all(b"\x01\0\0\0\x04").await.unwrap();
+    assert_error(&read_all(&mut raw).await, "08P01", "unknown message type");
+
+    // A client that connects and says nothing is dropped at the login timeout.
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let started = Instant::now();
+    let silent = read_all(&mut raw).await;
+    assert!(silent.is_empty(), "{silent:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a silent client held its slot for {:?}",
+        started.elapsed()
+    );
+
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(done.load(Ordering::Relaxed) > before, "bystanders stalled");
+    stop.store(true, Ordering::Relaxed);
+    for bystander in bystanders {
+        assert!(bystander.await.expect("bystander panicked") > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_3_2_is_negotiated_down_to_3_0() {
+    let db = fresh_database().await;
+    let proxy = start_proxy_with(&overrides("transaction", 2), None).await;
+    let mut raw = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let params = format!("user\0postgres\0database\0{db}\0_pq_.frob\0on\0\0");
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&u32::try_from(8 + params.len()).unwrap().to_be_bytes());
+    packet.extend_from_slice(&((3_u32 << 16) | 2).to_be_bytes());
+    packet.extend_from_slice(params.as_bytes());
+    raw.write_all(&packet).await.unwrap();
+    let mut head = [0_u8; 5];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'v', "NegotiateProtocolVersion comes first");
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0_u8; len - 4];
+    raw.read_exact(&mut body).await.unwrap();
+    let newest_minor = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    let unrecognised = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+    assert_eq!(newest_minor, 0);
+    assert_eq!(unrecognised, 1);
+    assert_eq!(&body[8..], b"_pq_.frob\0");
+    // The session then goes on in 3.0: authentication, parameters, ReadyForQuery.
+    let mut seen = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    while !seen.ends_with(b"Z\0\0\0\x05I") {
+        let n = raw.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after negotiation");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(seen[0], b'R');
 }

@@ -12,6 +12,7 @@ mod console;
 mod copy;
 mod failures;
 mod fleet;
+mod fuzz;
 mod gate;
 mod health;
 mod hostile;

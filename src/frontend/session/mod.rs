@@ -343,7 +343,12 @@ impl Session {
                 }
             };
             if read == 0 {
-                return Ok(false);
+                if self.buf.is_empty() {
+                    return Ok(false);
+                }
+                return Err(SessionError::ClientProtocol(WireError::protocol(
+                    "the client closed its connection in the middle of a message",
+                )));
             }
         }
     }
