@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS pgsidecar.backups (
 
 /// Connects with tokio-postgres and drives the connection in the background.
 async fn connect(url: &str, what: &str) -> Result<tokio_postgres::Client, BackupError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, connection) = tokio_postgres::connect(url, crate::tls::control_connector())
         .await
         .map_err(|e| BackupError::db(format!("connecting to the {what}"), &e))?;
     tokio::spawn(connection);

@@ -133,7 +133,7 @@ async fn restore_and_compare(
     let mut scratch_config = config.clone();
     scratch_config.dbname(scratch);
     let (client, connection) = scratch_config
-        .connect(tokio_postgres::NoTls)
+        .connect(crate::tls::control_connector())
         .await
         .map_err(|e| BackupError::db("connecting to the scratch database", &e))?;
     tokio::spawn(connection);

@@ -111,7 +111,12 @@ async fn sidecar_pools(addr: SocketAddr) -> Check {
 
 /// Runs the checks and reports them.
 pub async fn run(args: HealthArgs) -> ExitCode {
-    let client = match tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await {
+    let client = match tokio_postgres::connect(
+        &args.database_url,
+        pgsidecar::tls::control_connector(),
+    )
+    .await
+    {
         Ok((client, connection)) => {
             tokio::spawn(connection);
             client

@@ -20,7 +20,8 @@ pub fn spawn(
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            let client = match tokio_postgres::connect(&url, crate::tls::control_connector()).await
+            {
                 Ok((client, connection)) => {
                     tokio::spawn(connection);
                     client

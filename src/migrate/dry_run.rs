@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::Config;
 
 use super::MigrateError;
 use super::runner::{ApplyOptions, Migrator, StepReport};
@@ -68,7 +68,7 @@ pub async fn dry_run(
         .as_secs();
     let scratch = format!("pgsidecar_dryrun_{stamp}_{}", std::process::id());
     let (admin, connection) = staging
-        .connect(NoTls)
+        .connect(crate::tls::control_connector())
         .await
         .map_err(|e| MigrateError::db("connecting to the staging server", &e))?;
     tokio::spawn(connection);
@@ -157,7 +157,7 @@ async fn connect(config: &Config, database: &str) -> Result<tokio_postgres::Clie
     let mut config = config.clone();
     config.dbname(database);
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(crate::tls::control_connector())
         .await
         .map_err(|e| MigrateError::db(format!("connecting to {database}"), &e))?;
     tokio::spawn(connection);

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::Client;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls};
 
 use super::MigrateError;
 use super::history::{self, AppliedMigration, Record};
@@ -135,7 +135,7 @@ impl Migrator {
     /// [`MigrateError`] for bad files or an unreachable database.
     pub async fn open(url: &str, dir: &Path) -> Result<Self, MigrateError> {
         let migrations = source::load(dir)?;
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
+        let (client, connection) = tokio_postgres::connect(url, crate::tls::control_connector())
             .await
             .map_err(|e| MigrateError::db("connecting to the database", &e))?;
         tokio::spawn(async move {

@@ -212,7 +212,7 @@ impl UpstreamTls {
 /// `require` / `prefer`: the session is encrypted, the certificate is not checked (as libpq
 /// does without a root certificate). Handshake signatures are still verified.
 #[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
+pub(super) struct EncryptOnly(pub(super) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for EncryptOnly {
     fn verify_server_cert(

@@ -4,6 +4,7 @@
 
 mod acceptor;
 mod connector;
+mod control;
 mod end_point;
 mod stream;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 pub use acceptor::{ClientTls, ClientTlsMode};
 pub use connector::{ServerTlsMode, UpstreamTls, UpstreamTlsError};
+pub use control::{ROOT_CERT_ENV, control_connector};
 pub use end_point::tls_server_end_point;
 pub use stream::{PgStream, Probe, has_unread_bytes};
 

@@ -322,3 +322,15 @@ async fn sighup_reloads_the_certificate() {
     );
     let _ = std::fs::remove_file(&config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_connections_use_tls_when_the_server_offers_it() {
+    let (client, connection) = tokio_postgres::connect(
+        &cluster().url("postgres"),
+        pgsidecar::tls::control_connector(),
+    )
+    .await
+    .expect("control connection");
+    tokio::spawn(connection);
+    assert!(upstream_is_tls(&client).await);
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::{ACK_CHANNEL, Ack, CONTROL_CHANNEL, REGISTRY_DDL, Request, millis};
 
@@ -74,7 +74,8 @@ pub enum FleetError {
 }
 
 async fn connect(url: &str) -> Result<(Client, mpsc::UnboundedReceiver<Ack>), FleetError> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut connection) =
+        tokio_postgres::connect(url, crate::tls::control_connector()).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::{ACK_CHANNEL, Ack, CONTROL_CHANNEL, MAX_ACK_STRAGGLERS, REGISTRY_DDL, Request};
 use crate::gate::{Gate, PauseError, PauseOptions, Scope, Stragglers};
@@ -79,7 +79,8 @@ impl Member {
         &self,
     ) -> Result<(Client, mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
         let (client, mut connection) =
-            tokio_postgres::connect(&self.settings.control_url, NoTls).await?;
+            tokio_postgres::connect(&self.settings.control_url, crate::tls::control_connector())
+                .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
