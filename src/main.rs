@@ -43,10 +43,17 @@ enum Command {
     Health(Box<cli::health::HealthArgs>),
     /// Backups proven restorable: create (dump + manifest) and verify (restore + compare).
     Backup(cli::backup::BackupArgs),
-    /// Print a SCRAM-SHA-256 verifier for a users.NAME.scram_verifier entry.
+    /// Print a stored secret for the users file: a SCRAM-SHA-256 verifier (or, with --md5, an
+    /// md5 secret), as a whole [users.NAME] entry when --user is given.
     Passwd {
-        /// The password; read from standard input when omitted.
+        /// The password; read from standard input when omitted (keeps it out of `ps`).
         password: Option<String>,
+        /// Print a complete `[users.NAME]` entry for this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// An md5 secret for old clients (needs --user: the user name salts it).
+        #[arg(long, requires = "user")]
+        md5: bool,
     },
 }
 
@@ -366,7 +373,11 @@ fn main() -> ExitCode {
                 ))
                 .map_err(anyhow::Error::from)
         }
-        Command::Passwd { password } => passwd(password),
+        Command::Passwd {
+            password,
+            user,
+            md5,
+        } => passwd(password, user.as_deref(), md5),
         Command::Gate(args) => {
             return runtime.block_on(cli::gate::run(args));
         }
@@ -391,7 +402,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn passwd(password: Option<String>) -> anyhow::Result<()> {
+fn passwd(password: Option<String>, user: Option<&str>, md5: bool) -> anyhow::Result<()> {
     let password = if let Some(p) = password {
         p
     } else {
@@ -400,9 +411,19 @@ fn passwd(password: Option<String>) -> anyhow::Result<()> {
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
     anyhow::ensure!(!password.is_empty(), "the password is empty");
-    println!(
-        "{}",
-        postgres_protocol::password::scram_sha_256(password.as_bytes())
-    );
+    match (user, md5) {
+        (Some(user), true) => println!(
+            "[users.\"{user}\"]\nmd5_secret = \"{}\"",
+            postgres_protocol::password::md5(password.as_bytes(), user)
+        ),
+        (Some(user), false) => println!(
+            "[users.\"{user}\"]\nscram_verifier = \"{}\"",
+            postgres_protocol::password::scram_sha_256(password.as_bytes())
+        ),
+        (None, _) => println!(
+            "{}",
+            postgres_protocol::password::scram_sha_256(password.as_bytes())
+        ),
+    }
     Ok(())
 }

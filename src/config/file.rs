@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::security::SecurityFile;
+use super::security::{SecurityFile, UserFile};
 use super::values::{field, ranged, socket_addr};
 use super::{
     AuthMethod, Config, ConfigError, FleetConfig, OtlpProtocol, PoolMode, PoolSettings,
-    SamplerSettings, TelemetrySettings, Upstream, UserSecret, invalid, parse_duration, parse_size,
+    SamplerSettings, TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
 };
-use crate::auth::{Md5Secret, ScramVerifier, Secret};
 
 /// A TOML scalar, so that `pool_size = 20` and `PGSIDECAR_POOL_SIZE=20` take one validation path.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,16 +44,6 @@ struct PoolFile {
     server_lifetime: Option<Scalar>,
     server_connect_timeout: Option<Scalar>,
     max_prepared_statements: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserFile {
-    password: Option<String>,
-    scram_verifier: Option<String>,
-    md5_secret: Option<String>,
-    server_password: Option<String>,
-    server_password_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -520,57 +509,6 @@ impl TelemetryFile {
                 Duration::from_secs(1),
                 parse_duration,
             )?,
-        })
-    }
-}
-
-impl UserFile {
-    fn validate(self, prefix: &str) -> Result<UserSecret, ConfigError> {
-        let given = [&self.password, &self.scram_verifier, &self.md5_secret]
-            .iter()
-            .filter(|v| v.is_some())
-            .count();
-        if given > 1 {
-            return Err(invalid(
-                format!("{prefix}scram_verifier"),
-                "give one of password, scram_verifier or md5_secret",
-            ));
-        }
-        let secret = if let Some(password) = &self.password {
-            Some(Secret::Scram(ScramVerifier::from_password(password)))
-        } else if let Some(text) = &self.scram_verifier {
-            Some(Secret::Scram(ScramVerifier::parse(text).map_err(|m| {
-                invalid(format!("{prefix}scram_verifier"), m)
-            })?))
-        } else if let Some(text) = &self.md5_secret {
-            Some(Secret::Md5(
-                Md5Secret::parse(text).map_err(|m| invalid(format!("{prefix}md5_secret"), m))?,
-            ))
-        } else {
-            None
-        };
-        let from_file = match &self.server_password_file {
-            None => None,
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
-                    .map_err(|e| {
-                        invalid(
-                            format!("{prefix}server_password_file"),
-                            format!("{path}: {e}"),
-                        )
-                    })?,
-            ),
-        };
-        if from_file.is_some() && self.server_password.is_some() {
-            return Err(invalid(
-                format!("{prefix}server_password_file"),
-                "give server_password or server_password_file, not both",
-            ));
-        }
-        Ok(UserSecret {
-            secret,
-            server_password: self.server_password.or(from_file).or(self.password),
         })
     }
 }

@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::file::Scalar;
 use super::values::field;
 use super::{AuthMethod, ConfigError, UserSecret, invalid, parse_duration};
+use crate::auth::{Md5Secret, ScramVerifier, Secret};
 use crate::tls::{ClientTls, ClientTlsMode, ServerTlsMode, UpstreamTls};
 
 /// TLS toward clients and toward the upstream.
@@ -160,5 +163,121 @@ impl SecurityFile<'_> {
                 parse_duration,
             )?,
         })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UserFile {
+    password: Option<String>,
+    scram_verifier: Option<String>,
+    md5_secret: Option<String>,
+    server_password: Option<String>,
+    server_password_file: Option<String>,
+}
+
+impl UserFile {
+    pub(super) fn validate(self, prefix: &str) -> Result<UserSecret, ConfigError> {
+        let given = [&self.password, &self.scram_verifier, &self.md5_secret]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if given > 1 {
+            return Err(invalid(
+                format!("{prefix}scram_verifier"),
+                "give one of password, scram_verifier or md5_secret",
+            ));
+        }
+        let secret = if let Some(password) = &self.password {
+            Some(Secret::Scram(ScramVerifier::from_password(password)))
+        } else if let Some(text) = &self.scram_verifier {
+            Some(Secret::Scram(ScramVerifier::parse(text).map_err(|m| {
+                invalid(format!("{prefix}scram_verifier"), m)
+            })?))
+        } else if let Some(text) = &self.md5_secret {
+            Some(Secret::Md5(
+                Md5Secret::parse(text).map_err(|m| invalid(format!("{prefix}md5_secret"), m))?,
+            ))
+        } else {
+            None
+        };
+        let from_file = match &self.server_password_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                    .map_err(|e| {
+                        invalid(
+                            format!("{prefix}server_password_file"),
+                            format!("{path}: {e}"),
+                        )
+                    })?,
+            ),
+        };
+        if from_file.is_some() && self.server_password.is_some() {
+            return Err(invalid(
+                format!("{prefix}server_password_file"),
+                "give server_password or server_password_file, not both",
+            ));
+        }
+        Ok(UserSecret {
+            secret,
+            server_password: self.server_password.or(from_file).or(self.password),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::file::FileConfig;
+    use super::super::{Config, ConfigError};
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!("upstream = \"postgres://u:p@db/app\"\nauth = \"trust\"\n{extra}");
+        toml::from_str::<FileConfig>(&text).unwrap().validate()
+    }
+
+    fn refused(extra: &str, key: &str) {
+        let err = load(extra).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{key}`")), "{extra} -> {err}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked_before_the_first_client() {
+        refused("tls_cert = \"/nonexistent.crt\"\n", "tls_key");
+        refused(
+            "tls_cert = \"/nonexistent.crt\"\ntls_key = \"/nonexistent.key\"\n",
+            "tls_cert",
+        );
+        refused("client_tls = \"require\"\n", "client_tls");
+        refused("client_tls = \"sometimes\"\n", "client_tls");
+        refused("server_tls_mode = \"verify-full\"\n", "server_ca");
+        refused("server_tls_mode = \"allow\"\n", "server_tls_mode");
+        let config = load("").unwrap();
+        assert_eq!(config.tls.server.mode(), crate::tls::ServerTlsMode::Prefer);
+        assert_eq!(config.tls.client_mode, crate::tls::ClientTlsMode::Disable);
+    }
+
+    #[test]
+    fn auth_query_needs_its_user_and_a_password_for_it() {
+        refused("auth_query = \"SELECT 1\"\n", "auth_user");
+        refused(
+            "auth_query = \"SELECT usename, passwd FROM pg_shadow\"\nauth_user = \"a\"\n",
+            "auth_query",
+        );
+        let ok = load(
+            "auth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\nauth_user = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.auth_query.unwrap().user, "a");
+        let text = "upstream = \"postgres://db/app\"\nauth = \"scram-sha-256\"\n\
+                    auth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\n\
+                    auth_user = \"a\"\n";
+        let err = toml::from_str::<FileConfig>(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`auth_user`"), "{err}");
     }
 }

@@ -46,6 +46,43 @@ fn passwd_prints_a_verifier_the_config_accepts() {
     assert!(pgsidecar::auth::ScramVerifier::parse(verifier.trim()).is_ok());
 }
 
+#[test]
+fn passwd_prints_whole_user_entries_from_standard_input() {
+    use std::io::Write;
+    for extra in [&[][..], &["--md5"][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+            .args(["passwd", "--user", "alice"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let entry = String::from_utf8(out.stdout).unwrap();
+        assert!(entry.starts_with("[users.\"alice\"]"), "{entry}");
+        assert!(!entry.contains("s3cret"), "{entry}");
+        let path = std::env::temp_dir().join(format!(
+            "pgsidecar-it-passwd-{}-{}.toml",
+            std::process::id(),
+            extra.len()
+        ));
+        std::fs::write(
+            &path,
+            format!("upstream = \"postgres://db\"\nauth = \"md5\"\n{entry}"),
+        )
+        .unwrap();
+        let config =
+            pgsidecar::config::Config::load(Some(&path), &pgsidecar::config::Overrides::default())
+                .expect("the printed entry is accepted");
+        assert!(config.users["alice"].secret.is_some());
+        let _ = std::fs::remove_file(&path);
+    }
+    let refused = pgsidecar(&["passwd", "--md5", "x"]);
+    assert!(!refused.status.success(), "--md5 needs --user");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_profile_starts_postgres_with_pgvector_and_stops_cleanly() {
     use tokio::io::{AsyncBufReadExt, BufReader};
