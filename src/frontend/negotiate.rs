@@ -103,7 +103,7 @@ pub async fn negotiate(
                         });
                     }
                     // Only one SSLRequest: the next one is a protocol violation.
-                    return read_after_declined_ssl(stream).await;
+                    return read_final_request(stream).await;
                 };
                 if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut tcp, b"S").await {
                     return Err(Refusal {
@@ -131,11 +131,9 @@ pub async fn negotiate(
     }
 }
 
-/// After answering an SSLRequest with `N`, the client continues in plaintext: a startup packet
-/// or a cancel request, nothing else.
-async fn read_after_declined_ssl(
-    mut stream: PgStream,
-) -> Result<(PgStream, StartupRequest), Refusal> {
+/// Reads the packet that must follow a finished negotiation (after an `N`, or inside TLS): a
+/// startup packet or a cancel request, nothing else.
+async fn read_final_request(mut stream: PgStream) -> Result<(PgStream, StartupRequest), Refusal> {
     match read_startup(&mut stream).await {
         Ok(StartupRequest::Ssl | StartupRequest::GssEnc) => Err(refuse(
             Some(stream),
@@ -156,23 +154,12 @@ async fn direct_tls(
     tls: &ClientTls,
     tcp: TcpStream,
 ) -> Result<(PgStream, StartupRequest), Refusal> {
-    let mut stream = tls.accept(tcp, true).await.map_err(|e| {
+    let stream = tls.accept(tcp, true).await.map_err(|e| {
         refuse(
             None,
             sqlstate::PROTOCOL_VIOLATION,
             format!("TLS handshake: {e}"),
         )
     })?;
-    match read_startup(&mut stream).await {
-        Ok(StartupRequest::Ssl | StartupRequest::GssEnc) => Err(refuse(
-            Some(stream),
-            sqlstate::PROTOCOL_VIOLATION,
-            "encryption negotiation requested inside TLS",
-        )),
-        Ok(request) => Ok((stream, request)),
-        Err(e) => Err(Refusal {
-            stream: Some(stream),
-            error: e.into(),
-        }),
-    }
+    read_final_request(stream).await
 }
