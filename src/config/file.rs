@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::security::{SecurityFile, UserFile};
+use super::security::{ListenerFile, SecurityFile, UserFile};
 use super::values::{field, ranged, socket_addr};
 use super::{
     AuthMethod, Config, ConfigError, FleetConfig, OtlpProtocol, PoolMode, PoolSettings,
@@ -89,6 +89,8 @@ pub(super) struct FileConfig {
     databases: BTreeMap<String, PoolFile>,
     #[serde(default)]
     users: BTreeMap<String, UserFile>,
+    #[serde(default)]
+    listeners: Vec<ListenerFile>,
 }
 
 /// Values from flags and environment variables; each one that is set replaces the file's.
@@ -282,6 +284,7 @@ impl FileConfig {
             auth_query: self.auth_query.as_ref(),
             auth_user: self.auth_user.as_ref(),
             auth_failure_delay: self.auth_failure_delay.as_ref(),
+            listeners: &self.listeners,
         }
         .validate(auth, &users, upstream.password.is_some())?;
         let admin_listen = match &self.admin_listen {
@@ -312,6 +315,7 @@ impl FileConfig {
             auth_query: security.auth_query,
             auth_failure_delay: security.auth_failure_delay,
             tls: security.tls,
+            extra_listeners: security.extra_listeners,
             pool,
             databases,
             users,

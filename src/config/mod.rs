@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use file::FileConfig;
 pub use file::Overrides;
-pub use security::{AuthQuery, TlsSettings};
+pub use security::{AuthQuery, ExtraListener, TlsSettings};
 pub use show::Setting;
 pub use values::{parse_duration, parse_size};
 
@@ -339,8 +339,11 @@ impl fmt::Debug for UserSecret {
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Client listener address.
+    /// Client listener address; its TLS policy is `tls.client_mode`.
     pub listen: SocketAddr,
+    /// More client listeners, each with its own TLS policy (e.g. plaintext on localhost for the
+    /// app in the same pod, TLS required on the pod address for everyone else).
+    pub extra_listeners: Vec<ExtraListener>,
     /// Admin HTTP listener, if enabled.
     pub admin_listen: Option<SocketAddr>,
     /// The server fronted.
@@ -376,6 +379,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// The TLS policy of listener `index` (0 is `listen`, then `extra_listeners` in order).
+    #[must_use]
+    pub fn client_tls_for(&self, index: usize) -> crate::tls::ClientTlsMode {
+        index
+            .checked_sub(1)
+            .and_then(|i| self.extra_listeners.get(i))
+            .map_or(self.tls.client_mode, |l| l.client_tls)
+    }
+
+    /// Every client listener address, `listen` first.
+    #[must_use]
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.listen)
+            .chain(self.extra_listeners.iter().map(|l| l.address))
+            .collect()
+    }
+
     /// The pool settings that apply to `database`.
     #[must_use]
     pub fn pool_for(&self, database: &str) -> &PoolSettings {

@@ -29,6 +29,23 @@ pub struct TlsSettings {
     pub server_ca: Option<PathBuf>,
 }
 
+/// A client listener besides `listen`, with its own TLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtraListener {
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+    /// Whether clients on it may, must or cannot use TLS.
+    pub client_tls: ClientTlsMode,
+}
+
+/// One `[[listeners]]` table of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerFile {
+    address: Scalar,
+    client_tls: Option<Scalar>,
+}
+
 /// Looking users up in the upstream itself, so that they need not be listed in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthQuery {
@@ -48,11 +65,13 @@ pub(super) struct SecurityFile<'a> {
     pub auth_query: Option<&'a Scalar>,
     pub auth_user: Option<&'a Scalar>,
     pub auth_failure_delay: Option<&'a Scalar>,
+    pub listeners: &'a [ListenerFile],
 }
 
 /// What the security keys validate to.
 pub(super) struct Security {
     pub tls: TlsSettings,
+    pub extra_listeners: Vec<ExtraListener>,
     pub auth_query: Option<AuthQuery>,
     pub auth_failure_delay: Duration,
 }
@@ -65,6 +84,73 @@ fn path(value: Option<&Scalar>) -> Option<PathBuf> {
 }
 
 impl SecurityFile<'_> {
+    /// The `[[listeners]]` tables; each inherits `client_tls` unless it sets its own.
+    fn extra_listeners(
+        &self,
+        client_mode: ClientTlsMode,
+        has_certificate: bool,
+    ) -> Result<Vec<ExtraListener>, ConfigError> {
+        let mut extra_listeners = Vec::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let key = format!("listeners[{i}]");
+            let address = super::values::socket_addr(&listener.address.text())
+                .map_err(|m| invalid(format!("{key}.address"), m))?;
+            let client_tls = field(
+                &format!("{key}.client_tls"),
+                listener.client_tls.as_ref(),
+                client_mode,
+                str::parse,
+            )?;
+            if client_tls != ClientTlsMode::Disable && !has_certificate {
+                return Err(invalid(
+                    format!("{key}.client_tls"),
+                    format!("client_tls = {client_tls} needs tls_cert and tls_key"),
+                ));
+            }
+            extra_listeners.push(ExtraListener {
+                address,
+                client_tls,
+            });
+        }
+        Ok(extra_listeners)
+    }
+
+    /// `auth_query` and `auth_user`, which come together, with a server password for the user.
+    fn auth_query(
+        &self,
+        users: &std::collections::BTreeMap<String, UserSecret>,
+        upstream_password: bool,
+    ) -> Result<Option<AuthQuery>, ConfigError> {
+        Ok(
+            match (
+                self.auth_query.map(Scalar::text),
+                self.auth_user.map(Scalar::text),
+            ) {
+                (None, None) => None,
+                (Some(query), Some(user)) if !query.is_empty() && !user.is_empty() => {
+                    if !query.contains("$1") {
+                        return Err(invalid("auth_query", "must take the user name as $1"));
+                    }
+                    let has_password = upstream_password
+                        || users
+                            .get(&user)
+                            .is_some_and(|u| u.server_password.is_some());
+                    if !has_password {
+                        return Err(invalid(
+                            "auth_user",
+                            format!(
+                                "user \"{user}\" needs users.{user}.server_password (or a password in the upstream URL)"
+                            ),
+                        ));
+                    }
+                    Some(AuthQuery { query, user })
+                }
+                (Some(_), _) => return Err(invalid("auth_user", "auth_query needs auth_user")),
+                (None, Some(_)) => return Err(invalid("auth_query", "auth_user needs auth_query")),
+            },
+        )
+    }
+
     pub(super) fn validate(
         &self,
         auth: AuthMethod,
@@ -99,6 +185,7 @@ impl SecurityFile<'_> {
                 format!("client_tls = {client_mode} needs tls_cert and tls_key"),
             ));
         }
+        let extra_listeners = self.extra_listeners(client_mode, client.is_some())?;
         let server_mode = field(
             "server_tls_mode",
             self.server_tls_mode,
@@ -108,32 +195,7 @@ impl SecurityFile<'_> {
         let server_ca = path(self.server_ca);
         let server = UpstreamTls::new(server_mode, server_ca.as_deref())
             .map_err(|e| invalid("server_ca", e.to_string()))?;
-        let auth_query = match (
-            self.auth_query.map(Scalar::text),
-            self.auth_user.map(Scalar::text),
-        ) {
-            (None, None) => None,
-            (Some(query), Some(user)) if !query.is_empty() && !user.is_empty() => {
-                if !query.contains("$1") {
-                    return Err(invalid("auth_query", "must take the user name as $1"));
-                }
-                let has_password = upstream_password
-                    || users
-                        .get(&user)
-                        .is_some_and(|u| u.server_password.is_some());
-                if !has_password {
-                    return Err(invalid(
-                        "auth_user",
-                        format!(
-                            "user \"{user}\" needs users.{user}.server_password (or a password in the upstream URL)"
-                        ),
-                    ));
-                }
-                Some(AuthQuery { query, user })
-            }
-            (Some(_), _) => return Err(invalid("auth_user", "auth_query needs auth_user")),
-            (None, Some(_)) => return Err(invalid("auth_query", "auth_user needs auth_query")),
-        };
+        let auth_query = self.auth_query(users, upstream_password)?;
         if matches!(
             auth,
             AuthMethod::ScramSha256 | AuthMethod::Md5 | AuthMethod::Password
@@ -148,6 +210,7 @@ impl SecurityFile<'_> {
             ));
         }
         Ok(Security {
+            extra_listeners,
             tls: TlsSettings {
                 client_mode,
                 client,
@@ -253,6 +316,14 @@ mod tests {
         refused("client_tls = \"sometimes\"\n", "client_tls");
         refused("server_tls_mode = \"verify-full\"\n", "server_ca");
         refused("server_tls_mode = \"allow\"\n", "server_tls_mode");
+        refused(
+            "[[listeners]]\naddress = \"127.0.0.1:6433\"\nclient_tls = \"require\"\n",
+            "listeners[0].client_tls",
+        );
+        refused(
+            "[[listeners]]\naddress = \"nowhere\"\n",
+            "listeners[0].address",
+        );
         let config = load("").unwrap();
         assert_eq!(config.tls.server.mode(), crate::tls::ServerTlsMode::Prefer);
         assert_eq!(config.tls.client_mode, crate::tls::ClientTlsMode::Disable);

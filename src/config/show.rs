@@ -36,10 +36,16 @@ fn sampler(s: SamplerSettings) -> String {
 
 impl Config {
     fn values(&self) -> Vec<(&'static str, String)> {
-        let pool = &self.pool;
-        let telemetry = &self.telemetry;
-        vec![
+        let mut values = vec![
             ("listen", self.listen.to_string()),
+            (
+                "listeners",
+                self.extra_listeners
+                    .iter()
+                    .map(|l| format!("{} ({})", l.address, l.client_tls))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             (
                 "admin_listen",
                 self.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
@@ -48,6 +54,16 @@ impl Config {
                 "upstream",
                 format!("{}:{}", self.upstream.host, self.upstream.port),
             ),
+        ];
+        values.extend(self.security_values());
+        values.extend(self.pool_and_limit_values());
+        values.extend(self.telemetry_values());
+        values
+    }
+
+    fn security_values(&self) -> Vec<(&'static str, String)> {
+        let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.display().to_string());
+        vec![
             ("auth", self.auth.to_string()),
             (
                 "auth_user",
@@ -60,21 +76,19 @@ impl Config {
             ("client_tls", self.tls.client_mode.to_string()),
             (
                 "tls_cert",
-                self.tls
-                    .client_files
-                    .as_ref()
-                    .map(|(cert, _)| cert.display().to_string())
-                    .unwrap_or_default(),
+                path(self.tls.client_files.as_ref().map(|(cert, _)| cert)).unwrap_or_default(),
             ),
             ("server_tls_mode", self.tls.server.mode().to_string()),
             (
                 "server_ca",
-                self.tls
-                    .server_ca
-                    .as_ref()
-                    .map(|ca| ca.display().to_string())
-                    .unwrap_or_default(),
+                path(self.tls.server_ca.as_ref()).unwrap_or_default(),
             ),
+        ]
+    }
+
+    fn pool_and_limit_values(&self) -> Vec<(&'static str, String)> {
+        let pool = &self.pool;
+        vec![
             ("pool_mode", pool.mode.to_string()),
             ("pool_size", pool.size.to_string()),
             ("min_idle", pool.min_idle.to_string()),
@@ -108,6 +122,12 @@ impl Config {
                     .unwrap_or_default(),
             ),
             ("admin_users", self.admin_users.join(",")),
+        ]
+    }
+
+    fn telemetry_values(&self) -> Vec<(&'static str, String)> {
+        let telemetry = &self.telemetry;
+        vec![
             (
                 "telemetry.otlp_endpoint",
                 telemetry.otlp_endpoint.clone().unwrap_or_default(),

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::gate::fleet::{FleetSettings, FleetSide, run_member};
 use crate::health;
 use crate::telemetry::TracingError;
-use crate::tls::PgStream;
+use crate::tls::{ClientTlsMode, PgStream};
 use crate::wire::sqlstate;
 use crate::wire::startup::StartupRequest;
 
@@ -61,7 +61,8 @@ impl Drop for PoolClient {
 /// A bound, not yet running proxy.
 pub struct Proxy {
     ctx: Arc<ProxyContext>,
-    listener: TcpListener,
+    /// `listen` first, then the extra listeners; the index selects the TLS policy.
+    listeners: Vec<TcpListener>,
 }
 
 /// Counts a client connection for `max_client_conn` while it lives.
@@ -74,21 +75,22 @@ impl Drop for ClientCount {
 }
 
 impl Proxy {
-    /// Binds the client listener.
+    /// Binds the client listeners.
     ///
     /// # Errors
     /// The bind error, e.g. the address is in use.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let mut listeners = Vec::new();
+        for addr in config.listen_addresses() {
+            listeners.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            );
+        }
         Ok(Self {
             ctx: ProxyContext::new(config)?,
-            listener,
+            listeners,
         })
     }
 
@@ -97,7 +99,15 @@ impl Proxy {
     /// # Errors
     /// The socket's error.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
+    }
+
+    /// Every listener's address, `listen` first.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(TcpListener::local_addr).collect()
     }
 
     /// The shared context, for the admin side.
@@ -141,18 +151,18 @@ impl Proxy {
                 });
             }
         }
+        let (stop_accepting, stop) = watch::channel(false);
+        let mut accepting = tokio::task::JoinSet::new();
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            accepting.spawn(accept_clients(
+                Arc::clone(&self.ctx),
+                listener,
+                index,
+                stop.clone(),
+            ));
+        }
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let ctx = Arc::clone(&self.ctx);
-                        tokio::spawn(async move { handle_client(ctx, stream, peer).await });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
@@ -161,7 +171,8 @@ impl Proxy {
                 () = self.ctx.gate.drain_started() => break,
             }
         }
-        drop(self.listener);
+        let _ = stop_accepting.send(true);
+        while accepting.join_next().await.is_some() {}
         self.ctx
             .gate
             .drain(Instant::now() + self.ctx.config().drain_timeout);
@@ -183,6 +194,30 @@ impl Proxy {
     }
 }
 
+/// Accepts clients on one listener until told to stop; the listener closes when this returns.
+async fn accept_clients(
+    ctx: Arc<ProxyContext>,
+    listener: TcpListener,
+    index: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = Arc::clone(&ctx);
+                    tokio::spawn(async move { handle_client(ctx, stream, peer, index).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// How long a refused connection is kept to let the client read why.
 const CLOSE_LINGER: Duration = Duration::from_millis(250);
 
@@ -200,17 +235,21 @@ async fn wait_for_sessions(ctx: &ProxyContext, deadline: Instant) -> bool {
     true
 }
 
-async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
+async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, listener: usize) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let counted = ClientCount(Arc::clone(&ctx));
     let config = ctx.config();
+    let policy = config.client_tls_for(listener);
     let deadline = tokio::time::Instant::now() + config.client_login_timeout;
     // A client that does not finish negotiating in time is closed without a word, as
     // PostgreSQL does: it may be half-way through a TLS handshake.
-    let (mut stream, request) = match tokio::time::timeout_at(deadline, negotiate(&config, tcp))
-        .await
+    let (mut stream, request) = match tokio::time::timeout_at(
+        deadline,
+        negotiate(&config, policy, tcp),
+    )
+    .await
     {
         Ok(Ok(negotiated)) => negotiated,
         Ok(Err(refusal)) => {
@@ -228,7 +267,9 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr)
         }
     };
     let login =
-        match tokio::time::timeout_at(deadline, login(&ctx, &mut stream, request, count)).await {
+        match tokio::time::timeout_at(deadline, login(&ctx, &mut stream, request, policy, count))
+            .await
+        {
             Ok(Ok(Some(login))) => login,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
@@ -259,6 +300,19 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr)
         }
         return;
     }
+    start_session(ctx, stream, login, peer, local, counted).await;
+}
+
+/// Gives a logged-in client its pool, cancel key and server greeting, then runs its session as
+/// a task of its own.
+async fn start_session(
+    ctx: Arc<ProxyContext>,
+    stream: PgStream,
+    login: Login,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    counted: ClientCount,
+) {
     let info = ClientInfo {
         application_name: login
             .params
@@ -315,9 +369,10 @@ async fn login(
     ctx: &Arc<ProxyContext>,
     stream: &mut PgStream,
     request: StartupRequest,
+    policy: ClientTlsMode,
     count: usize,
 ) -> Result<Option<Login>, LoginError> {
-    let (user, database, params) = match admission(ctx, stream, request).await? {
+    let (user, database, params) = match admission(stream, request, policy).await? {
         Admission::Cancel { pid, secret } => {
             if let Some(target) = ctx.cancels.resolve(pid, secret)
                 && let Err(e) = target.send().await

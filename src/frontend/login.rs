@@ -95,9 +95,9 @@ impl From<std::io::Error> for LoginError {
 /// [`LoginError`] for a replication connection, a missing user, bad settings, or a plaintext
 /// connection when TLS is required.
 pub async fn admission(
-    ctx: &ProxyContext,
     stream: &mut PgStream,
     request: StartupRequest,
+    policy: ClientTlsMode,
 ) -> Result<Admission, LoginError> {
     let (minor_version, params) = match request {
         StartupRequest::Cancel { pid, secret } => return Ok(Admission::Cancel { pid, secret }),
@@ -122,7 +122,7 @@ pub async fn admission(
         put_negotiate_protocol(&mut out, protocol_options);
         stream.send(&out).await?;
     }
-    if ctx.config().tls.client_mode == ClientTlsMode::Require && !stream.is_tls() {
+    if policy == ClientTlsMode::Require && !stream.is_tls() {
         return Err(LoginError::new(
             sqlstate::INVALID_AUTHORIZATION,
             "pgsidecar accepts only TLS connections (client_tls = require)",

@@ -90,7 +90,10 @@ impl ProxyContext {
     pub fn reload(&self, config: Config) {
         let old = self.config();
         for (what, changed) in [
-            ("listen", old.listen != config.listen),
+            (
+                "listen",
+                old.listen_addresses() != config.listen_addresses(),
+            ),
             ("admin_listen", old.admin_listen != config.admin_listen),
             ("telemetry", old.telemetry != config.telemetry),
         ] {

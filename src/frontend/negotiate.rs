@@ -29,16 +29,18 @@ fn refuse(stream: Option<PgStream>, code: &'static str, message: impl Into<Strin
     }
 }
 
-/// Negotiates encryption and reads the startup packet (or cancel request).
+/// Negotiates encryption as the listener's `policy` allows and reads the startup packet (or
+/// cancel request).
 ///
 /// # Errors
 /// [`Refusal`] for malformed packets, bytes injected after SSLRequest, a failed handshake,
 /// or a repeated negotiation request.
 pub async fn negotiate(
     config: &Config,
+    policy: ClientTlsMode,
     tcp: TcpStream,
 ) -> Result<(PgStream, StartupRequest), Refusal> {
-    let tls = match config.tls.client_mode {
+    let tls = match policy {
         ClientTlsMode::Disable => None,
         ClientTlsMode::Allow | ClientTlsMode::Require => config.tls.client.clone(),
     };

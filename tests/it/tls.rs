@@ -334,3 +334,35 @@ async fn control_connections_use_tls_when_the_server_offers_it() {
     tokio::spawn(connection);
     assert!(upstream_is_tls(&client).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_has_its_own_tls_policy() {
+    let db = fresh_database().await;
+    let pki = cluster().pki();
+    let proxy = start_proxy_with(
+        &tls_overrides("allow"),
+        Some("[[listeners]]\naddress = \"127.0.0.1:0\"\nclient_tls = \"require\"\n"),
+    )
+    .await;
+    let strict = proxy.extra_ports[0];
+    proxy
+        .connect(&db)
+        .await
+        .expect("plaintext on the main listener");
+    let err = crate::support::connect(&format!(
+        "postgres://postgres:postgres@127.0.0.1:{strict}/{db}"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&err), "28000");
+    let mut config: tokio_postgres::Config =
+        format!("host=localhost port={strict} user=postgres password=postgres dbname={db}")
+            .parse()
+            .unwrap();
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let client = connect_tls(&config, client_config(&pki.ca, false))
+        .await
+        .expect("TLS on the strict listener");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}

@@ -172,6 +172,8 @@ pub async fn fresh_database() -> String {
 pub struct TestProxy {
     /// Where clients connect.
     pub port: u16,
+    /// The ports of `[[listeners]]`, in order.
+    pub extra_ports: Vec<u16>,
     /// The proxy's shared state, for the admin side.
     pub ctx: std::sync::Arc<pgsidecar::frontend::ProxyContext>,
     _shutdown: watch::Sender<bool>,
@@ -221,11 +223,19 @@ pub async fn start_proxy_with(overrides: &Overrides, file: Option<&str>) -> Test
     let config = Config::load(path.as_deref(), overrides).expect("valid test config");
     let proxy = Proxy::bind(config).await.expect("proxy binds");
     let port = proxy.local_addr().expect("local addr").port();
+    let extra_ports = proxy
+        .local_addrs()
+        .expect("local addrs")
+        .iter()
+        .skip(1)
+        .map(std::net::SocketAddr::port)
+        .collect();
     let ctx = proxy.context();
     let (tx, rx) = watch::channel(false);
     tokio::spawn(proxy.run(rx));
     TestProxy {
         port,
+        extra_ports,
         ctx,
         _shutdown: tx,
     }
