@@ -26,4 +26,27 @@ start_postgres() { # port max_connections
   "$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$1" -U postgres postgres >/dev/null 2>&1
 }
 
+start_pgbouncer() { # listen-port postgres-port pool-size [extra ini lines on stdin]
+  {
+    cat <<INI
+[databases]
+* = host=127.0.0.1 port=$2
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $1
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $3
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+    cat
+  } > "$work/pgbouncer.ini"
+  echo '"postgres" ""' > "$work/userlist.txt"
+  [ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
+  as_pg pgbouncer -d "$work/pgbouncer.ini"
+}
+
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -23,25 +23,10 @@ ${SIDECAR_PREFIX:-} ./target/release/pgsidecar proxy --listen "127.0.0.1:$SIDECA
 SIDECAR_PID=$!
 bench_pids+=("$SIDECAR_PID")
 
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-* = host=127.0.0.1 port=$PGPORT
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL
+start_pgbouncer "$BOUNCER_PORT" "$PGPORT" "$POOL" <<INI
 max_client_conn = 20000
 query_wait_timeout = 30
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
 INI
-echo '"postgres" ""' > "$work/userlist.txt"
-[ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
-as_pg pgbouncer -d "$work/pgbouncer.ini"
 sleep 1
 
 # Memory first, on the fresh proxy: a warm-up batch of idle clients, then a measured one.

@@ -33,27 +33,12 @@ sidecar() { # port extra-args...
 sidecar "$PLAIN_PORT" --client-tls disable --server-tls-mode disable
 sidecar "$TLS_PORT" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" --client-tls require \
   --server-tls-mode require
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-* = host=127.0.0.1 port=$PGPORT
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
+start_pgbouncer "$BOUNCER_PORT" "$PGPORT" 20 <<INI
 client_tls_sslmode = require
 client_tls_cert_file = $work/tls.crt
 client_tls_key_file = $work/tls.key
 server_tls_sslmode = require
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
 INI
-echo '"postgres" ""' > "$work/userlist.txt"
-[ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
-as_pg pgbouncer -d "$work/pgbouncer.ini"
 sleep 1
 
 run() { # port sslmode extra -> tps
