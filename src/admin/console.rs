@@ -127,6 +127,7 @@ fn show_clients(ctx: &ProxyContext) -> Table {
         ("connect_time", TEXT),
         ("application_name", TEXT),
         ("server_pid", INT8),
+        ("tls", TEXT),
     ]);
     let mut clients = ctx.cancels.all();
     clients.sort_by_key(|c| c.info.connected_at);
@@ -150,6 +151,7 @@ fn show_clients(ctx: &ProxyContext) -> Table {
             text(timestamp(info.connected_at)),
             text(&info.application_name),
             server.map(|s| s.pid.to_string()),
+            info.tls.clone(),
         ]);
     }
     table

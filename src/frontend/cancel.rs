@@ -29,6 +29,8 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
     /// `application_name` from its startup packet.
     pub application_name: String,
+    /// The TLS protocol and cipher suite, when the connection is encrypted.
+    pub tls: Option<String>,
 }
 
 /// The cancel key the proxy gave one client, and where its query runs right now.
@@ -218,6 +220,7 @@ mod tests {
             local: None,
             connected_at: SystemTime::now(),
             application_name: String::new(),
+            tls: None,
         });
         let target = CancelTarget {
             addr: "127.0.0.1:5432".parse().unwrap(),

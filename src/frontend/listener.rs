@@ -325,6 +325,7 @@ async fn start_session(
         peer,
         local,
         connected_at: SystemTime::now(),
+        tls: stream.tls_description(),
     };
     let pool = ctx.pools.get(&PoolKey {
         database: login.database,

@@ -40,6 +40,17 @@ impl PgStream {
         }
     }
 
+    /// The negotiated protocol version and cipher suite (`TLSv1_3/TLS13_AES_256_GCM_SHA384`),
+    /// for the admin console; `None` in plaintext.
+    #[must_use]
+    pub fn tls_description(&self) -> Option<String> {
+        let Self::Tls(tls) = self else { return None };
+        let state = tls.get_ref().1;
+        let version = state.protocol_version()?;
+        let suite = state.negotiated_cipher_suite()?;
+        Some(format!("{version:?}/{:?}", suite.suite()))
+    }
+
     /// Whether the connection is encrypted.
     #[must_use]
     pub fn is_tls(&self) -> bool {

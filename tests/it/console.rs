@@ -149,3 +149,39 @@ async fn psql_reads_the_console_and_non_admins_are_refused() {
     let error = connect(&url).await.unwrap_err();
     assert_eq!(error.code().unwrap().code(), "28000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_tells_encrypted_clients_apart() {
+    let db = fresh_database().await;
+    let mut settings = crate::tls::tls_overrides("allow");
+    settings.admin_users = Some("postgres".into());
+    let proxy = start_proxy_with(&settings, None).await;
+    let mut config: tokio_postgres::Config = format!(
+        "host=localhost port={} user=postgres password=postgres dbname={db} application_name=over-tls",
+        proxy.port
+    )
+    .parse()
+    .unwrap();
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let _encrypted = crate::tls::connect_tls(
+        &config,
+        crate::tls::client_config(&crate::support::cluster().pki().ca, false),
+    )
+    .await
+    .unwrap();
+    let _plain = connect(&format!("{}?application_name=in-clear", proxy.url(&db)))
+        .await
+        .unwrap();
+    let admin = connect(&proxy.url("pgsidecar")).await.unwrap();
+    let clients = show(&admin, "SHOW CLIENTS").await;
+    let tls_of = |app: &str| {
+        let row = clients
+            .iter()
+            .find(|r| field(r, "application_name") == Some(app))
+            .unwrap_or_else(|| panic!("no client {app} in {clients:?}"));
+        field(row, "tls").map(str::to_owned)
+    };
+    let encrypted = tls_of("over-tls").expect("the TLS client shows its protocol");
+    assert!(encrypted.starts_with("TLSv1_3/TLS13_"), "{encrypted}");
+    assert_eq!(tls_of("in-clear"), None);
+}
