@@ -325,12 +325,15 @@ pub struct UserSecret {
     pub secret: Option<Secret>,
     /// Password for the server-side login.
     pub server_password: Option<String>,
+    /// The file gave a plaintext `password` (development setups; warned about at start).
+    pub plaintext_in_file: bool,
 }
 
 impl fmt::Debug for UserSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserSecret")
             .field("secret", &self.secret.is_some())
+            .field("plaintext_in_file", &self.plaintext_in_file)
             .field("server_password", &self.server_password.is_some())
             .finish()
     }
@@ -379,6 +382,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Users whose client secret the file gives as a plaintext `password`.
+    #[must_use]
+    pub fn users_with_plaintext_passwords(&self) -> Vec<&str> {
+        self.users
+            .iter()
+            .filter(|(_, u)| u.plaintext_in_file)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
     /// The TLS policy of listener `index` (0 is `listen`, then `extra_listeners` in order).
     #[must_use]
     pub fn client_tls_for(&self, index: usize) -> crate::tls::ClientTlsMode {

@@ -284,6 +284,7 @@ impl UserFile {
             ));
         }
         Ok(UserSecret {
+            plaintext_in_file: self.password.is_some(),
             secret,
             server_password: self.server_password.or(from_file).or(self.password),
         })
@@ -327,6 +328,15 @@ mod tests {
         let config = load("").unwrap();
         assert_eq!(config.tls.server.mode(), crate::tls::ServerTlsMode::Prefer);
         assert_eq!(config.tls.client_mode, crate::tls::ClientTlsMode::Disable);
+    }
+
+    #[test]
+    fn plaintext_passwords_in_the_file_are_pointed_out() {
+        let config = load(
+            "[users.dev]\npassword = \"pw\"\n[users.prod]\nscram_verifier = \"SCRAM-SHA-256$4096:AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.users_with_plaintext_passwords(), ["dev"]);
     }
 
     #[test]

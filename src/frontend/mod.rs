@@ -59,6 +59,13 @@ impl ProxyContext {
     /// # Errors
     /// [`TracingError`] when the configured OTLP exporter cannot be set up.
     pub fn new(config: Config) -> Result<Arc<Self>, TracingError> {
+        let plaintext = config.users_with_plaintext_passwords();
+        if !plaintext.is_empty() {
+            tracing::warn!(
+                users = ?plaintext,
+                "the config file holds plaintext passwords; use scram_verifier (pgsidecar passwd --user NAME) and server_password_file"
+            );
+        }
         let telemetry = Telemetry::start(&config)?;
         let config = Arc::new(config);
         Ok(Arc::new(Self {
