@@ -228,16 +228,21 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     front.tls_cert = Some(pki.wrong_name.0.display().to_string());
     front.tls_key = Some(pki.wrong_name.1.display().to_string());
     let wrong_name = start_proxy_with(&front, None).await;
-    let chained = |mode: &str| {
+    let chained_to = |mode: &str, ca: &Path| {
         let mut settings = overrides("transaction", 2);
         settings.upstream = Some(format!(
             "postgres://postgres:postgres@localhost:{}",
             wrong_name.port
         ));
         settings.server_tls_mode = Some(mode.into());
-        settings.server_ca = Some(pki.ca.display().to_string());
+        settings.server_ca = Some(ca.display().to_string());
         settings
     };
+    let chained = |mode: &str| chained_to(mode, &pki.ca);
+    // Wrong name and an untrusted CA: verify-ca must still refuse (the chain is checked first).
+    let untrusted = start_proxy_with(&chained_to("verify-ca", &pki.other_ca), None).await;
+    let err = untrusted.connect(&db).await.unwrap_err();
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
     let ca_only = start_proxy_with(&chained("verify-ca"), None).await;
     let client = ca_only
         .connect(&db)
