@@ -6,17 +6,14 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, SignatureScheme};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{ALPN_POSTGRESQL, PgStream, TlsError, has_unread_bytes, load_certificates, provider};
+use super::verifier::{CertCheck, PartialVerifier, webpki_from_file};
+use super::{ALPN_POSTGRESQL, PgStream, TlsError, has_unread_bytes, provider};
 use crate::wire::startup::SSL_REQUEST_PACKET;
 
 /// How the proxy secures its connections to the upstream (libpq's `sslmode` names).
@@ -125,7 +122,7 @@ impl UpstreamTls {
         let verifier: Arc<dyn ServerCertVerifier> = match (mode, ca) {
             (ServerTlsMode::Disable, _) => return Ok(Self::disabled()),
             (ServerTlsMode::Prefer | ServerTlsMode::Require, _) => {
-                Arc::new(EncryptOnly(Arc::clone(&provider)))
+                PartialVerifier::new(Arc::clone(&provider), CertCheck::Nothing)
             }
             (ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull, None) => {
                 return Err(TlsError::Pem {
@@ -134,20 +131,11 @@ impl UpstreamTls {
                 });
             }
             (ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull, Some(ca)) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in load_certificates(ca)? {
-                    roots.add(cert)?;
-                }
-                let webpki = WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    Arc::clone(&provider),
-                )
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+                let webpki = webpki_from_file(ca, &provider)?;
                 if mode == ServerTlsMode::VerifyFull {
                     webpki
                 } else {
-                    Arc::new(ChainOnly(webpki))
+                    PartialVerifier::new(Arc::clone(&provider), CertCheck::ChainOnly(webpki))
                 }
             }
         };
@@ -206,103 +194,5 @@ impl UpstreamTls {
             .and_then(|chain| chain.first())
             .map(|leaf| super::tls_server_end_point(leaf));
         Ok((PgStream::Tls(Box::new(tls.into())), binding))
-    }
-}
-
-/// `require` / `prefer`: the session is encrypted, the certificate is not checked (as libpq
-/// does without a root certificate). Handshake signatures are still verified.
-#[derive(Debug)]
-pub(super) struct EncryptOnly(pub(super) Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the full WebPKI check except the host name. webpki checks the chain before the
-/// name, so a name mismatch can only be reported for a certificate whose chain is good.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }

@@ -7,6 +7,7 @@ mod connector;
 mod control;
 mod end_point;
 mod stream;
+mod verifier;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
