@@ -143,6 +143,19 @@ struct ProxyArgs {
     /// How often this sidecar heartbeats in the fleet registry (e.g. 2s).
     #[arg(long, env = "PGSIDECAR_FLEET_HEARTBEAT")]
     fleet_heartbeat: Option<String>,
+    /// Besides superusers, members of this role may send fleet requests this sidecar obeys.
+    #[arg(long, env = "PGSIDECAR_FLEET_CONTROL_ROLE")]
+    fleet_control_role: Option<String>,
+    /// File holding the bearer token the admin API's gate endpoints require
+    /// (or the token itself in PGSIDECAR_ADMIN_TOKEN; never on the command line).
+    #[arg(long, env = "PGSIDECAR_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<String>,
+    /// The longest max_hold a pause request may ask for (e.g. 5m).
+    #[arg(long, env = "PGSIDECAR_MAX_PAUSE_HOLD")]
+    max_pause_hold: Option<String>,
+    /// The longest pause or drain deadline a request may ask for (e.g. 2m).
+    #[arg(long, env = "PGSIDECAR_MAX_PAUSE_DEADLINE")]
+    max_pause_deadline: Option<String>,
     /// How often the sidecar runs the database health checks over the fleet URL (0 = never).
     #[arg(long, env = "PGSIDECAR_HEALTH_INTERVAL")]
     health_interval: Option<String>,
@@ -221,6 +234,11 @@ impl ProxyArgs {
             fleet_id: self.fleet_id,
             fleet_heartbeat: self.fleet_heartbeat,
             health_interval: self.health_interval,
+            fleet_control_role: self.fleet_control_role,
+            admin_token_file: self.admin_token_file,
+            admin_token: std::env::var("PGSIDECAR_ADMIN_TOKEN").ok(),
+            max_pause_hold: self.max_pause_hold,
+            max_pause_deadline: self.max_pause_deadline,
             admin_users: self.admin_users,
             otlp_endpoint: if otel_traces_disabled() {
                 Some(String::new())

@@ -22,7 +22,8 @@ pub enum AdminClientError {
     NotHttp(SocketAddr),
 }
 
-/// Sends `method path` with a JSON `body` and returns the status code and response body.
+/// Sends `method path` with a JSON `body` (and the admin `token`, which the endpoints that
+/// change traffic require) and returns the status code and response body.
 ///
 /// # Errors
 /// [`AdminClientError`].
@@ -31,12 +32,16 @@ pub async fn request(
     method: &str,
     path: &str,
     body: &str,
+    token: Option<&str>,
 ) -> Result<(u16, String), AdminClientError> {
     let io = |source| AdminClientError::Io { addr, source };
     let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+    let authorization = token.map_or_else(String::new, |t| {
+        format!("Authorization: Bearer {}\r\n", t.trim())
+    });
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {authorization}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;

@@ -272,15 +272,16 @@ enum Reply {
     Empty,
 }
 
-/// `PAUSE [db]` with the default deadline and maximum hold.
+/// `PAUSE [db]` with the default deadline and maximum hold (within the configured caps).
 async fn pause(
     ctx: &ProxyContext,
     database: Option<&str>,
 ) -> Result<Reply, (&'static str, String)> {
+    let caps = ctx.config().control.clone();
     let options = PauseOptions {
         scope: Scope::from_database(database),
-        deadline: DEFAULT_PAUSE_DEADLINE,
-        max_hold: DEFAULT_MAX_HOLD,
+        deadline: DEFAULT_PAUSE_DEADLINE.min(caps.max_pause_deadline),
+        max_hold: DEFAULT_MAX_HOLD.min(caps.max_pause_hold),
         cancel_stragglers: false,
     };
     match ctx.pause(&options).await {

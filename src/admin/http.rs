@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -179,19 +180,75 @@ fn parse_request(body: &[u8]) -> Result<GateRequest, JsonReply> {
         .map_err(|e| reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })))
 }
 
+/// A duration from the request, or `default`; one above `cap` (the config key `cap_key`) is
+/// refused rather than shortened, so that the caller is never surprised by a shorter hold.
 fn duration_field(
     value: Option<&str>,
     name: &str,
     default: Duration,
+    (cap, cap_key): (Duration, &str),
 ) -> Result<Duration, JsonReply> {
-    value.map_or(Ok(default), |v| {
-        parse_duration(v).map_err(|m| {
-            reply(
-                StatusCode::BAD_REQUEST,
-                json!({ "error": format!("{name}: {m}") }),
-            )
-        })
-    })
+    let bad = |message: String| reply(StatusCode::BAD_REQUEST, json!({ "error": message }));
+    let duration = value.map_or(Ok(default.min(cap)), |v| {
+        parse_duration(v).map_err(|m| bad(format!("{name}: {m}")))
+    })?;
+    if duration > cap {
+        return Err(bad(format!(
+            "{name}: {duration:?} is longer than this sidecar's {cap_key} ({cap:?})"
+        )));
+    }
+    Ok(duration)
+}
+
+/// The header's bearer token, if it has one.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Lets a request to an endpoint that changes traffic through only with the configured admin
+/// token; without a configured token those endpoints are off. Refusals are logged and counted.
+async fn require_token(
+    State(ctx): State<Arc<ProxyContext>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = ctx.config();
+    let (code, reason, message) = match (&config.control.admin_token, bearer(&request)) {
+        (Some(token), Some(presented)) if token.matches(presented) => {
+            return next.run(request).await;
+        }
+        (None, _) => (
+            StatusCode::FORBIDDEN,
+            "no_token_configured",
+            "the gate endpoints are off: no admin token is configured (admin_token_file or PGSIDECAR_ADMIN_TOKEN)",
+        ),
+        (Some(_), None) => (
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "this endpoint needs `Authorization: Bearer <admin token>`",
+        ),
+        (Some(_), Some(_)) => (
+            StatusCode::UNAUTHORIZED,
+            "wrong_token",
+            "the admin token is wrong",
+        ),
+    };
+    tracing::warn!(path = %request.uri().path(), reason, "admin request refused");
+    ctx.telemetry
+        .metrics
+        .control_request_refused("admin_http", reason);
+    (
+        code,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "error": message })),
+    )
+        .into_response()
 }
 
 /// `POST /v1/gate/pause`: returns when paused (200) or when the pause failed (409, with the
@@ -201,13 +258,20 @@ async fn gate_pause(State(ctx): State<Arc<ProxyContext>>, body: Bytes) -> JsonRe
         Ok(r) => r,
         Err(e) => return e,
     };
+    let caps = &ctx.config().control;
     let options = match (
         duration_field(
             request.deadline.as_deref(),
             "deadline",
             DEFAULT_PAUSE_DEADLINE,
+            (caps.max_pause_deadline, "max_pause_deadline"),
         ),
-        duration_field(request.max_hold.as_deref(), "max_hold", DEFAULT_MAX_HOLD),
+        duration_field(
+            request.max_hold.as_deref(),
+            "max_hold",
+            DEFAULT_MAX_HOLD,
+            (caps.max_pause_hold, "max_pause_hold"),
+        ),
     ) {
         (Ok(deadline), Ok(max_hold)) => PauseOptions {
             scope: Scope::from_database(request.database.as_deref()),
@@ -256,10 +320,15 @@ async fn gate_drain(State(ctx): State<Arc<ProxyContext>>, body: Bytes) -> JsonRe
         Ok(r) => r,
         Err(e) => return e,
     };
+    let config = ctx.config();
     match duration_field(
         request.deadline.as_deref(),
         "deadline",
-        ctx.config().drain_timeout,
+        config.drain_timeout,
+        (
+            config.drain_timeout.max(config.control.max_pause_deadline),
+            "max_pause_deadline",
+        ),
     ) {
         Ok(deadline) => {
             ctx.gate.drain(Instant::now() + deadline);
@@ -303,14 +372,20 @@ impl AdminServer {
     /// # Errors
     /// A failure of the listener.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        let changes_traffic = Router::new()
+            .route("/v1/gate/pause", post(gate_pause))
+            .route("/v1/gate/resume", post(gate_resume))
+            .route("/v1/gate/drain", post(gate_drain))
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(&self.ctx),
+                require_token,
+            ));
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/v1/status", get(status))
-            .route("/v1/gate/pause", post(gate_pause))
-            .route("/v1/gate/resume", post(gate_resume))
-            .route("/v1/gate/drain", post(gate_drain))
+            .merge(changes_traffic)
             .with_state(self.ctx);
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {

@@ -18,6 +18,10 @@ pub struct GateArgs {
     /// Only this client-facing database (default: all).
     #[arg(long, global = true)]
     database: Option<String>,
+    /// With --admin: a file holding the sidecar's admin token (or the token itself in
+    /// PGSIDECAR_ADMIN_TOKEN).
+    #[arg(long, global = true, requires = "admin")]
+    admin_token_file: Option<std::path::PathBuf>,
     /// Heartbeats older than this mark a sidecar dead: excluded and reported.
     #[arg(long, global = true, default_value = "10s", value_parser = pgsidecar::config::parse_duration)]
     stale_after: std::time::Duration,
@@ -52,6 +56,13 @@ pub async fn run(args: GateArgs) -> ExitCode {
         ExitCode::from(EXIT_USAGE)
     };
     if let Some(addr) = args.admin {
+        let token = match &args.admin_token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(token) => Some(token),
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+            },
+            None => std::env::var("PGSIDECAR_ADMIN_TOKEN").ok(),
+        };
         let (method, path, body) = match &args.action {
             GateAction::Pause {
                 deadline,
@@ -75,7 +86,9 @@ pub async fn run(args: GateArgs) -> ExitCode {
             ),
             GateAction::Status => ("GET", "/v1/status", String::new()),
         };
-        return match pgsidecar::admin::client::request(addr, method, path, &body).await {
+        return match pgsidecar::admin::client::request(addr, method, path, &body, token.as_deref())
+            .await
+        {
             Ok((200..=299, body)) => {
                 println!("{body}");
                 ExitCode::SUCCESS

@@ -63,7 +63,7 @@ async fn sidecar_pools(addr: SocketAddr) -> Check {
         summary,
         details: Vec::new(),
     };
-    let body = match pgsidecar::admin::client::request(addr, "GET", "/v1/status", "").await {
+    let body = match pgsidecar::admin::client::request(addr, "GET", "/v1/status", "", None).await {
         Ok((200, body)) => body,
         Ok((code, _)) => return fail(format!("{addr}/v1/status answered HTTP {code}")),
         Err(e) => return fail(e.to_string()),

@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::control::{ControlFile, FleetFile};
 use super::security::{ListenerFile, SecurityFile, UserFile};
 use super::values::{field, ranged, socket_addr};
 use super::{
-    AuthMethod, Config, ConfigError, FleetConfig, OtlpProtocol, PoolMode, PoolSettings,
-    SamplerSettings, TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
+    AuthMethod, Config, ConfigError, OtlpProtocol, PoolMode, PoolSettings, SamplerSettings,
+    TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
 };
 
 /// A TOML scalar, so that `pool_size = 20` and `PGSIDECAR_POOL_SIZE=20` take one validation path.
@@ -79,8 +79,15 @@ pub(super) struct FileConfig {
     fleet_url: Option<Scalar>,
     fleet_id: Option<Scalar>,
     fleet_heartbeat: Option<Scalar>,
+    fleet_control_role: Option<Scalar>,
     health_interval: Option<Scalar>,
     admin_users: Option<Vec<String>>,
+    admin_token_file: Option<Scalar>,
+    max_pause_hold: Option<Scalar>,
+    max_pause_deadline: Option<Scalar>,
+    /// Never read from the file (a secret does not belong there): `PGSIDECAR_ADMIN_TOKEN`.
+    #[serde(skip)]
+    admin_token: Option<String>,
     #[serde(default)]
     telemetry: TelemetryFile,
     #[serde(flatten)]
@@ -124,7 +131,13 @@ pub struct Overrides {
     pub fleet_url: Option<String>,
     pub fleet_id: Option<String>,
     pub fleet_heartbeat: Option<String>,
+    pub fleet_control_role: Option<String>,
     pub health_interval: Option<String>,
+    pub admin_token_file: Option<String>,
+    /// The admin token itself, from `PGSIDECAR_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    pub max_pause_hold: Option<String>,
+    pub max_pause_deadline: Option<String>,
     /// Comma-separated admin console users.
     pub admin_users: Option<String>,
     pub otlp_endpoint: Option<String>,
@@ -192,7 +205,20 @@ impl Overrides {
         set(&mut file.fleet_url, self.fleet_url.as_ref());
         set(&mut file.fleet_id, self.fleet_id.as_ref());
         set(&mut file.fleet_heartbeat, self.fleet_heartbeat.as_ref());
+        set(
+            &mut file.fleet_control_role,
+            self.fleet_control_role.as_ref(),
+        );
         set(&mut file.health_interval, self.health_interval.as_ref());
+        set(&mut file.admin_token_file, self.admin_token_file.as_ref());
+        set(&mut file.max_pause_hold, self.max_pause_hold.as_ref());
+        set(
+            &mut file.max_pause_deadline,
+            self.max_pause_deadline.as_ref(),
+        );
+        if self.admin_token.is_some() {
+            file.admin_token.clone_from(&self.admin_token);
+        }
         if let Some(users) = &self.admin_users {
             file.admin_users = Some(
                 users
@@ -247,7 +273,7 @@ impl FileConfig {
     }
 
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
-        let fleet = self.fleet()?;
+        let (fleet, control) = self.control_plane()?;
         let pool = self.pool.validate("", &default_pool())?;
         let mut databases = BTreeMap::new();
         for (name, file) in &self.databases {
@@ -296,6 +322,7 @@ impl FileConfig {
         Ok(Config {
             admin_users: self.admin_users.unwrap_or_default(),
             fleet,
+            control,
             drain_timeout: field(
                 "drain_timeout",
                 self.drain_timeout.as_ref(),
@@ -434,55 +461,27 @@ impl PoolFile {
     }
 }
 
-/// The machine's name, for the fleet registry.
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 impl FileConfig {
-    fn fleet(&self) -> Result<Option<FleetConfig>, ConfigError> {
-        let Some(url) = self
-            .fleet_url
-            .as_ref()
-            .map(Scalar::text)
-            .filter(|u| !u.is_empty())
-        else {
-            return Ok(None);
-        };
-        tokio_postgres::Config::from_str(&url).map_err(|e| invalid("fleet_url", e.to_string()))?;
-        let heartbeat = field(
-            "fleet_heartbeat",
-            self.fleet_heartbeat.as_ref(),
-            Duration::from_secs(2),
-            parse_duration,
-        )?;
-        if heartbeat.is_zero() {
-            return Err(invalid("fleet_heartbeat", "must be greater than zero"));
+    /// The fleet and the admin API: who may change traffic, and how far.
+    fn control_plane(
+        &self,
+    ) -> Result<(Option<super::FleetConfig>, super::ControlSettings), ConfigError> {
+        let fleet = FleetFile {
+            url: self.fleet_url.as_ref(),
+            id: self.fleet_id.as_ref(),
+            heartbeat: self.fleet_heartbeat.as_ref(),
+            health_interval: self.health_interval.as_ref(),
+            control_role: self.fleet_control_role.as_ref(),
         }
-        let host = hostname();
-        Ok(Some(FleetConfig {
-            url,
-            // host-pid: unique per process, readable in the registry.
-            id: self
-                .fleet_id
-                .as_ref()
-                .map(Scalar::text)
-                .filter(|i| !i.is_empty())
-                .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
-            host,
-            heartbeat,
-            health_interval: field(
-                "health_interval",
-                self.health_interval.as_ref(),
-                Duration::from_secs(30),
-                parse_duration,
-            )?,
-        }))
+        .validate()?;
+        let control = ControlFile {
+            admin_token_file: self.admin_token_file.as_ref(),
+            admin_token: self.admin_token.as_deref(),
+            max_pause_hold: self.max_pause_hold.as_ref(),
+            max_pause_deadline: self.max_pause_deadline.as_ref(),
+        }
+        .validate()?;
+        Ok((fleet, control))
     }
 }
 

@@ -2,6 +2,7 @@
 //! and command-line flags (the binary feeds both in as [`Overrides`]). Every validation error
 //! names the key at fault so that a bad deploy is fixed in one look.
 
+mod control;
 mod file;
 mod security;
 mod show;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use control::{AdminToken, ControlSettings};
 use file::FileConfig;
 pub use file::Overrides;
 pub use security::{AuthQuery, ExtraListener, TlsSettings};
@@ -316,6 +318,8 @@ pub struct FleetConfig {
     pub heartbeat: Duration,
     /// How often it runs the database health checks over the control URL (zero: never).
     pub health_interval: Duration,
+    /// Besides superusers, members of this role may send fleet requests that sidecars obey.
+    pub control_role: Option<String>,
 }
 
 /// A user clients may log in as, and the secret the proxy uses toward the server for them.
@@ -377,6 +381,8 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
     /// Users who may open the admin console (database `pgsidecar`).
     pub admin_users: Vec<String>,
+    /// Who may change traffic through the admin API and the fleet, and how far.
+    pub control: ControlSettings,
     /// Per-query spans.
     pub telemetry: TelemetrySettings,
 }

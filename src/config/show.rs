@@ -121,7 +121,28 @@ impl Config {
                     .map(|f| duration(f.heartbeat))
                     .unwrap_or_default(),
             ),
+            (
+                "fleet_control_role",
+                self.fleet
+                    .as_ref()
+                    .and_then(|f| f.control_role.clone())
+                    .unwrap_or_default(),
+            ),
             ("admin_users", self.admin_users.join(",")),
+            (
+                "admin_token",
+                if self.control.admin_token.is_some() {
+                    "set"
+                } else {
+                    "unset"
+                }
+                .to_owned(),
+            ),
+            ("max_pause_hold", duration(self.control.max_pause_hold)),
+            (
+                "max_pause_deadline",
+                duration(self.control.max_pause_deadline),
+            ),
         ]
     }
 

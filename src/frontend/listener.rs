@@ -131,6 +131,9 @@ impl Proxy {
                     id: fleet.id.clone(),
                     host: fleet.host.clone(),
                     heartbeat: fleet.heartbeat,
+                    control_role: fleet.control_role.clone(),
+                    max_pause_hold: self.ctx.config().control.max_pause_hold,
+                    max_pause_deadline: self.ctx.config().control.max_pause_deadline,
                 },
             );
             if !fleet.health_interval.is_zero() {

@@ -136,6 +136,12 @@ impl FleetSide for ProxyContext {
             pool.known_statements().invalidate_all();
         }
     }
+
+    fn control_request_refused(&self, reason: &'static str) {
+        self.telemetry
+            .metrics
+            .control_request_refused("fleet", reason);
+    }
 }
 
 impl Stragglers for ProxyContext {

@@ -51,6 +51,12 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    origin: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
 }
@@ -97,6 +103,7 @@ pub struct Metrics {
     health_status: Family<CheckLabels, Gauge>,
     health_value: Family<CheckLabels, Gauge<f64, AtomicU64>>,
     login_failures: Family<SourceLabels, Counter>,
+    control_refused: Family<RefusalLabels, Counter>,
     login_failure_sources: std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>,
 }
 
@@ -131,6 +138,7 @@ impl Metrics {
             health_status: Family::default(),
             health_value: Family::default(),
             login_failures: Family::default(),
+            control_refused: Family::default(),
             login_failure_sources: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
@@ -178,6 +186,11 @@ impl Metrics {
             self.login_failures.clone(),
         );
         registry.register(
+            "control_requests_refused",
+            "Requests to change traffic that were refused, by origin (admin_http, fleet) and reason",
+            self.control_refused.clone(),
+        );
+        registry.register(
             "database_health_status",
             "Result of each database health check the sidecar runs (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
             self.health_status.clone(),
@@ -208,6 +221,14 @@ impl Metrics {
         drop(sources);
         self.login_failures
             .get_or_create(&SourceLabels { source: label })
+            .inc();
+    }
+
+    /// Counts a request to change traffic that was refused: a missing or wrong admin token, a
+    /// forged fleet request, a pause beyond the configured caps.
+    pub fn control_request_refused(&self, origin: &'static str, reason: &'static str) {
+        self.control_refused
+            .get_or_create(&RefusalLabels { origin, reason })
             .inc();
     }
 

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use pgsidecar::gate::fleet::{self, FleetError, FleetPause};
 
 use crate::gate::{ledger, send_signal, stop_writers, writers};
-use crate::support::{ProxyProcess, cluster, fresh_database};
+use crate::support::{
+    ProxyProcess, TestProxy, cluster, connect, direct, fresh_database, overrides, sqlstate,
+    start_proxy_with,
+};
 
 const STALE: Duration = Duration::from_millis(1500);
 
@@ -162,4 +165,169 @@ async fn a_stuck_transaction_fails_the_fleet_pause_and_a_dead_sidecar_is_exclude
     );
     let resumed = cli(&["resume"]);
     assert!(resumed.status.success());
+}
+
+/// The `pgsidecar_control_requests_refused_total` sample of the fleet for `reason`.
+fn refused(proxy: &TestProxy, reason: &str) -> u64 {
+    let text = proxy.ctx.telemetry.metrics.encode();
+    let prefix =
+        format!(r#"pgsidecar_control_requests_refused_total{{origin="fleet",reason="{reason}"}} "#);
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+async fn wait_refused(proxy: &TestProxy, reason: &str, count: u64) {
+    for _ in 0..200 {
+        if refused(proxy, reason) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "no {count} refusals for {reason}: {}",
+        proxy.ctx.telemetry.metrics.encode()
+    );
+}
+
+fn role_url(role: &str, db: &str) -> String {
+    format!(
+        "postgres://{role}:secret@127.0.0.1:{}/{db}",
+        cluster().port()
+    )
+}
+
+/// An app role, a control role and a migrator that is a member of it, with the least privileges
+/// the security docs give them; the fleet tables are created by the superuser first.
+async fn fleet_roles(db: &str, url: &str) -> (tokio_postgres::Client, String, String, String) {
+    let (app, migrator, control) = (
+        format!("{db}_app"),
+        format!("{db}_migrator"),
+        format!("{db}_control"),
+    );
+    let su = direct(db).await;
+    su.batch_execute(&format!(
+        "CREATE ROLE {app} LOGIN PASSWORD 'secret';
+         CREATE ROLE {migrator} LOGIN PASSWORD 'secret';
+         CREATE ROLE {control} NOLOGIN;
+         GRANT {control} TO {migrator};"
+    ))
+    .await
+    .unwrap();
+    // The tables exist before anyone else acts, owned by the superuser.
+    fleet::sidecars(url, STALE).await.unwrap();
+    su.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA pgsidecar TO {control}, {app};
+         GRANT SELECT ON pgsidecar.sidecars TO {control};
+         GRANT SELECT, INSERT, DELETE ON pgsidecar.control_requests TO {control};"
+    ))
+    .await
+    .unwrap();
+
+    (su, app, migrator, control)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_roles_the_operator_allowed_control_the_fleet() {
+    let db = fresh_database().await;
+    let url = cluster().url(&db);
+    let (su, app, migrator, control) = fleet_roles(&db, &url).await;
+    let mut o = overrides("transaction", 2);
+    o.fleet_url = Some(url.clone());
+    o.fleet_id = Some(format!("{db}-sidecar"));
+    o.fleet_heartbeat = Some("200ms".into());
+    o.fleet_control_role = Some(control.clone());
+    let proxy = start_proxy_with(&o, None).await;
+    wait_for_live(&url, 1).await;
+    let through_proxy = proxy.connect(&db).await.unwrap();
+
+    // A NOTIFY with a request in it, sent through the proxy itself: not a request id.
+    through_proxy
+        .batch_execute(
+            r#"NOTIFY pgsidecar_control, '{"op":"pause","request":"x","database":null,"deadline_ms":1000,"max_hold_ms":86400000,"cancel_stragglers":true}'"#,
+        )
+        .await
+        .unwrap();
+    wait_refused(&proxy, "malformed", 1).await;
+    // The app's own role: an id that does not exist, then a row it may not write.
+    let app_client = connect(&role_url(&app, &db)).await.unwrap();
+    app_client
+        .batch_execute("SELECT pg_notify('pgsidecar_control', '987654321')")
+        .await
+        .unwrap();
+    wait_refused(&proxy, "unknown_request", 1).await;
+    let denied = app_client
+        .batch_execute(r#"INSERT INTO pgsidecar.control_requests (request) VALUES ('{"op":"resume","request":"x","database":null}')"#)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&denied), "42501");
+    // Even granted INSERT, it cannot write in another role's name, and its own rows are refused.
+    su.batch_execute(&format!(
+        "GRANT INSERT ON pgsidecar.control_requests TO {app}"
+    ))
+    .await
+    .unwrap();
+    let forged = app_client
+        .batch_execute(r#"INSERT INTO pgsidecar.control_requests (request, requested_by) VALUES ('{"op":"resume","request":"x","database":null}', 'postgres')"#)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&forged), "23514");
+    app_client
+        .batch_execute(r#"INSERT INTO pgsidecar.control_requests (request) VALUES ('{"op":"pause","request":"x","database":null,"deadline_ms":1000,"max_hold_ms":60000,"cancel_stragglers":true}')"#)
+        .await
+        .unwrap();
+    let own: i64 = su
+        .query_one("SELECT max(id) FROM pgsidecar.control_requests", &[])
+        .await
+        .unwrap()
+        .get(0);
+    app_client
+        .batch_execute(&format!("SELECT pg_notify('pgsidecar_control', '{own}')"))
+        .await
+        .unwrap();
+    wait_refused(&proxy, "unauthorized_writer", 1).await;
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+    through_proxy.simple_query("SELECT 1").await.unwrap();
+
+    // A member of the control role pauses and resumes the fleet.
+    let migrator_url = role_url(&migrator, &db);
+    let report = fleet::fleet_pause(&migrator_url, &pause(2000, false))
+        .await
+        .unwrap();
+    assert!(report.acks.values().all(|a| a.ok), "{report:?}");
+    assert!(!proxy.ctx.gate.status().paused.is_empty());
+    fleet::fleet_resume(&migrator_url, None, STALE)
+        .await
+        .unwrap();
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+    // Replaying that pause's NOTIFY changes nothing.
+    let last: i64 = su
+        .query_one(
+            "SELECT min(id) FROM pgsidecar.control_requests WHERE requested_by = $1",
+            &[&migrator],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    app_client
+        .batch_execute(&format!("SELECT pg_notify('pgsidecar_control', '{last}')"))
+        .await
+        .unwrap();
+    wait_refused(&proxy, "replayed", 1).await;
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+    // An authorised pause beyond the sidecar's max_pause_hold fails instead of holding a day.
+    let mut long = pause(1000, true);
+    long.max_hold = Duration::from_secs(86_400);
+    let err = fleet::fleet_pause(&url, &long).await.unwrap_err();
+    let FleetError::PauseFailed { report, .. } = &err else {
+        panic!("{err}")
+    };
+    let ack = report.acks.values().next().unwrap();
+    assert!(
+        ack.error.as_deref().unwrap().contains("max_pause_hold"),
+        "{ack:?}"
+    );
+    wait_refused(&proxy, "over_cap", 1).await;
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+    through_proxy.simple_query("SELECT 1").await.unwrap();
 }

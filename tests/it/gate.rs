@@ -13,9 +13,13 @@ use crate::support::{
     start_proxy_with,
 };
 
+/// The admin token the test proxies require for the gate endpoints.
+const TOKEN: &str = "test-admin-token-0123456789";
+
 async fn proxy(pool_size: usize) -> TestProxy {
     let mut o = overrides("transaction", pool_size);
     o.admin_users = Some("postgres".into());
+    o.admin_token = Some(TOKEN.into());
     start_proxy_with(&o, None).await
 }
 
@@ -203,20 +207,74 @@ async fn a_pause_lifts_itself_after_its_maximum_hold() {
 }
 
 async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    post_as(addr, path, body, Some(TOKEN)).await
+}
+
+/// `POST` with `token` as the bearer token (none: no Authorization header).
+async fn post_as(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (code, reply) = pgsidecar::admin::client::request(addr, "POST", path, body, token)
+        .await
+        .unwrap();
     (
-        head[9..12].parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        code,
+        serde_json::from_str(&reply).unwrap_or(serde_json::Value::Null),
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_endpoints_need_the_admin_token_and_respect_the_caps() {
+    let db = fresh_database().await;
+    let proxy = proxy(2).await;
+    let admin = proxy.admin().await;
+    let client = proxy.connect(&db).await.unwrap();
+    let body = r#"{"deadline": "1s", "max_hold": "86400s", "cancel_stragglers": true}"#;
+    for (token, reason) in [
+        (None, "missing_token"),
+        (Some("wrong-token-0123456789"), "wrong_token"),
+    ] {
+        let (code, reply) = post_as(admin.addr, "/v1/gate/pause", body, token).await;
+        assert_eq!(code, 401, "{reply}");
+        let (code, _) = post_as(admin.addr, "/v1/gate/drain", "", token).await;
+        assert_eq!(code, 401);
+        let metrics = http_get(admin.addr, "/metrics").await.body;
+        let line = format!(
+            r#"pgsidecar_control_requests_refused_total{{origin="admin_http",reason="{reason}"}} 2"#
+        );
+        assert!(metrics.contains(&line), "{metrics}");
+    }
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+    assert_eq!(proxy.ctx.gate.status().sidecar, "open");
+    client.simple_query("SELECT 1").await.unwrap();
+    // With the token, a hold beyond max_pause_hold (default 5m) is refused, not shortened.
+    let (code, reply) = post(admin.addr, "/v1/gate/pause", body).await;
+    assert_eq!(code, 400, "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("max_pause_hold"), "{error}");
+    let (code, reply) = post(admin.addr, "/v1/gate/pause", r#"{"deadline": "1h"}"#).await;
+    assert_eq!(code, 400, "{reply}");
+    assert!(proxy.ctx.gate.status().paused.is_empty());
+    // Reads stay open.
+    assert_eq!(http_get(admin.addr, "/healthz").await.status, 200);
+    assert_eq!(http_get(admin.addr, "/v1/status").await.status, 200);
+
+    // A sidecar without a token has its gate endpoints off.
+    let untokened = start_proxy_with(&overrides("transaction", 2), None).await;
+    let admin = untokened.admin().await;
+    let (code, reply) = post_as(admin.addr, "/v1/gate/pause", "", Some(TOKEN)).await;
+    assert_eq!(code, 403, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("admin_token_file"),
+        "{reply}"
+    );
+    assert!(untokened.ctx.gate.status().paused.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::{ACK_CHANNEL, Ack, CONTROL_CHANNEL, REGISTRY_DDL, Request, millis};
+use super::authority::CONTROL_DDL;
+use super::{ACK_CHANNEL, Ack, REGISTRY_DDL, Request, ensure_table, millis};
 
 /// Extra time, beyond a pause's own deadline, for acknowledgements to arrive.
 const ACK_MARGIN: Duration = Duration::from_secs(3);
@@ -87,7 +88,8 @@ async fn connect(url: &str) -> Result<(Client, mpsc::UnboundedReceiver<Ack>), Fl
             }
         }
     });
-    client.batch_execute(REGISTRY_DDL).await?;
+    ensure_table(&client, "pgsidecar.sidecars", REGISTRY_DDL).await?;
+    ensure_table(&client, "pgsidecar.control_requests", CONTROL_DDL).await?;
     client
         .batch_execute(&format!("LISTEN {ACK_CHANNEL}"))
         .await?;
@@ -144,11 +146,7 @@ fn request_id() -> String {
 }
 
 async fn publish(client: &Client, request: &Request) -> Result<(), FleetError> {
-    let payload = serde_json::to_string(request).unwrap_or_default();
-    client
-        .execute("SELECT pg_notify($1, $2)", &[&CONTROL_CHANNEL, &payload])
-        .await?;
-    Ok(())
+    Ok(super::authority::publish(client, request).await?)
 }
 
 /// Collects acknowledgements of `request` from `expected` until all arrived or `until`.

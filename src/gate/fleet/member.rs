@@ -9,7 +9,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::{ACK_CHANNEL, Ack, CONTROL_CHANNEL, MAX_ACK_STRAGGLERS, REGISTRY_DDL, Request};
+use super::authority::Authority;
+use super::{
+    ACK_CHANNEL, Ack, CONTROL_CHANNEL, MAX_ACK_STRAGGLERS, REGISTRY_DDL, Refusal, Request,
+    ensure_table,
+};
 use crate::gate::{Gate, PauseError, PauseOptions, Scope, Stragglers};
 
 /// How a sidecar joins the fleet.
@@ -23,6 +27,12 @@ pub struct FleetSettings {
     pub host: String,
     /// How often it heartbeats.
     pub heartbeat: Duration,
+    /// Besides superusers, members of this role may send requests it obeys.
+    pub control_role: Option<String>,
+    /// Longest `max_hold` it accepts.
+    pub max_pause_hold: Duration,
+    /// Longest pause deadline it accepts.
+    pub max_pause_deadline: Duration,
 }
 
 /// What the fleet asks of a sidecar beyond its gate.
@@ -30,6 +40,9 @@ pub trait FleetSide: Stragglers + Send + Sync {
     /// The schema changed (a migration ran): every cached prepared statement is prepared afresh
     /// before its next use.
     fn schema_changed(&self);
+
+    /// A control request was not obeyed: count it by `reason`.
+    fn control_request_refused(&self, reason: &'static str);
 }
 
 /// What the member task needs from the proxy.
@@ -104,7 +117,7 @@ impl Member {
     /// One connected stretch: register, listen, heartbeat and answer until the connection fails.
     async fn session(&self) -> Result<(), tokio_postgres::Error> {
         let (client, mut requests) = self.connect().await?;
-        client.batch_execute(REGISTRY_DDL).await?;
+        ensure_table(&client, "pgsidecar.sidecars", REGISTRY_DDL).await?;
         client
             .execute(
                 "INSERT INTO pgsidecar.sidecars (id, host, version) VALUES ($1, $2, $3)
@@ -123,6 +136,7 @@ impl Member {
         let client = Arc::new(client);
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         let mut pending: HashMap<Scope, JoinHandle<()>> = HashMap::new();
+        let mut authority = Authority::new(self.settings.control_role.clone());
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
@@ -137,13 +151,72 @@ impl Member {
                     let Some(payload) = payload else {
                         return client.simple_query("SELECT 1").await.map(|_| ());
                     };
-                    match serde_json::from_str::<Request>(&payload) {
-                        Ok(request) => self.answer(request, &client, &mut pending),
-                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed fleet request"),
+                    match authority.judge(&client, &payload).await? {
+                        Ok(request) => match self.within_caps(&request) {
+                            Ok(()) => self.answer(request, &client, &mut pending),
+                            Err(error) => self.refuse_over_cap(&client, &request, error),
+                        },
+                        Err(refusal) => self.refused(&refusal),
                     }
                 }
             }
         }
+    }
+
+    fn refused(&self, refusal: &Refusal) {
+        tracing::warn!(%refusal, "fleet control request refused");
+        self.side.control_request_refused(refusal.reason());
+    }
+
+    /// Whether a pause asks for more than this sidecar allows.
+    fn within_caps(&self, request: &Request) -> Result<(), String> {
+        let Request::Pause {
+            deadline_ms,
+            max_hold_ms,
+            ..
+        } = request
+        else {
+            return Ok(());
+        };
+        let caps = [
+            (
+                *deadline_ms,
+                self.settings.max_pause_deadline,
+                "deadline",
+                "max_pause_deadline",
+            ),
+            (
+                *max_hold_ms,
+                self.settings.max_pause_hold,
+                "max_hold",
+                "max_pause_hold",
+            ),
+        ];
+        for (asked, cap, name, key) in caps {
+            if Duration::from_millis(asked) > cap {
+                return Err(format!(
+                    "{name} {asked}ms is longer than this sidecar's {key} ({cap:?})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers an authorised pause that asks too much with a failed acknowledgement, so that the
+    /// coordinator fails (and resumes everyone) instead of waiting.
+    fn refuse_over_cap(&self, client: &Arc<Client>, request: &Request, error: String) {
+        tracing::warn!(%error, "fleet pause refused");
+        self.side.control_request_refused("over_cap");
+        let client = Arc::clone(client);
+        let ack = Ack {
+            request: request.id().to_owned(),
+            sidecar: self.settings.id.clone(),
+            ok: false,
+            error: Some(error),
+            took_ms: 0.0,
+            stragglers: Vec::new(),
+        };
+        tokio::spawn(async move { acknowledge(&client, ack).await });
     }
 
     fn answer(

@@ -1,9 +1,11 @@
 //! The fleet: every sidecar in front of one database keeps a control connection to it,
 //! registers in `pgsidecar.sidecars`, heartbeats, and LISTENs on a control channel. A
-//! coordinator (the `pgsidecar gate` command, and the migration runner) publishes a pause or
-//! resume with NOTIFY and collects every live sidecar's acknowledgement on a reply channel. The
-//! database is the only coordination bus.
+//! coordinator (the `pgsidecar gate` command, and the migration runner) writes a pause or
+//! resume as a row that only authorised roles may write, wakes the sidecars with NOTIFY, and
+//! collects every live sidecar's acknowledgement on a reply channel. The database is the only
+//! coordination bus, and its privileges decide who may use it (see [`authority`]).
 
+pub mod authority;
 mod coordinator;
 mod member;
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use authority::{CONTROL_DDL, Refusal};
 pub use coordinator::{
     FleetError, FleetPause, FleetReport, SidecarRow, fleet_invalidate, fleet_pause, fleet_resume,
     sidecars,
@@ -24,7 +27,8 @@ pub const CONTROL_CHANNEL: &str = "pgsidecar_control";
 /// Channel sidecars acknowledge on.
 pub const ACK_CHANNEL: &str = "pgsidecar_control_ack";
 
-/// Creates the registry table if it is missing (idempotent; also run by each sidecar).
+/// Creates the registry table if it is missing (idempotent; run by each sidecar and each
+/// coordinator only when the table is missing, so that least-privilege roles need no CREATE).
 pub const REGISTRY_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgsidecar;
 CREATE TABLE IF NOT EXISTS pgsidecar.sidecars (
     id text PRIMARY KEY,
@@ -96,6 +100,22 @@ pub struct Ack {
 
 /// Most stragglers one acknowledgement carries (NOTIFY payloads are limited to 8000 bytes).
 const MAX_ACK_STRAGGLERS: usize = 10;
+
+/// Runs `ddl` when `table` does not exist yet.
+async fn ensure_table(
+    client: &tokio_postgres::Client,
+    table: &str,
+    ddl: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if !exists {
+        client.batch_execute(ddl).await?;
+    }
+    Ok(())
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
