@@ -406,7 +406,7 @@ pub enum ConsoleError {
 /// [`ConsoleError`] when the client's socket fails or it breaks the protocol (it is told).
 pub async fn serve(
     ctx: &Arc<ProxyContext>,
-    mut stream: PgStream,
+    stream: &mut PgStream,
     user: &str,
 ) -> Result<(), ConsoleError> {
     let mut out = BytesMut::new();
@@ -433,7 +433,7 @@ pub async fn serve(
     let mut skipping = false;
     loop {
         let read = tokio::select! {
-            read = read_frame(&mut stream, &mut buf, MAX_MESSAGE) => read,
+            read = read_frame(stream, &mut buf, MAX_MESSAGE) => read,
             () = ctx.gate.drain_started() => {
                 let message = "terminating connection due to administrator command: pgsidecar is draining";
                 let _ = stream

@@ -63,20 +63,18 @@ impl managed::Manager for ServerManager {
         metrics: &managed::Metrics,
     ) -> RecycleResult<BackendError> {
         let settings = self.settings();
-        if metrics.age() > settings.server_lifetime {
-            return Err(managed::RecycleError::message("server_lifetime reached"));
-        }
-        if metrics.last_used() > settings.server_idle_timeout {
-            return Err(managed::RecycleError::message(
-                "server_idle_timeout reached",
-            ));
-        }
-        if !conn.is_idle_and_open() {
-            return Err(managed::RecycleError::message(
-                "server connection closed or not idle",
-            ));
-        }
-        Ok(())
+        let reason = if metrics.age() > settings.server_lifetime {
+            "server_lifetime reached"
+        } else if metrics.last_used() > settings.server_idle_timeout {
+            "server_idle_timeout reached"
+        } else if !conn.is_idle_and_open() {
+            "server connection closed or not idle"
+        } else {
+            return Ok(());
+        };
+        // deadpool drops the connection after this: close it in order while it is still ours.
+        conn.close().await;
+        Err(managed::RecycleError::message(reason))
     }
 }
 
@@ -240,12 +238,15 @@ impl ServerPool {
         }
     }
 
-    fn evict_expired(&self) {
+    async fn evict_expired(&self) {
         let settings = self.settings();
-        self.pool.retain(|_, metrics| {
+        let expired = self.pool.retain(|_, metrics| {
             metrics.last_used() < settings.server_idle_timeout
                 && metrics.age() < settings.server_lifetime
         });
+        for mut conn in expired.removed {
+            conn.close().await;
+        }
     }
 
     async fn top_up_idle(&self) {
@@ -288,9 +289,13 @@ impl ServerPool {
         idle
     }
 
-    /// Stops handing out connections and closes the idle ones.
-    pub fn close(&self) {
+    /// Stops handing out connections and closes the idle ones in order.
+    pub async fn close(&self) {
+        let idle = self.pool.retain(|_, _| false);
         self.pool.close();
+        for mut conn in idle.removed {
+            conn.close().await;
+        }
     }
 }
 
@@ -315,7 +320,7 @@ async fn maintain(pool: Weak<ServerPool>) {
         if pool.pool.is_closed() {
             return;
         }
-        pool.evict_expired();
+        pool.evict_expired().await;
         pool.top_up_idle().await;
     }
 }
@@ -349,10 +354,11 @@ impl Checkout {
     pub async fn discard(mut self, cancel_running: bool) {
         if let Some(object) = self.object.take() {
             let conn = Object::take(object);
+            let mut conn = conn;
             if cancel_running && let Err(e) = conn.cancel_target().send().await {
                 tracing::debug!(error = %e, "cancel of an abandoned server query failed");
             }
-            drop(conn);
+            conn.close().await;
         }
     }
 }
@@ -455,9 +461,9 @@ impl PoolRegistry {
     }
 
     /// Closes every pool.
-    pub fn close_all(&self) {
+    pub async fn close_all(&self) {
         for pool in self.all() {
-            pool.close();
+            pool.close().await;
         }
     }
 }

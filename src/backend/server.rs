@@ -174,6 +174,17 @@ impl ServerConn {
         self.cancel.pid
     }
 
+    /// Closes the connection in order: Terminate, then (over TLS) close_notify, bounded in time.
+    pub async fn close(&mut self) {
+        let mut terminate = BytesMut::with_capacity(5);
+        crate::wire::messages::put_terminate(&mut terminate);
+        let sent =
+            tokio::time::timeout(crate::tls::CLOSE_TIMEOUT, self.stream.send(&terminate)).await;
+        if matches!(sent, Ok(Ok(()))) {
+            self.stream.close().await;
+        }
+    }
+
     /// True when the connection is idle and intact: nothing unread is buffered and the socket is
     /// neither closed nor carrying unexpected bytes (such as a termination notice).
     #[must_use]

@@ -83,8 +83,13 @@ pub struct ApplyArgs {
     /// A pause for a blocking step lifts by itself after this.
     #[arg(long, default_value = "60s", value_parser = pgsidecar::config::parse_duration)]
     pause_max_hold: std::time::Duration,
-    /// Apply to a fresh copy of the database on the staging server instead, report, drop it.
-    #[arg(long, requires = "staging_url")]
+    /// Apply to a fresh copy of the database on the staging server instead, report, drop it;
+    /// production is not touched (deploy: plan and rehearse only).
+    #[arg(
+        long,
+        requires = "staging_url",
+        conflicts_with_all = ["backup", "no_backup", "backup_output", "scratch_url", "reason"]
+    )]
     dry_run: bool,
     /// The staging server for --dry-run (a URL whose user may create databases).
     #[arg(long)]
@@ -120,6 +125,20 @@ fn sample_percent(text: &str) -> Result<f64, String> {
 }
 
 impl ApplyArgs {
+    /// A flag given where this subcommand would ignore it: refused rather than silently
+    /// dropped, because an ignored `--dry-run` or `--staging-url` changes what reaches production.
+    fn unhonoured(&self, deploy: bool) -> Option<&'static str> {
+        if !deploy && !self.dry_run && self.staging_url.is_some() {
+            return Some(
+                "--staging-url is used only with --dry-run (or by deploy's rehearsal); add --dry-run or drop it",
+            );
+        }
+        if self.sample_percent.is_some() && self.staging_url.is_none() {
+            return Some("--sample-percent needs a dry run on --staging-url");
+        }
+        None
+    }
+
     fn policy(&self) -> BackupPolicy {
         if self.no_backup {
             BackupPolicy::Without(self.reason.clone().unwrap_or_default())
@@ -230,11 +249,14 @@ async fn deploy(migrator: &Migrator, url: &str, args: &MigrateArgs, apply: &Appl
         plan(migrator, apply.to).await?;
         let pending = migrator.plan(apply.to).await?;
         if pending.is_empty() {
+            println!("nothing to deploy");
             return Ok(None);
         }
-        println!("== backup");
-        let evidence = ensure_backup(url, &apply.policy()).await?;
-        println!("{evidence:?}");
+        if !apply.dry_run {
+            println!("== backup");
+            let evidence = ensure_backup(url, &apply.policy()).await?;
+            println!("{evidence:?}");
+        }
         if let Some(staging) = &apply.staging_url {
             println!("== dry run on {staging}");
             let copy = apply
@@ -249,6 +271,16 @@ async fn deploy(migrator: &Migrator, url: &str, args: &MigrateArgs, apply: &Appl
                     step.migration, step.seconds, step.locks
                 );
             }
+            if !rehearsal.invalid_indexes.is_empty() {
+                return Err(MigrateError::Refused(format!(
+                    "the rehearsal left INVALID indexes: {:?}",
+                    rehearsal.invalid_indexes
+                )));
+            }
+        }
+        if apply.dry_run {
+            println!("== dry run only: production was not changed");
+            return Ok(None);
         }
         println!("== apply");
         let before = verify::row_counts(migrator.client()).await?;
@@ -276,10 +308,7 @@ async fn deploy(migrator: &Migrator, url: &str, args: &MigrateArgs, apply: &Appl
         Ok::<_, MigrateError>(Some((report, outcome)))
     };
     match steps.await {
-        Ok(None) => {
-            println!("nothing to deploy");
-            ExitCode::SUCCESS
-        }
+        Ok(None) => ExitCode::SUCCESS,
         Ok(Some((report, outcome))) => {
             println!(
                 "== report: {} migration(s) applied, verification {}",
@@ -439,6 +468,14 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
     let Some(url) = &args.database_url else {
         return usage("give --database-url (or DATABASE_URL)");
     };
+    let unhonoured = match &args.action {
+        MigrateAction::Apply(a) => a.unhonoured(false),
+        MigrateAction::Deploy(a) => a.unhonoured(true),
+        _ => None,
+    };
+    if let Some(message) = unhonoured {
+        return usage(message);
+    }
     if let MigrateAction::Apply(apply) = &args.action
         && apply.dry_run
     {

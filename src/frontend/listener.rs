@@ -193,7 +193,7 @@ impl Proxy {
             self.ctx.abort_all("pgsidecar's drain deadline was reached");
             wait_for_sessions(&self.ctx, Instant::now() + ABORT_GRACE).await;
         }
-        self.ctx.pools.close_all();
+        self.ctx.pools.close_all().await;
     }
 }
 
@@ -274,7 +274,12 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr,
             .await
         {
             Ok(Ok(Some(login))) => login,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => {
+                // A cancel request: its connection ends cleanly (libpq 17+ sends cancels over
+                // TLS and reports a missing close_notify as a failed cancel).
+                stream.close().await;
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "login refused");
                 if e.is_auth_failure() {
@@ -298,9 +303,10 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr,
         };
     if login.database == ADMIN_DATABASE {
         let _counted = counted;
-        if let Err(e) = console::serve(&ctx, stream, &login.user).await {
+        if let Err(e) = console::serve(&ctx, &mut stream, &login.user).await {
             tracing::info!(%peer, error = %e, "admin console session ended with an error");
         }
+        stream.close().await;
         return;
     }
     start_session(ctx, stream, login, peer, local, counted).await;
@@ -345,6 +351,7 @@ async fn start_session(
         Err(e) => {
             tracing::info!(%peer, error = %e, "no server for a new client");
             session.fail(&e).await;
+            session.close().await;
             return;
         }
     };

@@ -16,7 +16,7 @@ pub use acceptor::{ClientTls, ClientTlsMode};
 pub use connector::{ServerTlsMode, UpstreamTls, UpstreamTlsError};
 pub use control::{ROOT_CERT_ENV, control_connector};
 pub use end_point::tls_server_end_point;
-pub use stream::{PgStream, Probe, has_unread_bytes};
+pub use stream::{CLOSE_TIMEOUT, PgStream, Probe, has_unread_bytes};
 
 /// The ALPN protocol name PostgreSQL 17 uses, required for direct TLS connections.
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";

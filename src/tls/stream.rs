@@ -10,6 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+/// The longest an orderly close may take before the socket is simply dropped.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A PostgreSQL connection: TCP, or TLS over TCP once negotiated.
 #[derive(Debug)]
 pub enum PgStream {
@@ -71,12 +74,26 @@ impl PgStream {
         Ok(())
     }
 
+    /// Ends the connection in order: over TLS a close_notify alert is sent and flushed before the
+    /// socket's write side closes, so that the peer sees a clean end instead of a truncated
+    /// stream (libpq 17+ reports the latter as an error, even after a successful cancel). Bounded
+    /// by [`CLOSE_TIMEOUT`] so that a peer that stopped reading cannot hold the task.
+    pub async fn close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.shutdown()).await;
+    }
+
     /// Sends a last message and closes the connection so that the peer can read it: the write
     /// side is shut down, then whatever the peer had already sent is read and dropped (for up to
     /// `linger`), because closing a socket with unread input resets the connection and the
     /// peer would lose the message.
     pub async fn send_and_close(mut self, last: &[u8], linger: std::time::Duration) {
-        if self.send(last).await.is_err() || self.shutdown().await.is_err() {
+        if self.send(last).await.is_err() {
+            return;
+        }
+        if !matches!(
+            tokio::time::timeout(CLOSE_TIMEOUT, self.shutdown()).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         let mut sink = [0_u8; 4096];

@@ -35,6 +35,12 @@ fn encode(message: &impl Message, out: &mut BytesMut) {
         .expect("messages the proxy builds are far below pgwire's size limits");
 }
 
+/// Appends a Terminate, which a server connection gets before the proxy closes it, so that
+/// PostgreSQL logs an orderly disconnection rather than an unexpected EOF.
+pub fn put_terminate(out: &mut BytesMut) {
+    encode(&pgwire::messages::terminate::Terminate::new(), out);
+}
+
 /// Appends an ErrorResponse with the given severity, SQLSTATE and message.
 pub fn put_error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
     let mut info = ErrorInfo::new(

@@ -669,3 +669,81 @@ async fn deploy_refuses_without_a_verified_backup_and_runs_the_whole_policy_with
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_dry_run_rehearses_only_and_ignored_flags_are_refused() {
+    let db = fresh_database().await;
+    let dir = Dir::new(&[("0001_notes.sql", "CREATE TABLE notes (id int);")]);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+            .arg("migrate")
+            .args(args)
+            .args([
+                "--dir",
+                dir.0.to_str().unwrap(),
+                "--database-url",
+                &cluster().url(&db),
+            ])
+            .output()
+            .unwrap()
+    };
+    let staging = cluster().url("postgres");
+    let rehearsed = cli(&["deploy", "--dry-run", "--staging-url", &staging]);
+    let stdout = String::from_utf8_lossy(&rehearsed.stdout);
+    assert!(
+        rehearsed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&rehearsed.stderr)
+    );
+    assert!(stdout.contains("== dry run on"), "{stdout}");
+    assert!(stdout.contains("production was not changed"), "{stdout}");
+    assert!(!stdout.contains("== apply"), "{stdout}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgsidecar.schema_migrations").await,
+        0
+    );
+    // Flags that the subcommand would ignore are refused (exit 2), and nothing is applied.
+    for args in [
+        vec![
+            "apply",
+            "--no-backup",
+            "--reason",
+            "test",
+            "--staging-url",
+            staging.as_str(),
+        ],
+        vec![
+            "apply",
+            "--dry-run",
+            "--staging-url",
+            staging.as_str(),
+            "--no-backup",
+            "--reason",
+            "x",
+        ],
+        vec![
+            "deploy",
+            "--no-backup",
+            "--reason",
+            "test",
+            "--sample-percent",
+            "10",
+        ],
+    ] {
+        let refused = cli(&args);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'").await,
+        0
+    );
+}

@@ -371,3 +371,109 @@ async fn each_listener_has_its_own_tls_policy() {
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// A raw TLS session with the proxy (SSLRequest, handshake, startup as `postgres`), read up to
+/// its first ReadyForQuery; or, with `cancel`, a CancelRequest sent over TLS instead.
+async fn raw_tls_session(
+    port: u16,
+    db: &str,
+    cancel: Option<(i32, i32)>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut answer = [0_u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_config(&cluster().pki().ca, false)));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut packet = Vec::new();
+    if let Some((pid, secret)) = cancel {
+        packet.extend_from_slice(&16_u32.to_be_bytes());
+        packet.extend_from_slice(&80_877_102_u32.to_be_bytes());
+        packet.extend_from_slice(&pid.to_be_bytes());
+        packet.extend_from_slice(&secret.to_be_bytes());
+        tls.write_all(&packet).await.unwrap();
+        tls.flush().await.unwrap();
+        return tls;
+    }
+    let params = format!("user\0postgres\0database\0{db}\0\0");
+    packet.extend_from_slice(&u32::try_from(8 + params.len()).unwrap().to_be_bytes());
+    packet.extend_from_slice(&196_608_u32.to_be_bytes());
+    packet.extend_from_slice(params.as_bytes());
+    tls.write_all(&packet).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let mut chunk = [0_u8; 1024];
+        let n = tls.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed during login: {seen:?}");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    tls
+}
+
+/// Reads to the end and says how the connection ended: `Ok(bytes)` after a close_notify,
+/// `Err` when the socket closed without one (rustls reports an unexpected EOF).
+async fn how_it_ends(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Result<Vec<u8>, std::io::Error> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the proxy closes the connection")?;
+    Ok(rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_end_with_close_notify() {
+    let db = fresh_database().await;
+    let proxy = start_proxy_with(&tls_overrides("require"), None).await;
+    // Terminate.
+    let mut tls = raw_tls_session(proxy.port, &db, None).await;
+    tls.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+    tls.flush().await.unwrap();
+    assert_eq!(how_it_ends(&mut tls).await.unwrap(), b"");
+    // A FATAL in the middle of the session.
+    let mut tls = raw_tls_session(proxy.port, &db, None).await;
+    proxy.ctx.abort_all("the test ends every session");
+    let fatal = how_it_ends(&mut tls)
+        .await
+        .expect("close_notify after a FATAL");
+    assert_eq!(fatal.first(), Some(&b'E'));
+    assert!(String::from_utf8_lossy(&fatal).contains("FATAL"));
+    // A cancel request over TLS, as libpq 17+ sends it.
+    let mut tls = raw_tls_session(proxy.port, &db, Some((1, 2))).await;
+    assert_eq!(how_it_ends(&mut tls).await.unwrap(), b"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_cancel_safe_over_tls() {
+    let db = fresh_database().await;
+    let proxy = start_proxy_with(&tls_overrides("require"), None).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/python/psycopg_cancel_over_tls.py"))
+        .arg(format!(
+            "host=localhost port={} user=postgres dbname={db} sslmode=verify-full sslrootcert={}",
+            proxy.port,
+            cluster().pki().ca.display()
+        ))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

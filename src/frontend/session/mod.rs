@@ -264,7 +264,13 @@ impl Session {
             Err(e) => self.fail(e).await,
             Ok(()) => self.ctx.cancels.remove(self.cancel.pid),
         }
+        self.close().await;
         result
+    }
+
+    /// Ends the client's connection in order (close_notify over TLS).
+    pub async fn close(&mut self) {
+        self.client.close().await;
     }
 
     async fn serve_all(&mut self, held: &mut Option<Checkout>) -> Result<(), SessionError> {
