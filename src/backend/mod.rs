@@ -10,7 +10,9 @@ mod server;
 
 pub use error::BackendError;
 pub use login::LoginTarget;
-pub use params::{ServerParams, is_parameter_name};
+pub use params::{
+    FIXED_PARAMS_SQL, FixedParams, SESSION_AUTHORIZATION, ServerParams, is_parameter_name,
+};
 pub use pool::{AcquireError, Checkout, PoolKey, PoolRegistry, ServerPool};
 pub use prepared::{KnownStatements, PreparedSet};
 pub use server::{CancelTarget, ServerConn};

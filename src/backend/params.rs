@@ -1,12 +1,69 @@
 //! What a server connection's session settings are, so that a client's settings are applied on
 //! checkout only where they differ.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The reported parameter a SET can change only through its own statement, which resets `role`:
+/// it is applied (or reset) before every other setting.
+pub const SESSION_AUTHORIZATION: &str = "session_authorization";
+
+/// Parameters no session can change, though the server reports them. `is_superuser` is hidden
+/// from `pg_settings`, so it is always here; the rest is learned from the server's catalog.
+const ALWAYS_FIXED: &[&str] = &["is_superuser"];
+
+/// What is fixed when the catalog could not be read: PostgreSQL's reported `internal` settings.
+const FIXED_WITHOUT_CATALOG: &[&str] = &[
+    "in_hot_standby",
+    "integer_datetimes",
+    "server_encoding",
+    "server_version",
+];
+
+/// The query that lists every setting a session cannot change (`pg_settings.context` other than
+/// `user` and `superuser`); run once per pool.
+pub const FIXED_PARAMS_SQL: &str = "SELECT coalesce(string_agg(name, ','), '') FROM pg_settings \
+                                    WHERE context NOT IN ('user', 'superuser')";
+
+/// Reported parameters that are never replayed or reset on a server connection, because
+/// `SET` would fail (`55P02 parameter "is_superuser" cannot be changed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedParams(Arc<BTreeSet<String>>);
+
+impl Default for FixedParams {
+    fn default() -> Self {
+        Self::from_names(FIXED_WITHOUT_CATALOG.iter().copied())
+    }
+}
+
+impl FixedParams {
+    /// The set from the comma-separated names [`FIXED_PARAMS_SQL`] returned.
+    #[must_use]
+    pub fn from_catalog(names: &str) -> Self {
+        Self::from_names(names.split(',').filter(|n| !n.is_empty()))
+    }
+
+    fn from_names<'a>(names: impl Iterator<Item = &'a str>) -> Self {
+        Self(Arc::new(
+            names
+                .chain(ALWAYS_FIXED.iter().copied())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+
+    /// Whether no session can change `name`.
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
 
 /// The session parameters of one server connection.
 #[derive(Debug, Clone, Default)]
 pub struct ServerParams {
+    /// Reported parameters no session can change: never replayed, never reset.
+    pub fixed: FixedParams,
     /// Latest ParameterStatus value for each reported parameter.
     pub reported: BTreeMap<String, String>,
     /// ParameterStatus values right after login: what `RESET` returns to.
@@ -25,6 +82,14 @@ pub fn is_parameter_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
         && !name.as_bytes()[0].is_ascii_digit()
+}
+
+fn set_config(name: &str, value: &str) -> String {
+    format!(
+        "SELECT set_config({}, {}, false)",
+        quote_literal(name),
+        quote_literal(value)
+    )
 }
 
 fn quote_literal(value: &str) -> String {
@@ -49,7 +114,7 @@ impl ServerParams {
     /// Records a ParameterStatus seen during a client's traffic: the setting now in effect.
     pub fn observe(&mut self, name: &str, value: &str) {
         self.reported.insert(name.to_owned(), value.to_owned());
-        if self.login.get(name).map(String::as_str) == Some(value) {
+        if self.fixed.contains(name) || self.login.get(name).map(String::as_str) == Some(value) {
             self.applied.remove(name);
         } else {
             self.applied.insert(name.to_owned(), value.to_owned());
@@ -65,39 +130,69 @@ impl ServerParams {
             .map(String::as_str)
     }
 
-    /// The SQL that makes this connection's settings equal to `wanted` (names outside `wanted`
-    /// go back to their login defaults), or `None` when nothing differs. Call
-    /// [`ServerParams::synced`] once the server has run it.
+    /// Whether `name` may be replayed or reset on a server connection at all.
+    fn replayable(&self, name: &str) -> bool {
+        is_parameter_name(name) && !self.fixed.contains(name)
+    }
+
+    /// The statements that make this connection's settings equal to `wanted` (names outside
+    /// `wanted` go back to their login defaults), each with the setting it changes; empty when
+    /// nothing differs. Parameters no session can change are skipped. `session_authorization`
+    /// comes first, because changing it resets `role`, which is then applied again.
     #[must_use]
-    pub fn sync_sql(&self, wanted: &BTreeMap<String, String>) -> Option<String> {
+    pub fn sync_steps(&self, wanted: &BTreeMap<String, String>) -> Vec<(String, String)> {
+        let mut steps = Vec::new();
+        let wanted_auth = wanted.get(SESSION_AUTHORIZATION).map(String::as_str);
+        let auth_changes = self.effective(SESSION_AUTHORIZATION) != wanted_auth
+            && (wanted_auth.is_some() || self.applied.contains_key(SESSION_AUTHORIZATION));
+        if auth_changes {
+            let sql = match wanted_auth {
+                Some(user) => set_config(SESSION_AUTHORIZATION, user),
+                None => format!("RESET {SESSION_AUTHORIZATION}"),
+            };
+            steps.push((SESSION_AUTHORIZATION.to_owned(), sql));
+        }
         // set_config() takes a value in its text form, so list settings such as search_path
         // keep their elements (SET x TO 'a, b' would make them one quoted element).
-        let mut sets = String::new();
         for (name, value) in wanted {
-            if self.effective(name) != Some(value.as_str()) && is_parameter_name(name) {
-                sets.push_str(if sets.is_empty() { "SELECT " } else { ", " });
-                let _ = write!(
-                    sets,
-                    "set_config({}, {}, false)",
-                    quote_literal(name),
-                    quote_literal(value)
-                );
+            let stale = if auth_changes && name == "role" {
+                value != "none"
+            } else {
+                self.effective(name) != Some(value.as_str())
+            };
+            if name != SESSION_AUTHORIZATION && stale && self.replayable(name) {
+                steps.push((name.clone(), set_config(name, value)));
             }
         }
-        let mut sql = if sets.is_empty() { sets } else { sets + ";" };
         for name in self.applied.keys() {
-            if !wanted.contains_key(name) && is_parameter_name(name) {
-                let _ = write!(sql, "RESET {name};");
+            if name != SESSION_AUTHORIZATION
+                && !wanted.contains_key(name)
+                && self.replayable(name)
+                && !(auth_changes && name == "role")
+            {
+                steps.push((name.clone(), format!("RESET {name}")));
             }
         }
-        (!sql.is_empty()).then_some(sql)
+        steps
+    }
+
+    /// The steps of [`ServerParams::sync_steps`] as one simple query, or `None` when nothing
+    /// differs. Call [`ServerParams::synced`] once the server has run it.
+    #[must_use]
+    pub fn sync_sql(&self, wanted: &BTreeMap<String, String>) -> Option<String> {
+        let steps = self.sync_steps(wanted);
+        (!steps.is_empty()).then(|| {
+            steps
+                .iter()
+                .fold(String::new(), |sql, (_, step)| sql + step + ";")
+        })
     }
 
     /// Records that [`ServerParams::sync_sql`] for `wanted` has run.
     pub fn synced(&mut self, wanted: &BTreeMap<String, String>) {
         self.applied.retain(|name, _| wanted.contains_key(name));
         for (name, value) in wanted {
-            if self.login.get(name) == Some(value) {
+            if self.fixed.contains(name) || self.login.get(name) == Some(value) {
                 self.applied.remove(name);
             } else {
                 self.applied.insert(name.clone(), value.clone());
@@ -138,7 +233,7 @@ mod tests {
         let wanted = map(&[("application_name", "it's"), ("search_path", "app")]);
         assert_eq!(
             params.sync_sql(&wanted).unwrap(),
-            "SELECT set_config('application_name', 'it''s', false), set_config('search_path', 'app', false);"
+            "SELECT set_config('application_name', 'it''s', false);SELECT set_config('search_path', 'app', false);"
         );
         params.synced(&wanted);
         assert_eq!(params.sync_sql(&wanted), None);
@@ -163,6 +258,45 @@ mod tests {
         );
         params.observe("DateStyle", "ISO, MDY");
         assert_eq!(params.sync_sql(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn parameters_no_session_can_change_are_never_replayed_or_reset() {
+        let mut params = ServerParams {
+            reported: map(&[("is_superuser", "on"), ("server_version", "15.18")]),
+            ..ServerParams::default()
+        };
+        params.finish_login();
+        params.observe("is_superuser", "off");
+        let wanted = map(&[("is_superuser", "off"), ("in_hot_standby", "on")]);
+        assert_eq!(params.sync_sql(&wanted), None);
+        assert_eq!(params.sync_sql(&BTreeMap::new()), None);
+        let learned = FixedParams::from_catalog("server_version,data_checksums");
+        assert!(learned.contains("data_checksums") && learned.contains("is_superuser"));
+        assert!(!learned.contains("application_name"));
+    }
+
+    #[test]
+    fn session_authorization_comes_first_and_role_follows_it() {
+        let mut params = ServerParams {
+            reported: map(&[("session_authorization", "postgres")]),
+            ..ServerParams::default()
+        };
+        params.finish_login();
+        params.observe("role", "reader");
+        // A client that ran SET SESSION AUTHORIZATION alice; SET ROLE reader.
+        let wanted = map(&[("role", "reader"), ("session_authorization", "alice")]);
+        assert_eq!(
+            params.sync_sql(&wanted).unwrap(),
+            "SELECT set_config('session_authorization', 'alice', false);SELECT set_config('role', 'reader', false);"
+        );
+        params.synced(&wanted);
+        assert_eq!(params.sync_sql(&wanted), None);
+        // The next client wants neither: one RESET puts back the login user and role none.
+        assert_eq!(
+            params.sync_sql(&BTreeMap::new()).unwrap(),
+            "RESET session_authorization;"
+        );
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! guard that decides whether a connection goes back or is closed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
 use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
-use super::{BackendError, CancelTarget, KnownStatements, LoginTarget, ServerConn};
+use super::{
+    BackendError, CancelTarget, FIXED_PARAMS_SQL, FixedParams, KnownStatements, LoginTarget,
+    ServerConn,
+};
 use crate::auth::ScramKeys;
 use crate::config::{Config, PoolMode, PoolSettings};
 use crate::telemetry::{Metrics, PoolMetrics};
@@ -34,11 +37,32 @@ impl std::fmt::Display for PoolKey {
 pub struct ServerManager {
     target: RwLock<LoginTarget>,
     settings: RwLock<PoolSettings>,
+    /// The reported parameters no session can change, learned from the first connection.
+    fixed: OnceLock<FixedParams>,
 }
 
 impl ServerManager {
     fn settings(&self) -> PoolSettings {
         self.settings.read().expect("pool settings lock").clone()
+    }
+
+    /// The pool's fixed parameters, read from `pg_settings` on the first connection; without
+    /// the catalog (an error from the server), PostgreSQL's known internal ones.
+    async fn fixed_params(&self, conn: &mut ServerConn) -> Result<FixedParams, BackendError> {
+        if let Some(fixed) = self.fixed.get() {
+            return Ok(fixed.clone());
+        }
+        let fixed = match conn.fetch_row(FIXED_PARAMS_SQL).await {
+            Ok(row) => {
+                FixedParams::from_catalog(&row.into_iter().flatten().next().unwrap_or_default())
+            }
+            Err(BackendError::Server(e)) => {
+                tracing::warn!(error = %e.message, "cannot read pg_settings; using the known read-only parameters");
+                FixedParams::default()
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.fixed.get_or_init(|| fixed).clone())
     }
 }
 
@@ -49,12 +73,14 @@ impl managed::Manager for ServerManager {
     async fn create(&self) -> Result<ServerConn, BackendError> {
         let target = self.target.read().expect("pool target lock").clone();
         let settings = self.settings();
-        ServerConn::connect(
+        let mut conn = ServerConn::connect(
             &target,
             settings.server_connect_timeout,
             settings.max_prepared_statements,
         )
-        .await
+        .await?;
+        conn.params.fixed = self.fixed_params(&mut conn).await?;
+        Ok(conn)
     }
 
     async fn recycle(
@@ -115,6 +141,7 @@ impl ServerPool {
         let pool = Pool::builder(ServerManager {
             target: RwLock::new(target),
             settings: RwLock::new(settings),
+            fixed: OnceLock::new(),
         })
         .max_size(size)
         .queue_mode(QueueMode::Lifo)

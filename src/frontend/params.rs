@@ -108,6 +108,13 @@ impl ClientParams {
         }
     }
 
+    /// Forgets a setting the server would not accept again, so that it is not retried on every
+    /// checkout (the client then runs with the server's value).
+    pub fn drop_setting(&mut self, name: &str) {
+        self.wanted.remove(name);
+        self.startup.remove(name);
+    }
+
     /// `RESET ALL` / `DISCARD ALL`: back to the startup settings.
     pub fn reset_all(&mut self) {
         self.wanted.clone_from(&self.startup);
@@ -116,6 +123,7 @@ impl ClientParams {
     /// The SQL that brings `server` to this client's settings, if anything differs.
     #[must_use]
     pub fn sync_sql(&self, server: &ServerParams) -> Option<String> {
+        // Parameters no session can change are skipped here (is_superuser, in_hot_standby, ...).
         server.sync_sql(&self.wanted)
     }
 }

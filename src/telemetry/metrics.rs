@@ -98,6 +98,7 @@ pub struct Metrics {
     cache_misses: Family<PoolLabels, Counter>,
     cache_evictions: Family<PoolLabels, Counter>,
     pinned: Family<PoolLabels, Counter>,
+    settings_dropped: Family<PoolLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabels, Counter>,
     health_status: Family<CheckLabels, Gauge>,
@@ -133,6 +134,7 @@ impl Metrics {
             cache_misses: Family::default(),
             cache_evictions: Family::default(),
             pinned: Family::default(),
+            settings_dropped: Family::default(),
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
             health_status: Family::default(),
@@ -286,6 +288,11 @@ impl Metrics {
             self.pinned.clone(),
         );
         registry.register(
+            "client_settings_dropped",
+            "Client settings a server connection refused to take again, dropped instead of ending the session",
+            self.settings_dropped.clone(),
+        );
+        registry.register(
             "spans_exported",
             "Query spans handed to the OTLP exporter successfully",
             self.spans_exported.clone(),
@@ -315,6 +322,7 @@ impl Metrics {
             cache_misses: self.cache_misses.get_or_create_owned(&labels),
             cache_evictions: self.cache_evictions.get_or_create_owned(&labels),
             pinned: self.pinned.get_or_create_owned(&labels),
+            settings_dropped: self.settings_dropped.get_or_create_owned(&labels),
             errors: self.errors.clone(),
             clients: AtomicI64::new(0),
             errors_total: AtomicU64::new(0),
@@ -421,6 +429,7 @@ pub struct PoolMetrics {
     cache_misses: Counter,
     cache_evictions: Counter,
     pinned: Counter,
+    settings_dropped: Counter,
     errors: Family<ErrorLabels, Counter>,
     clients: AtomicI64,
     errors_total: AtomicU64,
@@ -494,6 +503,17 @@ impl PoolMetrics {
     /// A statement was closed to make room.
     pub fn cache_eviction(&self) {
         self.cache_evictions.inc();
+    }
+
+    /// A client setting was refused by a server connection and dropped.
+    pub fn setting_dropped(&self) {
+        self.settings_dropped.inc();
+    }
+
+    /// Client settings dropped so far.
+    #[must_use]
+    pub fn settings_dropped(&self) -> u64 {
+        self.settings_dropped.get()
     }
 
     /// A client was pinned to its server connection.

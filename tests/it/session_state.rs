@@ -201,3 +201,119 @@ async fn pinned_client_leaving_leaves_nothing_behind() {
     assert!(row.get::<_, bool>(1), "the temporary table was left behind");
     assert_eq!(row.get::<_, String>(2), "4MB");
 }
+
+/// `(current_user, session_user, is_superuser)` as the connection reports them.
+async fn who(client: &tokio_postgres::Client) -> (String, String, String) {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, session_user::text, current_setting('is_superuser')",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// 20 transactions of `client`, interleaved with `others` on a pool of 2, each seeing `expected`
+/// for the client and the login user for everyone else.
+async fn twenty_rounds(
+    client: &tokio_postgres::Client,
+    others: &[tokio_postgres::Client],
+    expected: (&str, &str, &str),
+) {
+    let owned = |(a, b, c): (&str, &str, &str)| (a.to_owned(), b.to_owned(), c.to_owned());
+    for round in 0..20 {
+        let (mine, theirs) = tokio::join!(who(client), who(&others[round % others.len()]));
+        assert_eq!(mine, owned(expected), "round {round}");
+        assert_eq!(
+            theirs,
+            owned(("postgres", "postgres", "on")),
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_authorization_and_role_follow_their_client_without_a_fatal() {
+    let db = fresh_database().await;
+    let (alice, reader) = (format!("{db}_alice"), format!("{db}_reader"));
+    crate::support::direct(&db)
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {alice}; CREATE ROLE {reader}; GRANT {reader} TO {alice};"
+        ))
+        .await
+        .unwrap();
+    let proxy = start_proxy("transaction", 2).await;
+    let client = proxy.connect(&db).await.unwrap();
+    let others: Vec<_> = futures::future::try_join_all((0..3).map(|_| proxy.connect(&db)))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("SET SESSION AUTHORIZATION {alice}"))
+        .await
+        .unwrap();
+    twenty_rounds(&client, &others, (&alice, &alice, "off")).await;
+    client
+        .batch_execute(&format!("SET ROLE {reader}"))
+        .await
+        .unwrap();
+    twenty_rounds(&client, &others, (&reader, &alice, "off")).await;
+    // Changing the session authorization resets the role, as PostgreSQL does.
+    client
+        .batch_execute(&format!("SET SESSION AUTHORIZATION {alice}"))
+        .await
+        .unwrap();
+    twenty_rounds(&client, &others, (&alice, &alice, "off")).await;
+    client
+        .batch_execute("RESET SESSION AUTHORIZATION")
+        .await
+        .unwrap();
+    twenty_rounds(&client, &others, ("postgres", "postgres", "on")).await;
+    // SET ROLE alone, by the login user.
+    client
+        .batch_execute(&format!("SET ROLE {reader}"))
+        .await
+        .unwrap();
+    twenty_rounds(&client, &others, (&reader, "postgres", "off")).await;
+    client.batch_execute("RESET ROLE").await.unwrap();
+    twenty_rounds(&client, &others, ("postgres", "postgres", "on")).await;
+    // Nothing had to be dropped: the read-only parameters were never replayed.
+    let pool = &proxy.ctx.pools.all()[0];
+    assert_eq!(pool.metrics().settings_dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_the_server_refuses_later_is_dropped_not_fatal() {
+    let db = fresh_database().await;
+    let admin = crate::support::direct(&db).await;
+    let proxy = start_proxy("transaction", 1).await;
+    let client = proxy.connect(&db).await.unwrap();
+    let other = proxy.connect(&db).await.unwrap();
+    // The client's role is dropped while its session lives: the next checkout cannot set it.
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {db}_gone; GRANT {db}_gone TO postgres"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("SET ROLE {db}_gone"))
+        .await
+        .unwrap();
+    // The other client takes the only server connection (the role is reset for it), then the
+    // role disappears: the client's next checkout cannot apply it again.
+    assert_eq!(who(&other).await.0, "postgres");
+    admin
+        .batch_execute(&format!("DROP ROLE {db}_gone"))
+        .await
+        .unwrap();
+    let (current, session, _) = who(&client).await;
+    assert_eq!(
+        (current.as_str(), session.as_str()),
+        ("postgres", "postgres")
+    );
+    client.simple_query("SELECT 1").await.unwrap();
+    let pool = &proxy.ctx.pools.all()[0];
+    assert_eq!(pool.metrics().settings_dropped(), 1);
+}

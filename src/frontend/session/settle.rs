@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::{Conversation, Session, SessionError, Step};
-use crate::backend::{BackendError, ServerConn};
+use crate::backend::{BackendError, SESSION_AUTHORIZATION, ServerConn};
 use crate::config::PoolMode;
 use crate::frontend::sql::Effect;
 
@@ -41,6 +41,9 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mut changed: Vec<String> = Vec::new();
         let mut resync_prepared = false;
+        let touched_authorization = effects
+            .iter()
+            .any(|e| matches!(e, Effect::Set(n) | Effect::Reset(n) if n == SESSION_AUTHORIZATION));
         for effect in effects {
             match effect {
                 Effect::Pin(reason) => self.pin(reason),
@@ -68,6 +71,10 @@ impl Session {
                 Effect::Deallocate(Some(_)) => {}
             }
         }
+        // SET/RESET SESSION AUTHORIZATION also resets the role: read both back.
+        if touched_authorization && !changed.iter().any(|n| n == "role") {
+            changed.push("role".to_owned());
+        }
         if !changed.is_empty() {
             let mut sql = String::from("SELECT ");
             for (i, name) in changed.iter().enumerate() {
@@ -94,14 +101,39 @@ impl Session {
     }
 
     /// Brings the server connection's settings to the client's, sending only what differs.
-    pub(super) async fn sync_settings(&self, server: &mut ServerConn) -> Result<(), SessionError> {
-        if let Some(sql) = self.params.sync_sql(&server.params) {
-            server
-                .run_quietly(&sql)
-                .await
-                .map_err(SessionError::Setup)?;
-            server.params.synced(self.params.wanted());
+    ///
+    /// When the server refuses the batch, each setting is applied on its own and the ones it
+    /// still refuses are dropped from the client's settings with a warning: a value that cannot
+    /// be re-applied never ends the session.
+    pub(super) async fn sync_settings(
+        &mut self,
+        server: &mut ServerConn,
+    ) -> Result<(), SessionError> {
+        let Some(sql) = self.params.sync_sql(&server.params) else {
+            return Ok(());
+        };
+        match server.run_quietly(&sql).await {
+            Ok(()) => {}
+            Err(BackendError::Server(_)) => {
+                for (name, step) in server.params.sync_steps(self.params.wanted()) {
+                    if let Err(e) = server.run_quietly(&step).await {
+                        let BackendError::Server(fields) = &e else {
+                            return Err(SessionError::Setup(e));
+                        };
+                        tracing::warn!(
+                            pool = %self.pool.key(),
+                            setting = %name,
+                            error = %fields.message,
+                            "a client setting could not be applied on a server connection; dropped"
+                        );
+                        self.params.drop_setting(&name);
+                        self.pool.metrics().setting_dropped();
+                    }
+                }
+            }
+            Err(e) => return Err(SessionError::Setup(e)),
         }
+        server.params.synced(self.params.wanted());
         Ok(())
     }
 
