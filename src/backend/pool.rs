@@ -259,8 +259,14 @@ impl ServerPool {
                     object: Some(object),
                 })
             }
-            Err(PoolError::Timeout(_)) => Err(AcquireError::Timeout(wait, self.key.to_string())),
-            Err(PoolError::Backend(e)) => Err(AcquireError::Backend(e)),
+            Err(PoolError::Timeout(_)) => {
+                self.metrics.acquire_timed_out();
+                Err(AcquireError::Timeout(wait, self.key.to_string()))
+            }
+            Err(PoolError::Backend(e)) => {
+                self.metrics.connect_failed();
+                Err(AcquireError::Backend(e))
+            }
             Err(_) => Err(AcquireError::Closed(self.key.to_string())),
         }
     }
@@ -293,6 +299,7 @@ impl ServerPool {
             match self.pool.timeout_get(&timeouts).await {
                 Ok(object) => fresh.push(object),
                 Err(e) => {
+                    self.metrics.connect_failed();
                     tracing::warn!(pool = %self.key, error = ?e, "cannot open min_idle server connection");
                     break;
                 }

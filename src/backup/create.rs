@@ -42,6 +42,10 @@ pub async fn create(url: &str, output: &Path) -> Result<Manifest, BackupError> {
         .collect();
     let tables = digest_tables(&client).await?;
     let output_path = output.to_string_lossy().into_owned();
+    let source = pgbin::ToolConnection::parse(url).map_err(|message| BackupError::Tool {
+        program: "pg_dump",
+        message,
+    })?;
     pgbin::run(
         "pg_dump",
         &[
@@ -50,8 +54,9 @@ pub async fn create(url: &str, output: &Path) -> Result<Manifest, BackupError> {
             &snapshot,
             "--file",
             &output_path,
-            url,
+            &source.conninfo,
         ],
+        Some(&source),
     )
     .await
     .map_err(|message| BackupError::Tool {

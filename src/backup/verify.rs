@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::manifest::sha256_file;
 use super::{BACKUPS_DDL, BackupError, Manifest, connect, digest_tables};
-use crate::pgbin::{self, conninfo};
+use crate::pgbin;
 
 /// What a verification proved.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,7 +46,7 @@ pub async fn verify(
         )));
     }
     let dump_path = dump.to_string_lossy().into_owned();
-    let toc = pgbin::run("pg_restore", &["--list", &dump_path])
+    let toc = pgbin::run("pg_restore", &["--list", &dump_path], None)
         .await
         .map_err(|message| BackupError::Tool {
             program: "pg_restore",
@@ -113,6 +113,7 @@ async fn restore_and_compare(
     scratch: &str,
 ) -> Result<(f64, usize, usize), BackupError> {
     let started = Instant::now();
+    let target = pgbin::ToolConnection::new(config, scratch);
     pgbin::run(
         "pg_restore",
         &[
@@ -120,9 +121,10 @@ async fn restore_and_compare(
             "--no-privileges",
             "--exit-on-error",
             "--dbname",
-            &conninfo(config, scratch),
+            &target.conninfo,
             dump,
         ],
+        Some(&target),
     )
     .await
     .map_err(|message| BackupError::Tool {

@@ -266,6 +266,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr,
         }
         Err(_) => {
             tracing::info!(%peer, "client did not send a startup packet within client_login_timeout");
+            ctx.telemetry.metrics.client_refused("login_timeout");
             return;
         }
     };
@@ -290,6 +291,7 @@ async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr,
                 return;
             }
             Err(_) => {
+                ctx.telemetry.metrics.client_refused("login_timeout");
                 let e = LoginError::new(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!(
@@ -399,6 +401,7 @@ async fn login(
         } => (user, database, params),
     };
     if count > ctx.config().max_client_conn {
+        ctx.telemetry.metrics.client_refused("max_client_conn");
         return Err(LoginError::new(
             sqlstate::TOO_MANY_CONNECTIONS,
             format!(

@@ -42,12 +42,13 @@ pub async fn lookup_secret(
         }
         e => unavailable(&e),
     })?;
-    match checkout
-        .conn()
-        .fetch_row_with(&auth_query.query, &[user])
-        .await
-    {
-        Ok(row) => {
+    match run_auth_query(checkout.conn(), &auth_query.query, user).await {
+        Ok(None) => {
+            checkout.release();
+            tracing::info!(user, "auth_query: the password has expired (VALID UNTIL)");
+            Ok(None)
+        }
+        Ok(Some(row)) => {
             checkout.release();
             let stored = row.into_iter().nth(1).flatten();
             Ok(stored.and_then(|text| match Secret::parse(&text) {
@@ -59,7 +60,7 @@ pub async fn lookup_secret(
             }))
         }
         Err(BackendError::Server(fields)) => {
-            // The query failed but the connection is idle again (ReadyForQuery was read).
+            // The query failed but the connection is idle again (its transaction rolled back).
             checkout.release();
             Err(unavailable(&fields))
         }
@@ -67,5 +68,43 @@ pub async fn lookup_secret(
             checkout.discard(false).await;
             Err(unavailable(&e))
         }
+    }
+}
+
+/// Runs the auth query in a read-only transaction whose `search_path` is `pg_catalog` only, so
+/// that settings a client of the same pool left on the connection cannot put its own
+/// `pg_shadow` in front; `None` when the role's password has expired (`VALID UNTIL` in the
+/// past), which PostgreSQL itself would refuse. The connection is idle again afterwards.
+async fn run_auth_query(
+    conn: &mut crate::backend::ServerConn,
+    query: &str,
+    user: &str,
+) -> Result<Option<Vec<Option<String>>>, BackendError> {
+    conn.run_quietly("BEGIN READ ONLY; SET LOCAL search_path TO pg_catalog, pg_temp")
+        .await?;
+    let looked_up = async {
+        let row = conn.fetch_row_with(query, &[user]).await?;
+        let expired = conn
+            .fetch_row_with(
+                "SELECT coalesce(rolvaliduntil < now(), false) FROM pg_catalog.pg_roles \
+                 WHERE rolname = $1",
+                &[user],
+            )
+            .await?;
+        Ok::<_, BackendError>((
+            row,
+            expired.first().cloned().flatten().as_deref() == Some("t"),
+        ))
+    }
+    .await;
+    let end = if looked_up.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    match (looked_up, conn.run_quietly(end).await) {
+        (Ok((_, true)), Ok(())) => Ok(None),
+        (Ok((row, false)), Ok(())) => Ok(Some(row)),
+        (Err(e), Ok(())) | (_, Err(e)) => Err(e),
     }
 }

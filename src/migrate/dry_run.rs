@@ -27,8 +27,12 @@ pub struct DryRunReport {
     pub invalid_indexes: Vec<String>,
 }
 
-async fn run_tool(program: &'static str, args: &[&str]) -> Result<(), MigrateError> {
-    pgbin::run(program, args)
+async fn run_tool(
+    program: &'static str,
+    args: &[&str],
+    connection: &pgbin::ToolConnection,
+) -> Result<(), MigrateError> {
+    pgbin::run(program, args, Some(connection))
         .await
         .map(|_| ())
         .map_err(|message| MigrateError::Database {
@@ -105,7 +109,8 @@ async fn copy_and_apply(
     let dump_path = dump.to_string_lossy().into_owned();
     let source_db = production.get_dbname().unwrap_or("postgres");
     let copied = async {
-        let target = conninfo(production, source_db);
+        let source = pgbin::ToolConnection::new(production, source_db);
+        let target = pgbin::ToolConnection::new(staging, scratch);
         let mut args = vec![
             "--format=custom",
             "--no-owner",
@@ -114,8 +119,8 @@ async fn copy_and_apply(
             &dump_path,
         ];
         args.extend_from_slice(dump_scope);
-        args.push(&target);
-        run_tool("pg_dump", &args).await?;
+        args.push(&source.conninfo);
+        run_tool("pg_dump", &args, &source).await?;
         run_tool(
             "pg_restore",
             &[
@@ -123,9 +128,10 @@ async fn copy_and_apply(
                 "--no-privileges",
                 "--exit-on-error",
                 "--dbname",
-                &conninfo(staging, scratch),
+                &target.conninfo,
                 &dump_path,
             ],
+            &target,
         )
         .await
     }

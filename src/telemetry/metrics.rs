@@ -99,6 +99,9 @@ pub struct Metrics {
     cache_evictions: Family<PoolLabels, Counter>,
     pinned: Family<PoolLabels, Counter>,
     settings_dropped: Family<PoolLabels, Counter>,
+    acquire_timeouts: Family<PoolLabels, Counter>,
+    connect_errors: Family<PoolLabels, Counter>,
+    clients_refused: Family<ReasonLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabels, Counter>,
     health_status: Family<CheckLabels, Gauge>,
@@ -135,6 +138,9 @@ impl Metrics {
             cache_evictions: Family::default(),
             pinned: Family::default(),
             settings_dropped: Family::default(),
+            acquire_timeouts: Family::default(),
+            connect_errors: Family::default(),
+            clients_refused: Family::default(),
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
             health_status: Family::default(),
@@ -154,6 +160,21 @@ impl Metrics {
     }
 
     fn register_connections(&self, registry: &mut Registry) {
+        registry.register(
+            "pool_acquire_timeouts",
+            "Clients that waited the whole acquire_timeout for a server connection and got 53300",
+            self.acquire_timeouts.clone(),
+        );
+        registry.register(
+            "server_connect_errors",
+            "Server connections that could not be opened or logged in",
+            self.connect_errors.clone(),
+        );
+        registry.register(
+            "clients_refused",
+            "Client connections refused before their session began (max_client_conn, client_login_timeout)",
+            self.clients_refused.clone(),
+        );
         registry.register(
             "client_connections",
             "Client connections by pool and state (active: holding a server connection, waiting: for one, idle)",
@@ -231,6 +252,13 @@ impl Metrics {
     pub fn control_request_refused(&self, origin: &'static str, reason: &'static str) {
         self.control_refused
             .get_or_create(&RefusalLabels { origin, reason })
+            .inc();
+    }
+
+    /// Counts a client connection refused before its session began, by `reason`.
+    pub fn client_refused(&self, reason: &'static str) {
+        self.clients_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
@@ -323,6 +351,8 @@ impl Metrics {
             cache_evictions: self.cache_evictions.get_or_create_owned(&labels),
             pinned: self.pinned.get_or_create_owned(&labels),
             settings_dropped: self.settings_dropped.get_or_create_owned(&labels),
+            acquire_timeouts: self.acquire_timeouts.get_or_create_owned(&labels),
+            connect_errors: self.connect_errors.get_or_create_owned(&labels),
             errors: self.errors.clone(),
             clients: AtomicI64::new(0),
             errors_total: AtomicU64::new(0),
@@ -430,6 +460,8 @@ pub struct PoolMetrics {
     cache_evictions: Counter,
     pinned: Counter,
     settings_dropped: Counter,
+    acquire_timeouts: Counter,
+    connect_errors: Counter,
     errors: Family<ErrorLabels, Counter>,
     clients: AtomicI64,
     errors_total: AtomicU64,
@@ -447,6 +479,16 @@ impl PoolMetrics {
     /// A client of this pool left.
     pub fn client_disconnected(&self) {
         self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A client gave up waiting for a server connection.
+    pub fn acquire_timed_out(&self) {
+        self.acquire_timeouts.inc();
+    }
+
+    /// A server connection could not be opened.
+    pub fn connect_failed(&self) {
+        self.connect_errors.inc();
     }
 
     /// A client waited `wait` for a server connection.

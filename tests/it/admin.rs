@@ -54,3 +54,37 @@ async fn readyz_fails_while_the_upstream_is_unreachable() {
     assert!(body.contains("127.0.0.1:1 unreachable"), "{body}");
     assert_eq!(get(admin.addr, "/healthz").await.0, 200);
 }
+
+/// Every metric the shipped dashboard and alert rules use is one the proxy exports.
+#[test]
+fn dashboard_and_alerts_name_only_exported_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Families without samples are not in the exposition, so the registrations are read.
+    let registered = std::fs::read_to_string(root.join("src/telemetry/metrics.rs")).unwrap();
+    for file in [
+        "deploy/grafana/pgsidecar.json",
+        "deploy/prometheus/alerts.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut rest = text.as_str();
+        let mut seen = 0;
+        while let Some(at) = rest.find("pgsidecar_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            let short = family.trim_start_matches("pgsidecar_");
+            assert!(
+                registered.contains(&format!("\"{short}\",")),
+                "{file} uses {name}, which pgsidecar does not export"
+            );
+            seen += 1;
+        }
+        assert!(seen > 3, "{file} names no metric");
+    }
+}

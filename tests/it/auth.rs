@@ -192,3 +192,63 @@ async fn auth_query_users_log_in_with_their_own_scram_keys() {
     let unknown = format!("postgres://nobody_{db}:x@127.0.0.1:{}/{db}", proxy.port);
     assert_eq!(sqlstate(&connect(&unknown).await.unwrap_err()), "28P01");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_refuses_expired_passwords_and_ignores_a_clients_search_path() {
+    let db = fresh_database().await;
+    let (expired, current) = (format!("exp_{db}"), format!("cur_{db}"));
+    direct("postgres")
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {expired} LOGIN PASSWORD 'exppass' VALID UNTIL '2001-01-01';
+             CREATE ROLE {current} LOGIN PASSWORD 'curpass' VALID UNTIL 'infinity';"
+        ))
+        .await
+        .unwrap();
+    let mut settings = overrides("transaction", 1);
+    settings.auth = None;
+    settings.upstream = Some(format!("postgres://127.0.0.1:{}", cluster().port()));
+    let file = "auth = \"scram-sha-256\"\n\
+                auth_user = \"postgres\"\n\
+                auth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\n\
+                [users.postgres]\nserver_password = \"postgres\"\n";
+    let proxy = start_proxy_with(&settings, Some(file)).await;
+    let url = |user: &str, password: &str| {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", proxy.port)
+    };
+    assert_eq!(
+        sqlstate(&connect(&url(&expired, "exppass")).await.unwrap_err()),
+        "28P01"
+    );
+    connect(&url(&current, "curpass"))
+        .await
+        .expect("a password valid until infinity");
+    // A client of the auth user's own pool (one server connection) plants a pg_shadow of its
+    // own and leaves its search_path on that connection.
+    let planter = connect(&url("postgres", "postgres")).await.unwrap();
+    planter
+        .batch_execute(&format!(
+            "CREATE SCHEMA evil;
+             CREATE VIEW evil.pg_shadow AS
+               SELECT 'intruder_{db}'::name AS usename,
+                      (SELECT passwd FROM pg_catalog.pg_shadow WHERE usename = '{current}') AS passwd;
+             SET search_path = evil, pg_catalog"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        sqlstate(
+            &connect(&url(&format!("intruder_{db}"), "curpass"))
+                .await
+                .unwrap_err()
+        ),
+        "28P01"
+    );
+    // The planter's own setting is untouched.
+    let path: String = planter
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, "evil, pg_catalog");
+}

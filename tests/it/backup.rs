@@ -127,3 +127,53 @@ async fn corrupted_truncated_and_tampered_backups_are_caught() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_gets_the_password_from_its_environment_and_keeps_sslmode() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = fresh_database().await;
+    direct(&db)
+        .await
+        .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 100) AS id")
+        .await
+        .unwrap();
+    // A pg_dump that records what it was given, then runs the real one.
+    let wrappers = dump_path().with_extension("bin");
+    std::fs::create_dir_all(&wrappers).unwrap();
+    let real = pgsidecar::pgbin::pg_bindir().join("pg_dump");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > {dir}/args\n\
+         if [ -n \"$PGPASSWORD\" ]; then echo set > {dir}/password; fi\n\
+         exec {real} \"$@\"\n",
+        dir = wrappers.display(),
+        real = real.display()
+    );
+    let wrapper = wrappers.join("pg_dump");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = dump_path();
+    let _cleanup = Cleanup(output.clone());
+    let url = format!(
+        "postgres://postgres:postgres@127.0.0.1:{}/{db}?sslmode=require",
+        cluster().port()
+    );
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["backup", "create", "--output", output.to_str().unwrap()])
+        .env("DATABASE_URL", &url)
+        .env("PG_BINDIR", &wrappers)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let args = std::fs::read_to_string(wrappers.join("args")).unwrap();
+    assert!(!args.contains("postgres:postgres"), "{args}");
+    assert!(!args.contains("password"), "{args}");
+    assert!(args.contains("sslmode=require"), "{args}");
+    assert!(wrappers.join("password").exists());
+    assert!(output.exists());
+    let _ = std::fs::remove_dir_all(&wrappers);
+}

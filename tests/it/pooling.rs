@@ -87,6 +87,10 @@ async fn acquire_timeout_is_53300() {
         message.contains("no server connection became free"),
         "{message}"
     );
+    let exposition = proxy.ctx.telemetry.metrics.encode();
+    let line =
+        format!(r#"pgsidecar_pool_acquire_timeouts_total{{database="{db}",user="postgres"}} 1"#);
+    assert!(exposition.contains(&line), "{exposition}");
     holder.batch_execute("COMMIT").await.unwrap();
     let again = proxy.connect(&db).await.unwrap();
     assert_eq!(
@@ -146,6 +150,11 @@ async fn max_client_conn_refuses_the_extra_client_with_53300() {
     let second = proxy.connect(&db).await.unwrap();
     let err = proxy.connect(&db).await.unwrap_err();
     assert_eq!(sqlstate(&err), "53300");
+    let exposition = proxy.ctx.telemetry.metrics.encode();
+    assert!(
+        exposition.contains(r#"pgsidecar_clients_refused_total{reason="max_client_conn"} 1"#),
+        "{exposition}"
+    );
     drop(first);
     // The slot frees once the proxy has seen the first client go.
     let mut third = None;
