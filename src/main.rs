@@ -122,6 +122,18 @@ struct ProxyArgs {
     /// Statements each server connection keeps prepared for transaction-mode clients.
     #[arg(long, env = "PGSIDECAR_MAX_PREPARED_STATEMENTS")]
     max_prepared_statements: Option<String>,
+    /// Close a client idle this long between transactions (0 = off).
+    #[arg(long, env = "PGSIDECAR_CLIENT_IDLE_TIMEOUT")]
+    client_idle_timeout: Option<String>,
+    /// Close a client idle this long inside a transaction, rolling it back (0 = off; default 1h).
+    #[arg(long, env = "PGSIDECAR_IDLE_TRANSACTION_TIMEOUT")]
+    idle_transaction_timeout: Option<String>,
+    /// Cancel a query the server works on longer than this and close its client (0 = off).
+    #[arg(long, env = "PGSIDECAR_QUERY_TIMEOUT")]
+    query_timeout: Option<String>,
+    /// Close a client whose transaction stays open longer than this (0 = off).
+    #[arg(long, env = "PGSIDECAR_TRANSACTION_TIMEOUT")]
+    transaction_timeout: Option<String>,
     /// Clients must log in within this.
     #[arg(long, env = "PGSIDECAR_CLIENT_LOGIN_TIMEOUT")]
     client_login_timeout: Option<String>,
@@ -226,6 +238,10 @@ impl ProxyArgs {
             server_lifetime: self.server_lifetime,
             server_connect_timeout: self.server_connect_timeout,
             max_prepared_statements: self.max_prepared_statements,
+            client_idle_timeout: self.client_idle_timeout,
+            idle_transaction_timeout: self.idle_transaction_timeout,
+            query_timeout: self.query_timeout,
+            transaction_timeout: self.transaction_timeout,
             client_login_timeout: self.client_login_timeout,
             max_client_conn: self.max_client_conn,
             max_message_size: self.max_message_size,

@@ -13,7 +13,7 @@ use super::security::{ListenerFile, SecurityFile, UserFile};
 use super::values::{field, ranged, socket_addr};
 use super::{
     AuthMethod, Config, ConfigError, OtlpProtocol, PoolMode, PoolSettings, SamplerSettings,
-    TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
+    SessionTimeouts, TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
 };
 
 /// A TOML scalar, so that `pool_size = 20` and `PGSIDECAR_POOL_SIZE=20` take one validation path.
@@ -44,6 +44,10 @@ struct PoolFile {
     server_lifetime: Option<Scalar>,
     server_connect_timeout: Option<Scalar>,
     max_prepared_statements: Option<Scalar>,
+    client_idle_timeout: Option<Scalar>,
+    idle_transaction_timeout: Option<Scalar>,
+    query_timeout: Option<Scalar>,
+    transaction_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +128,10 @@ pub struct Overrides {
     pub server_lifetime: Option<String>,
     pub server_connect_timeout: Option<String>,
     pub max_prepared_statements: Option<String>,
+    pub client_idle_timeout: Option<String>,
+    pub idle_transaction_timeout: Option<String>,
+    pub query_timeout: Option<String>,
+    pub transaction_timeout: Option<String>,
     pub client_login_timeout: Option<String>,
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
@@ -172,29 +180,32 @@ impl Overrides {
         set(&mut file.client_tls, self.client_tls.as_ref());
         set(&mut file.server_tls_mode, self.server_tls_mode.as_ref());
         set(&mut file.server_ca, self.server_ca.as_ref());
-        set(&mut file.pool.pool_mode, self.pool_mode.as_ref());
-        set(&mut file.pool.pool_size, self.pool_size.as_ref());
-        set(&mut file.pool.min_idle, self.min_idle.as_ref());
-        set(
-            &mut file.pool.acquire_timeout,
-            self.acquire_timeout.as_ref(),
-        );
-        set(
-            &mut file.pool.server_idle_timeout,
-            self.server_idle_timeout.as_ref(),
-        );
-        set(
-            &mut file.pool.server_lifetime,
-            self.server_lifetime.as_ref(),
-        );
-        set(
-            &mut file.pool.server_connect_timeout,
-            self.server_connect_timeout.as_ref(),
-        );
-        set(
-            &mut file.pool.max_prepared_statements,
-            self.max_prepared_statements.as_ref(),
-        );
+        let pool = &mut file.pool;
+        for (slot, value) in [
+            (&mut pool.pool_mode, &self.pool_mode),
+            (&mut pool.pool_size, &self.pool_size),
+            (&mut pool.min_idle, &self.min_idle),
+            (&mut pool.acquire_timeout, &self.acquire_timeout),
+            (&mut pool.server_idle_timeout, &self.server_idle_timeout),
+            (&mut pool.server_lifetime, &self.server_lifetime),
+            (
+                &mut pool.server_connect_timeout,
+                &self.server_connect_timeout,
+            ),
+            (
+                &mut pool.max_prepared_statements,
+                &self.max_prepared_statements,
+            ),
+            (&mut pool.client_idle_timeout, &self.client_idle_timeout),
+            (
+                &mut pool.idle_transaction_timeout,
+                &self.idle_transaction_timeout,
+            ),
+            (&mut pool.query_timeout, &self.query_timeout),
+            (&mut pool.transaction_timeout, &self.transaction_timeout),
+        ] {
+            set(slot, value.as_ref());
+        }
         set(
             &mut file.client_login_timeout,
             self.client_login_timeout.as_ref(),
@@ -389,7 +400,16 @@ fn default_pool() -> PoolSettings {
         server_lifetime: Duration::from_secs(3600),
         server_connect_timeout: Duration::from_secs(5),
         max_prepared_statements: 200,
+        timeouts: SessionTimeouts {
+            idle_transaction: Some(Duration::from_secs(3600)),
+            ..SessionTimeouts::default()
+        },
     }
+}
+
+/// A timeout key: a duration, `0` for off.
+fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
 }
 
 impl PoolFile {
@@ -444,6 +464,32 @@ impl PoolFile {
                 base.max_prepared_statements,
                 ranged(1, 100_000),
             )?,
+            timeouts: SessionTimeouts {
+                client_idle: field(
+                    &key("client_idle_timeout"),
+                    self.client_idle_timeout.as_ref(),
+                    base.timeouts.client_idle,
+                    optional_duration,
+                )?,
+                idle_transaction: field(
+                    &key("idle_transaction_timeout"),
+                    self.idle_transaction_timeout.as_ref(),
+                    base.timeouts.idle_transaction,
+                    optional_duration,
+                )?,
+                query: field(
+                    &key("query_timeout"),
+                    self.query_timeout.as_ref(),
+                    base.timeouts.query,
+                    optional_duration,
+                )?,
+                transaction: field(
+                    &key("transaction_timeout"),
+                    self.transaction_timeout.as_ref(),
+                    base.timeouts.transaction,
+                    optional_duration,
+                )?,
+            },
         };
         if settings.min_idle > settings.size {
             return Err(invalid(

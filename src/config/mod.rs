@@ -210,6 +210,25 @@ pub struct PoolSettings {
     pub server_connect_timeout: Duration,
     /// Statements each server connection keeps prepared for transaction-mode clients (LRU).
     pub max_prepared_statements: usize,
+    /// How long a client may hold or wait (PgBouncer's timeouts).
+    pub timeouts: SessionTimeouts,
+}
+
+/// Limits on how long a client may hold a server connection or keep it waiting, with
+/// PgBouncer's meanings; `None` is off. The affected client is told why (in PostgreSQL's
+/// SQLSTATE for the same limit) and closed; its server connection is rolled back and returned,
+/// or closed when a query was still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionTimeouts {
+    /// `client_idle_timeout`: a client that sends nothing for this long between transactions.
+    pub client_idle: Option<Duration>,
+    /// `idle_transaction_timeout`: a client that sends nothing for this long inside a
+    /// transaction, holding a server connection.
+    pub idle_transaction: Option<Duration>,
+    /// `query_timeout`: the server works on a client's requests for this long.
+    pub query: Option<Duration>,
+    /// `transaction_timeout`: a transaction stays open this long.
+    pub transaction: Option<Duration>,
 }
 
 /// How query spans leave the process.

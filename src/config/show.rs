@@ -25,6 +25,10 @@ fn duration(d: Duration) -> String {
     }
 }
 
+fn optional(d: Option<Duration>) -> String {
+    d.map_or_else(|| "0".to_owned(), duration)
+}
+
 fn sampler(s: SamplerSettings) -> String {
     let prefix = if s.parent_based { "parentbased_" } else { "" };
     match s.root {
@@ -103,6 +107,13 @@ impl Config {
                 "max_prepared_statements",
                 pool.max_prepared_statements.to_string(),
             ),
+            ("client_idle_timeout", optional(pool.timeouts.client_idle)),
+            (
+                "idle_transaction_timeout",
+                optional(pool.timeouts.idle_transaction),
+            ),
+            ("query_timeout", optional(pool.timeouts.query)),
+            ("transaction_timeout", optional(pool.timeouts.transaction)),
             ("client_login_timeout", duration(self.client_login_timeout)),
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_message_size", self.max_message_size.to_string()),

@@ -102,6 +102,7 @@ pub struct Metrics {
     acquire_timeouts: Family<PoolLabels, Counter>,
     connect_errors: Family<PoolLabels, Counter>,
     clients_refused: Family<ReasonLabels, Counter>,
+    client_timeouts: Family<ReasonLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabels, Counter>,
     health_status: Family<CheckLabels, Gauge>,
@@ -141,6 +142,7 @@ impl Metrics {
             acquire_timeouts: Family::default(),
             connect_errors: Family::default(),
             clients_refused: Family::default(),
+            client_timeouts: Family::default(),
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
             health_status: Family::default(),
@@ -169,6 +171,11 @@ impl Metrics {
             "server_connect_errors",
             "Server connections that could not be opened or logged in",
             self.connect_errors.clone(),
+        );
+        registry.register(
+            "client_timeouts",
+            "Clients closed by a timeout, by its key (client_idle_timeout, idle_transaction_timeout, query_timeout, transaction_timeout)",
+            self.client_timeouts.clone(),
         );
         registry.register(
             "clients_refused",
@@ -252,6 +259,13 @@ impl Metrics {
     pub fn control_request_refused(&self, origin: &'static str, reason: &'static str) {
         self.control_refused
             .get_or_create(&RefusalLabels { origin, reason })
+            .inc();
+    }
+
+    /// Counts a client closed by the timeout `key`.
+    pub fn client_timed_out(&self, key: &'static str) {
+        self.client_timeouts
+            .get_or_create(&ReasonLabels { reason: key })
             .inc();
     }
 

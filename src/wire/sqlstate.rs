@@ -24,3 +24,11 @@ pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const SYNTAX_ERROR: &str = "42601";
 /// A pause that could not take hold, a resume of something not paused.
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+/// `idle_transaction_timeout` fired (PostgreSQL's idle_in_transaction_session_timeout).
+pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
+/// `transaction_timeout` fired (PostgreSQL 17's transaction_timeout).
+pub const TRANSACTION_TIMEOUT: &str = "25P04";
+/// `client_idle_timeout` fired (PostgreSQL's idle_session_timeout).
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// `query_timeout` fired: the query was cancelled.
+pub const QUERY_CANCELED: &str = "57014";

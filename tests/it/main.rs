@@ -23,5 +23,6 @@ mod protocol;
 mod retrieval;
 mod session_state;
 mod telemetry;
+mod timeouts;
 mod tls;
 mod tools;

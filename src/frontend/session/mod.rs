@@ -2,6 +2,7 @@
 //! connection, forwards bytes both ways, and gives the connection back at the first safe point.
 
 mod settle;
+mod timeouts;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +21,7 @@ use super::sql::{Effect, may_have_effects};
 use super::statements::{ClientStatements, StatementDef};
 use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
-use crate::config::{Config, PoolMode};
+use crate::config::{Config, PoolMode, SessionTimeouts};
 use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::FinishedQuery;
 use crate::tls::PgStream;
@@ -32,6 +33,8 @@ use crate::wire::messages::{
 };
 use crate::wire::{FrameHeader, WireError, sqlstate};
 use opentelemetry::KeyValue;
+pub use timeouts::Timeout;
+use timeouts::Waiting;
 
 /// Bytes reserved per socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -60,6 +63,9 @@ pub enum SessionError {
     /// The session was ended from outside (pause stragglers, drain deadline).
     #[error("terminated: {0}")]
     Terminated(&'static str),
+    /// A limit on holding or waiting fired.
+    #[error("{}", .0.message())]
+    TimedOut(Timeout),
 }
 
 impl SessionError {
@@ -98,8 +104,22 @@ impl SessionError {
                 sqlstate::ADMIN_SHUTDOWN,
                 format!("terminating connection due to administrator command: {reason}"),
             ),
+            Self::TimedOut(timeout) => (timeout.sqlstate(), timeout.message()),
         };
         Some(error(Severity::Fatal, code, &message))
+    }
+}
+
+/// Waits for the idle limit of [`Session::wait_for_request`]; its duration.
+async fn idle_expired(
+    limit: &mut Option<(std::time::Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>,
+) -> std::time::Duration {
+    match limit {
+        Some((duration, sleep)) => {
+            sleep.as_mut().await;
+            *duration
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -111,6 +131,8 @@ enum Step {
     ClientEnded,
     /// The sidecar is draining and the client is between transactions.
     Drained,
+    /// A timeout fired; the connection is cleaned up like a client that left.
+    TimedOut(Timeout),
 }
 
 /// The protocol position of one checkout: what the server still owes.
@@ -150,6 +172,8 @@ pub struct Session {
     ticket: Option<Ticket>,
     /// Span attributes shared by this session's queries, and the application_name they name.
     span_attributes: Option<(String, Vec<KeyValue>)>,
+    /// The pool's limits on holding and waiting, when the session started.
+    timeouts: SessionTimeouts,
 }
 
 impl Session {
@@ -161,7 +185,9 @@ impl Session {
         params: ClientParams,
         cancel: Arc<CancelSlot>,
     ) -> Self {
+        let timeouts = pool.settings().timeouts;
         Self {
+            timeouts,
             config: ctx.config(),
             gate: ctx.gate.database(&pool.key().database),
             client,
@@ -303,6 +329,12 @@ impl Session {
                     Box::pin(self.finish(checkout, &talk)).await;
                     return Err(SessionError::Shutdown);
                 }
+                Ok(Step::TimedOut(timeout)) => {
+                    self.timed_out(timeout);
+                    self.end_transaction();
+                    Box::pin(self.finish(checkout, &talk)).await;
+                    return Err(SessionError::TimedOut(timeout));
+                }
                 Err(e) => {
                     self.end_transaction();
                     self.cancel.set(None);
@@ -318,6 +350,11 @@ impl Session {
     /// Waits, holding no server connection, until the client has sent a whole message. Returns
     /// false when the client said Terminate or closed.
     async fn wait_for_request(&mut self) -> Result<bool, SessionError> {
+        // Boxed, and only when configured: an idle session without the limit carries no timer.
+        let mut idle_limit = self
+            .timeouts
+            .client_idle
+            .map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
         loop {
             match FrameHeader::peek(&self.buf, self.config.max_message_size) {
                 Ok(Some(header)) if header.tag == b'X' => return Ok(false),
@@ -335,9 +372,18 @@ impl Session {
                     readable = tcp.readable() => readable?,
                     () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
                     reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
+                    limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
+                        return Err(self.idle_timed_out(limit));
+                    }
                 }
                 self.buf.reserve(READ_CHUNK);
-                self.client.read_buf(&mut self.buf).await?
+                // Readiness can be left over from the login's reads: a read that would block
+                // clears it and the wait starts again, with its timers.
+                match tcp.try_read_buf(&mut self.buf) {
+                    Ok(read) => read,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e.into()),
+                }
             } else {
                 // TLS may hold decrypted bytes the socket no longer shows as readable, so the
                 // read itself is what waits.
@@ -346,6 +392,9 @@ impl Session {
                     read = self.client.read_buf(&mut self.buf) => read?,
                     () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
                     reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
+                    limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
+                        return Err(self.idle_timed_out(limit));
+                    }
                 }
             };
             if read == 0 {
@@ -422,6 +471,12 @@ impl Session {
         talk: &mut Conversation,
     ) -> Result<Step, SessionError> {
         let transaction_mode = self.mode() == PoolMode::Transaction;
+        // One timer for the whole stretch, re-armed only when what the session waits for
+        // changes; it is not polled at all when no limit applies.
+        let timer = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(timer);
+        let mut waiting: Option<Waiting> = None;
+        let mut fires: Option<Timeout> = None;
         loop {
             if self.ticket.is_none() && self.has_request() {
                 self.admit().await?;
@@ -432,9 +487,17 @@ impl Session {
             if let Some(step) = self.at_rest(server, talk, transaction_mode).await? {
                 return Ok(step);
             }
+            let now_waiting = Waiting::of(talk);
+            if waiting != Some(now_waiting) && self.timeouts != SessionTimeouts::default() {
+                waiting = Some(now_waiting);
+                fires = self.arm(&mut timer, now_waiting);
+            }
             self.buf.reserve(READ_CHUNK);
             server.buf.reserve(READ_CHUNK);
             tokio::select! {
+                () = &mut timer, if fires.is_some() => {
+                    return Ok(Step::TimedOut(fires.expect("the branch runs only when armed")));
+                }
                 read = self.client.read_buf(&mut self.buf) => {
                     if read.unwrap_or(0) == 0 {
                         return Ok(Step::ClientEnded);
@@ -589,6 +652,35 @@ impl Session {
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
         }
         Ok(true)
+    }
+
+    /// Sets `timer` to the next limit for a session now `waiting`; the limit, if any.
+    fn arm(
+        &self,
+        timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+        waiting: Waiting,
+    ) -> Option<Timeout> {
+        let now = tokio::time::Instant::now();
+        let transaction_started = self
+            .timeouts
+            .transaction
+            .and(self.cancel.transaction_age())
+            .and_then(|age| now.checked_sub(age));
+        let (at, timeout) = timeouts::deadline(&self.timeouts, waiting, now, transaction_started)?;
+        timer.as_mut().reset(at);
+        Some(timeout)
+    }
+
+    /// Logs and counts a timeout that fired.
+    fn timed_out(&self, timeout: Timeout) {
+        tracing::info!(pool = %self.pool.key(), timeout = timeout.key(), "closing a client: {}", timeout.message());
+        self.ctx.telemetry.metrics.client_timed_out(timeout.key());
+    }
+
+    fn idle_timed_out(&self, limit: std::time::Duration) -> SessionError {
+        let timeout = Timeout::ClientIdle(limit);
+        self.timed_out(timeout);
+        SessionError::TimedOut(timeout)
     }
 
     /// The client has left: return its server connection clean, or close it.
