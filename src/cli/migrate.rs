@@ -43,12 +43,10 @@ pub enum MigrateAction {
     Lint,
     /// Apply the pending migrations.
     Apply(Box<ApplyArgs>),
-    /// Roll back the newest migration, or every one newer than --to.
-    Rollback {
-        /// Keep this version and older.
-        #[arg(long)]
-        to: Option<i64>,
-    },
+    /// Roll back the newest migration, or every one newer than --to, under the same policy as
+    /// apply (lint, timeouts and retries, fleet pause and window for declared blocking steps,
+    /// backup).
+    Rollback(Box<ApplyArgs>),
     /// Accept the current text of applied migrations whose files were edited.
     Repair,
     /// Check the database after migrations: INVALID indexes, NOT VALID constraints, smoke queries.
@@ -59,7 +57,8 @@ pub enum MigrateAction {
 
 #[derive(Args)]
 pub struct ApplyArgs {
-    /// Only up to this version.
+    /// Apply and deploy: only up to this version. Rollback: keep this version and older
+    /// (default: undo the newest).
     #[arg(long)]
     to: Option<i64>,
     /// lock_timeout of every statement (a migration's directive wins).
@@ -430,6 +429,16 @@ async fn plan(migrator: &Migrator, to: Option<i64>) -> Result<(), MigrateError> 
     Ok(())
 }
 
+/// Rolls back once the backup policy is met, under the apply policy.
+async fn rollback(migrator: &Migrator, url: &str, args: &ApplyArgs) -> Result<(), MigrateError> {
+    let evidence = ensure_backup(url, &args.policy()).await?;
+    println!("backup: {evidence:?}");
+    for m in migrator.rollback(args.to, &args.options()).await? {
+        println!("rolled back {m}");
+    }
+    Ok(())
+}
+
 /// Applies the pending migrations once the backup policy is met.
 async fn apply(migrator: &Migrator, url: &str, args: &ApplyArgs) -> Result<(), MigrateError> {
     if !migrator.plan(args.to).await?.is_empty() {
@@ -470,7 +479,10 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
     };
     let unhonoured = match &args.action {
         MigrateAction::Apply(a) => a.unhonoured(false),
-        MigrateAction::Deploy(a) => a.unhonoured(true),
+        MigrateAction::Rollback(a) if a.dry_run || a.staging_url.is_some() => {
+            Some("rollback has no dry run: --dry-run and --staging-url are not accepted")
+        }
+        MigrateAction::Deploy(a) | MigrateAction::Rollback(a) => a.unhonoured(true),
         _ => None,
     };
     if let Some(message) = unhonoured {
@@ -492,14 +504,7 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         MigrateAction::Apply(a) => apply(&migrator, url, a).await,
         MigrateAction::Verify => verify_now(&migrator, &args.dir).await,
         MigrateAction::Deploy(a) => return deploy(&migrator, url, &args, a).await,
-        MigrateAction::Rollback { to } => migrator
-            .rollback(*to, std::time::Duration::from_secs(300))
-            .await
-            .map(|undone| {
-                for m in undone {
-                    println!("rolled back {m}");
-                }
-            }),
+        MigrateAction::Rollback(a) => rollback(&migrator, url, a).await,
         MigrateAction::Repair => migrator.repair().await.map(|repaired| {
             if repaired.is_empty() {
                 println!("every applied migration matches its file");

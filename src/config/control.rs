@@ -10,7 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::file::Scalar;
+use super::values::Scalar;
 use super::values::field;
 use super::{ConfigError, FleetConfig, invalid, parse_duration};
 

@@ -10,28 +10,12 @@ use serde::Deserialize;
 
 use super::control::{ControlFile, FleetFile};
 use super::security::{ListenerFile, SecurityFile, UserFile};
-use super::values::{field, ranged, socket_addr};
+use super::values::Scalar;
+use super::values::{UserList, field, ranged, socket_addr};
 use super::{
     AuthMethod, Config, ConfigError, OtlpProtocol, PoolMode, PoolSettings, SamplerSettings,
     SessionTimeouts, TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
 };
-
-/// A TOML scalar, so that `pool_size = 20` and `PGSIDECAR_POOL_SIZE=20` take one validation path.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(super) enum Scalar {
-    Int(i64),
-    Str(String),
-}
-
-impl Scalar {
-    pub(super) fn text(&self) -> String {
-        match self {
-            Self::Int(i) => i.to_string(),
-            Self::Str(s) => s.clone(),
-        }
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +69,7 @@ pub(super) struct FileConfig {
     fleet_heartbeat: Option<Scalar>,
     fleet_control_role: Option<Scalar>,
     health_interval: Option<Scalar>,
-    admin_users: Option<Vec<String>>,
+    admin_users: Option<UserList>,
     admin_token_file: Option<Scalar>,
     max_pause_hold: Option<Scalar>,
     max_pause_deadline: Option<Scalar>,
@@ -231,14 +215,7 @@ impl Overrides {
             file.admin_token.clone_from(&self.admin_token);
         }
         if let Some(users) = &self.admin_users {
-            file.admin_users = Some(
-                users
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            );
+            file.admin_users = Some(UserList::from_text(users));
         }
         let telemetry = &mut file.telemetry;
         set(&mut telemetry.otlp_endpoint, self.otlp_endpoint.as_ref());
@@ -277,14 +254,26 @@ impl FileConfig {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.display().to_string(),
-            message: e.to_string().trim_end().to_owned(),
+            message,
+        })
+    }
+
+    /// The file's text as a [`FileConfig`]; the error names the key at fault.
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.to_string().trim_end().to_owned();
+            match wrong_key(text) {
+                Some(key) => format!("key `{key}`: {message}"),
+                None => message,
+            }
         })
     }
 
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
         let (fleet, control) = self.control_plane()?;
+        let upstream = self.upstream()?;
         let pool = self.pool.validate("", &default_pool())?;
         let mut databases = BTreeMap::new();
         for (name, file) in &self.databases {
@@ -297,15 +286,6 @@ impl FileConfig {
         for (name, file) in self.users {
             users.insert(name.clone(), file.validate(&format!("users.{name}."))?);
         }
-        let upstream = match &self.upstream {
-            Some(url) => Upstream::parse(&url.text()).map_err(|m| invalid("upstream", m))?,
-            None => {
-                return Err(invalid(
-                    "upstream",
-                    "not set: give --upstream, PGSIDECAR_UPSTREAM, DATABASE_URL or `upstream` in the file",
-                ));
-            }
-        };
         let auth = field(
             "auth",
             self.auth.as_ref(),
@@ -331,7 +311,10 @@ impl FileConfig {
         };
         let telemetry = self.telemetry.validate()?;
         Ok(Config {
-            admin_users: self.admin_users.unwrap_or_default(),
+            admin_users: self
+                .admin_users
+                .map(UserList::into_names)
+                .unwrap_or_default(),
             fleet,
             control,
             drain_timeout: field(
@@ -507,7 +490,32 @@ impl PoolFile {
     }
 }
 
+/// The top-level key whose value alone does not deserialize. serde's `flatten` (the pool keys
+/// sit at the top level) loses the position of a wrongly typed value, so the parser's message
+/// would point at line 1.
+fn wrong_key(text: &str) -> Option<String> {
+    use serde::Deserialize as _;
+    let table: toml::Table = toml::from_str(text).ok()?;
+    table.into_iter().find_map(|(key, value)| {
+        let mut alone = toml::Table::new();
+        alone.insert(key.clone(), value);
+        FileConfig::deserialize(toml::Value::Table(alone))
+            .err()
+            .map(|_| key)
+    })
+}
+
 impl FileConfig {
+    fn upstream(&self) -> Result<Upstream, ConfigError> {
+        match &self.upstream {
+            Some(url) => Upstream::parse(&url.text()).map_err(|m| invalid("upstream", m)),
+            None => Err(invalid(
+                "upstream",
+                "not set: give --upstream, PGSIDECAR_UPSTREAM, DATABASE_URL or `upstream` in the file",
+            )),
+        }
+    }
+
     /// The fleet and the admin API: who may change traffic, and how far.
     fn control_plane(
         &self,
@@ -567,9 +575,9 @@ mod tests {
     use super::*;
 
     fn load_str(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut file = FileConfig::parse(text).map_err(|message| ConfigError::Parse {
             path: "test".into(),
-            message: e.to_string(),
+            message,
         })?;
         overrides.apply(&mut file);
         file.validate()
@@ -669,6 +677,35 @@ mod tests {
             ..Overrides::default()
         };
         load_str(include_str!("../../config/dev.toml"), &upstream).unwrap();
+    }
+
+    #[test]
+    fn numbers_booleans_and_user_strings_take_the_same_path_as_env_values() {
+        let config = load_str(
+            &format!(
+                "{BASE}admin_users = \"ops, dba\"\n[telemetry]\nsampler = \"traceidratio\"\nsampler_arg = 0.05\n"
+            ),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.admin_users, ["ops", "dba"]);
+        assert_eq!(
+            config.telemetry.sampler.root,
+            super::super::RootSampling::Ratio(0.05)
+        );
+        let err = load_str(&format!("{BASE}pool_size = [20]\n"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pool_size"), "{err}");
+        assert!(err.contains("a string, a number or a boolean"), "{err}");
+        let err = load_str(&format!("{BASE}pool_size = 2.5\n"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`pool_size`"), "{err}");
+        let err = load_str(&format!("{BASE}admin_users = 3\n"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin_users"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::file::Scalar;
+use super::values::Scalar;
 use super::values::field;
 use super::{AuthMethod, ConfigError, UserSecret, invalid, parse_duration};
 use crate::auth::{Md5Secret, ScramVerifier, Secret};

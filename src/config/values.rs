@@ -3,8 +3,104 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::file::Scalar;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+
 use super::{ConfigError, invalid};
+
+/// A TOML scalar, so that `pool_size = 20`, `sampler_arg = 0.05` and `PGSIDECAR_POOL_SIZE=20`
+/// take one validation path: numbers and booleans are kept as their text, and the key's own
+/// parser says what is wrong with the value, naming the key.
+#[derive(Debug, Clone)]
+pub(super) enum Scalar {
+    Int(i64),
+    Str(String),
+}
+
+impl Scalar {
+    pub(super) fn text(&self) -> String {
+        match self {
+            Self::Int(i) => i.to_string(),
+            Self::Str(s) => s.clone(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// User names, as a TOML list or as one comma-separated string (the form the environment
+/// variable takes), so that both spellings work in the file.
+#[derive(Debug, Clone, Default)]
+pub(super) struct UserList(Vec<String>);
+
+impl UserList {
+    pub(super) fn from_text(text: &str) -> Self {
+        Self(
+            text.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    pub(super) fn into_names(self) -> Vec<String> {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for UserList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = UserList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of user names, or one comma-separated string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UserList, E> {
+                Ok(UserList::from_text(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UserList, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(UserList(names))
+            }
+        }
+        deserializer.deserialize_any(ListVisitor)
+    }
+}
 
 pub(super) fn field<T>(
     key: &str,

@@ -195,7 +195,7 @@ impl Migrator {
         let history = history::load(&self.client).await?;
         for row in history.iter().filter(|r| r.is_applied()) {
             if let Some(m) = self.migrations.iter().find(|m| m.version == row.version)
-                && m.checksum != row.checksum
+                && (m.checksum != row.checksum || m.down_sql != row.down_sql)
             {
                 return Err(MigrateError::ChecksumMismatch {
                     migration: m.label(),
@@ -243,7 +243,7 @@ impl Migrator {
 
     /// Refuses a plan with errors, undeclared blocking statements, or declared ones outside a
     /// maintenance window.
-    fn vet(plan: &[PlannedStep], options: &ApplyOptions) -> Result<(), MigrateError> {
+    fn vet(plan: &[PlannedStep], options: &ApplyOptions, verb: &str) -> Result<(), MigrateError> {
         let mut problems = Vec::new();
         for step in plan {
             for f in &step.findings {
@@ -285,7 +285,7 @@ impl Migrator {
             Ok(())
         } else {
             Err(MigrateError::Refused(format!(
-                "apply refused:\n  {}",
+                "{verb} refused:\n  {}",
                 problems.join("\n  ")
             )))
         }
@@ -304,7 +304,7 @@ impl Migrator {
 
     async fn apply_locked(&self, options: &ApplyOptions) -> Result<ApplyReport, MigrateError> {
         let plan = self.plan(options.target).await?;
-        Self::vet(&plan, options)?;
+        Self::vet(&plan, options, "apply")?;
         let mut report = ApplyReport::default();
         for step in &plan {
             let migration = self
@@ -323,6 +323,7 @@ impl Migrator {
                 paused: Duration::ZERO,
                 backfill_rows: 0,
                 locks: Vec::new(),
+                down: false,
             };
             if let Some(spec) = &migration.directives.backfill {
                 run.backfill(spec, step.backfill_from).await?;
@@ -353,22 +354,31 @@ impl Migrator {
     }
 
     /// Rolls back applied migrations newer than `to` (default: the newest one), newest first,
-    /// with the down SQL recorded when they were applied.
+    /// with the down SQL recorded when they were applied — under the same policy as an apply:
+    /// the down SQL is linted (a blocking statement must be declared in its leading comments
+    /// and runs only in the maintenance window, behind a fleet pause), and every statement runs
+    /// with `lock_timeout` / `statement_timeout` and lock-timeout retries.
     ///
     /// # Errors
-    /// [`MigrateError::Rollback`] when there is nothing to roll back or no down SQL.
+    /// [`MigrateError::Rollback`] when there is nothing to roll back or no down SQL;
+    /// [`MigrateError::Refused`] when the policy refuses a down SQL; a failed statement leaves
+    /// the migration recorded as applied.
     pub async fn rollback(
         &self,
         to: Option<i64>,
-        lock_wait: Duration,
+        options: &ApplyOptions,
     ) -> Result<Vec<String>, MigrateError> {
-        self.lock(lock_wait).await?;
-        let result = self.rollback_locked(to).await;
+        self.lock(options.lock_wait).await?;
+        let result = self.rollback_locked(to, options).await;
         self.unlock().await;
         result
     }
 
-    async fn rollback_locked(&self, to: Option<i64>) -> Result<Vec<String>, MigrateError> {
+    async fn rollback_locked(
+        &self,
+        to: Option<i64>,
+        options: &ApplyOptions,
+    ) -> Result<Vec<String>, MigrateError> {
         let history = history::load(&self.client).await?;
         let applied: Vec<&AppliedMigration> = history.iter().filter(|r| r.is_applied()).collect();
         let floor = match to {
@@ -378,57 +388,48 @@ impl Migrator {
                 None => return Err(MigrateError::Rollback("nothing is applied".into())),
             },
         };
-        let mut undone = Vec::new();
+        let mut downs = Vec::new();
         for row in applied.iter().rev().filter(|r| r.version > floor) {
             let label = format!("{:04}_{}", row.version, row.name);
             let down = row.down_sql.as_deref().ok_or_else(|| {
                 MigrateError::Rollback(format!("{label} was applied without a down migration"))
             })?;
-            let statements = source::split(&label, down)?;
-            let concurrent = statements
-                .iter()
-                .any(|s| s.to_ascii_uppercase().contains("CONCURRENTLY"));
-            let client = &self.client;
-            let fail =
-                |e: tokio_postgres::Error| MigrateError::db(format!("rolling back {label}"), &e);
-            if concurrent {
-                for s in &statements {
-                    client.batch_execute(s).await.map_err(fail)?;
-                }
-                client
-                    .execute(
-                        "DELETE FROM pgsidecar.schema_migrations WHERE version = $1",
-                        &[&row.version],
-                    )
-                    .await
-                    .map_err(fail)?;
+            downs.push((label, source::down_migration(row.version, &row.name, down)?));
+        }
+        // Every down SQL is vetted before the first one runs.
+        let plan: Vec<PlannedStep> = downs
+            .iter()
+            .map(|(_, m)| PlannedStep {
+                migration: m.label(),
+                transactional: !m.directives.no_transaction,
+                resume_from: 0,
+                backfill_from: None,
+                statements: m.statements.len(),
+                blocking: m.directives.blocking.clone(),
+                findings: lint(m),
+            })
+            .collect();
+        Self::vet(&plan, options, "rollback")?;
+        let mut undone = Vec::new();
+        for ((label, migration), step) in downs.iter().zip(&plan) {
+            let mut run = Run {
+                migrator: self,
+                migration,
+                options,
+                blocking: step.findings.iter().map(|f| f.statement).collect(),
+                lock_retries: 0,
+                paused: Duration::ZERO,
+                backfill_rows: 0,
+                locks: Vec::new(),
+                down: true,
+            };
+            if step.transactional {
+                run.transactional().await?;
             } else {
-                client.batch_execute("BEGIN").await.map_err(fail)?;
-                let mut result = Ok(());
-                for s in &statements {
-                    if let Err(e) = client.batch_execute(s).await {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                if result.is_ok() {
-                    result = client
-                        .execute(
-                            "DELETE FROM pgsidecar.schema_migrations WHERE version = $1",
-                            &[&row.version],
-                        )
-                        .await
-                        .map(|_| ());
-                }
-                match result {
-                    Ok(()) => client.batch_execute("COMMIT").await.map_err(fail)?,
-                    Err(e) => {
-                        let _ = client.batch_execute("ROLLBACK").await;
-                        return Err(fail(e));
-                    }
-                }
+                run.one_by_one(0).await?;
             }
-            undone.push(label);
+            tracing::info!(migration = %label, lock_retries = run.lock_retries, "rolled back");
+            undone.push(label.clone());
         }
         Ok(undone)
     }
@@ -465,7 +466,7 @@ impl Migrator {
         let mut repaired = Vec::new();
         for row in history.iter().filter(|r| r.is_applied()) {
             if let Some(m) = self.migrations.iter().find(|m| m.version == row.version)
-                && m.checksum != row.checksum
+                && (m.checksum != row.checksum || m.down_sql != row.down_sql)
             {
                 self.client
                     .execute(
@@ -492,9 +493,23 @@ struct Run<'a> {
     paused: Duration,
     backfill_rows: u64,
     locks: Vec<String>,
+    /// Running a recorded down SQL: success deletes the history row, a failure leaves it.
+    down: bool,
 }
 
 impl Run<'_> {
+    /// A successful rollback: the migration is no longer applied.
+    async fn forget(&self) -> Result<(), MigrateError> {
+        self.client()
+            .execute(
+                "DELETE FROM pgsidecar.schema_migrations WHERE version = $1",
+                &[&self.migration.version],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| MigrateError::db(self.migration.label(), &e))
+    }
+
     fn client(&self) -> &Client {
         &self.migrator.client
     }
@@ -605,6 +620,10 @@ impl Run<'_> {
             format!("{} statement {}", self.migration.label(), index + 1),
             error,
         );
+        if self.down {
+            // The migration stays recorded as applied: its down SQL did not complete.
+            return failure;
+        }
         let message = failure.to_string();
         let _ = history::record(
             self.client(),
@@ -656,17 +675,21 @@ impl Run<'_> {
             if self.options.report_locks {
                 self.locks = self.held_locks().await;
             }
-            let recorded = history::record(
-                self.client(),
-                &self.entry(
-                    true,
-                    i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
-                    None,
-                    None,
-                    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                ),
-            )
-            .await;
+            let recorded = if self.down {
+                self.forget().await
+            } else {
+                history::record(
+                    self.client(),
+                    &self.entry(
+                        true,
+                        i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
+                        None,
+                        None,
+                        i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                    ),
+                )
+                .await
+            };
             let committed = match recorded {
                 Ok(()) => self.client().batch_execute("COMMIT").await.map_err(db),
                 Err(e) => {
@@ -714,6 +737,9 @@ impl Run<'_> {
                 }
             }
             let done = index + 1;
+            if self.down {
+                continue;
+            }
             history::record(
                 self.client(),
                 &self.entry(
@@ -726,7 +752,9 @@ impl Run<'_> {
             )
             .await?;
         }
-        if m.statements.is_empty() || from >= m.statements.len() {
+        if self.down {
+            self.forget().await?;
+        } else if m.statements.is_empty() || from >= m.statements.len() {
             history::record(
                 self.client(),
                 &self.entry(

@@ -140,6 +140,35 @@ pub fn split(label: &str, sql: &str) -> Result<Vec<String>, MigrateError> {
         .collect())
 }
 
+/// The down SQL recorded when `version` was applied, as a migration of its own, so that a
+/// rollback is linted and run under the same policy as an apply. Its directives are its own
+/// leading comments; a down SQL with `CONCURRENTLY` runs outside a transaction even without
+/// `no-transaction`, because a recorded down SQL cannot be edited any more.
+///
+/// # Errors
+/// [`MigrateError`] for SQL that does not parse or a malformed directive.
+pub fn down_migration(version: i64, name: &str, sql: &str) -> Result<Migration, MigrateError> {
+    let label = format!("{version:04}_{name} (down)");
+    let statements = split(&label, sql)?;
+    let mut directives = parse_directives(&label, sql)?;
+    if statements
+        .iter()
+        .any(|s| s.to_ascii_uppercase().contains("CONCURRENTLY"))
+    {
+        directives.no_transaction = true;
+    }
+    Ok(Migration {
+        version,
+        name: format!("{name} (down)"),
+        path: PathBuf::new(),
+        sql: sql.to_owned(),
+        checksum: checksum(sql),
+        statements,
+        directives,
+        down_sql: None,
+    })
+}
+
 fn parse_directives(label: &str, sql: &str) -> Result<Directives, MigrateError> {
     let mut directives = Directives::default();
     for (number, line) in sql.lines().enumerate() {

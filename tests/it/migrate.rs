@@ -227,10 +227,20 @@ async fn rollback_uses_the_recorded_down_sql() {
     let db = fresh_database().await;
     let dir = Dir::new(&[
         ("0001_notes.sql", "CREATE TABLE notes (id int);"),
-        ("0001_notes.down.sql", "DROP TABLE notes;"),
+        (
+            "0001_notes.down.sql",
+            "-- pgsidecar:blocking reason=\"test table\"\nDROP TABLE notes;",
+        ),
         ("0002_more.sql", "ALTER TABLE notes ADD COLUMN body text;"),
-        ("0002_more.down.sql", "ALTER TABLE notes DROP COLUMN body;"),
+        (
+            "0002_more.down.sql",
+            "-- pgsidecar:blocking reason=\"test table\"\nALTER TABLE notes DROP COLUMN body;",
+        ),
     ]);
+    let window = || ApplyOptions {
+        maintenance_window: Some(pgsidecar::migrate::MaintenanceWindow::parse("now").unwrap()),
+        ..ApplyOptions::default()
+    };
     migrator(&db, &dir)
         .await
         .apply(&ApplyOptions::default())
@@ -240,7 +250,7 @@ async fn rollback_uses_the_recorded_down_sql() {
     std::fs::remove_file(dir.0.join("0002_more.down.sql")).unwrap();
     let undone = migrator(&db, &dir)
         .await
-        .rollback(None, Duration::from_secs(5))
+        .rollback(None, &window())
         .await
         .unwrap();
     assert_eq!(undone, ["0002_more"]);
@@ -250,7 +260,7 @@ async fn rollback_uses_the_recorded_down_sql() {
     );
     let undone = migrator(&db, &dir)
         .await
-        .rollback(Some(0), Duration::from_secs(5))
+        .rollback(Some(0), &window())
         .await
         .unwrap();
     assert_eq!(undone, ["0001_notes"]);
@@ -744,6 +754,104 @@ async fn deploy_dry_run_rehearses_only_and_ignored_flags_are_refused() {
     }
     assert_eq!(
         count(&db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_runs_under_the_apply_policy() {
+    let db = fresh_database().await;
+    let undeclared =
+        "ALTER TABLE notes ADD COLUMN body text; CREATE INDEX notes_body ON notes (body);";
+    let declared = format!("-- pgsidecar:blocking reason=\"small table\"\n{undeclared}");
+    let dir = Dir::new(&[
+        ("0001_notes.sql", "CREATE TABLE notes (id int);"),
+        ("0001_notes.down.sql", "DROP TABLE notes;"),
+        ("0002_drop_body.sql", "COMMENT ON TABLE notes IS 'notes';"),
+        ("0002_drop_body.down.sql", undeclared),
+        ("0003_drop_body_again.sql", "SELECT 1;"),
+        ("0003_drop_body_again.down.sql", &declared),
+    ]);
+    migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    let applied = || count(&db, "SELECT count(*) FROM pgsidecar.schema_migrations");
+    // The linter reads down SQL too: every down SQL is vetted before the first one runs.
+    let err = migrator(&db, &dir)
+        .await
+        .rollback(Some(0), &ApplyOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rollback refused"), "{err}");
+    assert!(err.contains("0002_drop_body (down)"), "{err}");
+    assert!(
+        err.contains("0003_drop_body_again (down) is declared blocking"),
+        "{err}"
+    );
+    assert_eq!(applied().await, 3, "nothing was rolled back");
+    // A declared blocking down SQL runs in the maintenance window.
+    let window = || ApplyOptions {
+        maintenance_window: Some(pgsidecar::migrate::MaintenanceWindow::parse("now").unwrap()),
+        ..ApplyOptions::default()
+    };
+    let undone = migrator(&db, &dir)
+        .await
+        .rollback(Some(2), &window())
+        .await
+        .unwrap();
+    assert_eq!(undone, ["0003_drop_body_again"]);
+    assert_eq!(applied().await, 2);
+    // A down statement that cannot get its lock times out and is retried instead of queueing
+    // behind a long transaction (and everyone behind it); the migration stays applied.
+    let impatient = || ApplyOptions {
+        lock_timeout: Duration::from_millis(100),
+        lock_retries: 1,
+        ..window()
+    };
+    let dir_one = Dir::new(&[
+        ("0001_notes.sql", "CREATE TABLE notes (id int, body text);"),
+        (
+            "0001_notes.down.sql",
+            "-- pgsidecar:blocking reason=\"test table\"\nDROP TABLE notes;",
+        ),
+    ]);
+    let other = fresh_database().await;
+    migrator(&other, &dir_one)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    let holder = direct(&other).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE notes IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let err = migrator(&other, &dir_one)
+        .await
+        .rollback(None, &impatient())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lock timeout"), "{err}");
+    assert_eq!(
+        count(&other, "SELECT count(*) FROM pgsidecar.schema_migrations").await,
+        1
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    migrator(&other, &dir_one)
+        .await
+        .rollback(None, &impatient())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &other,
+            "SELECT count(*) FROM pg_class WHERE relname = 'notes'"
+        )
+        .await,
         0
     );
 }

@@ -3,7 +3,6 @@
 //! high ef_search and the metadata GIN index for containment; HNSW recall on a small set.
 
 use std::path::Path;
-use std::time::Duration;
 
 use pgsidecar::migrate::{ApplyOptions, Migrator, lint, source};
 use tokio_postgres::Client;
@@ -65,7 +64,15 @@ async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
         3
     );
     let undone = migrator
-        .rollback(Some(0), Duration::from_secs(10))
+        .rollback(
+            Some(0),
+            &ApplyOptions {
+                maintenance_window: Some(
+                    pgsidecar::migrate::MaintenanceWindow::parse("now").unwrap(),
+                ),
+                ..ApplyOptions::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(undone.len(), 3);
