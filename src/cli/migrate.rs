@@ -343,7 +343,7 @@ fn lint_files(dir: &std::path::Path) -> ExitCode {
         Ok(m) => m,
         Err(e) => return usage(&e.to_string()),
     };
-    let findings: Vec<_> = migrations.iter().flat_map(lint::lint).collect();
+    let findings: Vec<_> = lint::lint_all(&migrations).into_iter().flatten().collect();
     for f in &findings {
         println!(
             "{} statement {}: {}\n    {}\n    lock: {}\n    instead: {}",

@@ -27,6 +27,16 @@ pub struct Finding {
 }
 
 /// Functions a column default may not call without rewriting the table on `ADD COLUMN`.
+/// Column types whose implicit default is `nextval()`: volatile, so adding one rewrites.
+const SERIAL_TYPES: [&str; 6] = [
+    "serial",
+    "bigserial",
+    "smallserial",
+    "serial4",
+    "serial8",
+    "serial2",
+];
+
 const VOLATILE: [&str; 9] = [
     "random",
     "gen_random_uuid",
@@ -93,6 +103,37 @@ fn add_column(def: &pg_query::Node) -> Option<Rule> {
             "ADD COLUMN with a volatile default rewrites the whole table",
             "ACCESS EXCLUSIVE for the rewrite: blocks reads and writes",
             "add the column without a default (or with a constant one), then backfill in batches and set the default for new rows",
+        ));
+    }
+    let type_name = column
+        .type_name
+        .as_ref()
+        .and_then(|t| t.names.last())
+        .and_then(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.to_ascii_lowercase()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let identity = column.constraints.iter().any(|c| {
+        matches!(&c.node, Some(NodeEnum::Constraint(k)) if k.contype == ConstrType::ConstrIdentity as i32)
+    }) || !column.identity.is_empty();
+    if SERIAL_TYPES.contains(&type_name.as_str()) || identity {
+        return Some(rule(
+            "ADD COLUMN of a serial or identity column fills every row from a sequence: the whole table is rewritten",
+            "ACCESS EXCLUSIVE for the rewrite: blocks reads and writes",
+            "add a plain column, set its default to nextval() of a new sequence for new rows, backfill old rows in batches, then add the identity or NOT NULL",
+        ));
+    }
+    let checked = column.constraints.iter().any(|c| {
+        matches!(&c.node, Some(NodeEnum::Constraint(k))
+            if (k.contype == ConstrType::ConstrCheck as i32 || k.contype == ConstrType::ConstrForeign as i32)
+                && !k.skip_validation)
+    });
+    if checked {
+        return Some(rule(
+            "ADD COLUMN with a CHECK or REFERENCES constraint validates every row while holding the lock",
+            "ACCESS EXCLUSIVE during the scan: blocks reads and writes",
+            "add the column, then ADD CONSTRAINT ... NOT VALID and VALIDATE CONSTRAINT in a later step",
         ));
     }
     let stored_generated = column.constraints.iter().any(|c| {
@@ -178,8 +219,8 @@ fn alter_table(cmd: &pg_query::protobuf::AlterTableCmd, validated_before: bool) 
 }
 
 /// The rules one statement breaks. `in_transaction` is whether it runs inside the migration's
-/// transaction; `validated_before` whether an earlier statement of the migration validated a
-/// constraint (which lets `SET NOT NULL` skip its scan).
+/// transaction; `validated_before` whether an earlier statement (of this migration or an
+/// earlier one) validated a CHECK on the same table (which lets `SET NOT NULL` skip its scan).
 fn check(stmt: &NodeEnum, in_transaction: bool, validated_before: bool) -> Vec<Rule> {
     match stmt {
         NodeEnum::IndexStmt(index) if !index.concurrent => vec![rule(
@@ -288,13 +329,60 @@ fn target_table(stmt: &NodeEnum) -> Option<String> {
     })
 }
 
-/// Lints every statement of `migration`. Statements on a table the same migration created
-/// (and, in a transaction, nobody else can see yet) block nobody and are not flagged.
+/// What earlier statements (of this migration or earlier ones) established that makes a later
+/// statement safe: the tables on which a CHECK constraint was validated, so that `SET NOT NULL`
+/// can use it instead of scanning.
+#[derive(Debug, Clone, Default)]
+pub struct LintHistory {
+    validated: std::collections::BTreeSet<String>,
+}
+
+impl LintHistory {
+    /// Records what `stmt` (on `target`) establishes.
+    fn learn(&mut self, stmt: &NodeEnum, target: Option<&String>) {
+        let NodeEnum::AlterTableStmt(alter) = stmt else {
+            return;
+        };
+        let validates = alter.cmds.iter().any(|c| match &c.node {
+            Some(NodeEnum::AlterTableCmd(cmd)) => {
+                cmd.subtype == AlterTableType::AtValidateConstraint as i32
+                    || (cmd.subtype == AlterTableType::AtAddConstraint as i32
+                        && matches!(cmd.def.as_deref().and_then(|d| d.node.as_ref()),
+                            Some(NodeEnum::Constraint(k))
+                                if k.contype == ConstrType::ConstrCheck as i32 && !k.skip_validation))
+            }
+            _ => false,
+        });
+        if validates && let Some(table) = target {
+            self.validated.insert(table.clone());
+        }
+    }
+}
+
+/// Lints every migration in order, each in the light of the ones before it (a `SET NOT NULL`
+/// whose CHECK an earlier migration validated is safe).
+#[must_use]
+pub fn lint_all(migrations: &[Migration]) -> Vec<Vec<Finding>> {
+    let mut history = LintHistory::default();
+    migrations
+        .iter()
+        .map(|m| lint_after(m, &mut history))
+        .collect()
+}
+
+/// Lints one migration on its own.
 #[must_use]
 pub fn lint(migration: &Migration) -> Vec<Finding> {
+    lint_after(migration, &mut LintHistory::default())
+}
+
+/// Lints every statement of `migration` after what `history` holds, and adds what it
+/// establishes. Statements on a table the same migration created (and, in a transaction,
+/// nobody else can see yet) block nobody and are not flagged.
+#[must_use]
+pub fn lint_after(migration: &Migration, history: &mut LintHistory) -> Vec<Finding> {
     let in_transaction = !migration.directives.no_transaction;
     let mut findings = Vec::new();
-    let mut validated = false;
     let mut created: Vec<String> = Vec::new();
     for (index, sql) in migration.statements.iter().enumerate() {
         let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::default()) else {
@@ -309,6 +397,9 @@ pub fn lint(migration: &Migration) -> Vec<Finding> {
                 created.extend(target.clone());
             }
             let fresh = in_transaction && target.as_ref().is_some_and(|t| created.contains(t));
+            let validated = target
+                .as_ref()
+                .is_some_and(|t| history.validated.contains(t));
             let rules = if fresh && !matches!(stmt, NodeEnum::CreateStmt(_)) {
                 Vec::new()
             } else {
@@ -325,12 +416,7 @@ pub fn lint(migration: &Migration) -> Vec<Finding> {
                     error: r.error,
                 });
             }
-            if let NodeEnum::AlterTableStmt(alter) = stmt {
-                validated |= alter.cmds.iter().any(|c| {
-                    matches!(&c.node, Some(NodeEnum::AlterTableCmd(cmd))
-                        if cmd.subtype == AlterTableType::AtValidateConstraint as i32)
-                });
-            }
+            history.learn(stmt, target.as_ref());
         }
     }
     findings
@@ -371,6 +457,23 @@ mod tests {
             ALTER TABLE fresh ADD CONSTRAINT fresh_a_key UNIQUE (a);
             CREATE INDEX old_a ON old (a);";
         assert_eq!(problems(sql, false), ["CREATE INDEX without CONCURRENTLY"]);
+    }
+
+    #[test]
+    fn set_not_null_is_safe_after_a_check_validated_by_an_earlier_migration() {
+        let earlier = migration(
+            "ALTER TABLE t ADD CONSTRAINT a_present CHECK (a IS NOT NULL) NOT VALID;
+             ALTER TABLE t VALIDATE CONSTRAINT a_present;",
+            false,
+        );
+        let later = migration("ALTER TABLE t ALTER COLUMN a SET NOT NULL", false);
+        let elsewhere = migration("ALTER TABLE other ALTER COLUMN a SET NOT NULL", false);
+        let findings = lint_all(&[earlier, later, elsewhere]);
+        assert!(
+            findings[0].is_empty() && findings[1].is_empty(),
+            "{findings:?}"
+        );
+        assert_eq!(findings[2].len(), 1, "another table's CHECK proves nothing");
     }
 
     #[test]
@@ -427,6 +530,24 @@ mod tests {
             ("VACUUM FULL t", "VACUUM FULL"),
             ("CLUSTER t USING i", "CLUSTER"),
             ("ALTER TABLE t SET LOGGED", "rewrites the whole table"),
+            ("ALTER TABLE t ADD COLUMN n bigserial", "serial or identity"),
+            ("ALTER TABLE t ADD COLUMN n serial4", "serial or identity"),
+            (
+                "ALTER TABLE t ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY",
+                "serial or identity",
+            ),
+            (
+                "ALTER TABLE t ADD COLUMN n int CHECK (n > 0)",
+                "CHECK or REFERENCES",
+            ),
+            (
+                "ALTER TABLE t ADD COLUMN n int REFERENCES u (id)",
+                "CHECK or REFERENCES",
+            ),
+            (
+                "ALTER TABLE t ADD COLUMN at timestamptz DEFAULT clock_timestamp()",
+                "volatile default",
+            ),
         ];
         for (sql, expected) in cases {
             let found = problems(sql, false);
@@ -435,6 +556,7 @@ mod tests {
                 "{sql}: {found:?}"
             );
         }
+        assert!(problems("ALTER TABLE t ADD COLUMN n int DEFAULT 5 NOT NULL", false).is_empty());
         let concurrently = lint(&migration("CREATE INDEX CONCURRENTLY i ON t (a)", false));
         assert!(concurrently[0].error);
         assert!(concurrently[0].advice.contains("no-transaction"));

@@ -11,7 +11,7 @@ use tokio_postgres::types::Type;
 
 use super::MigrateError;
 use super::history::{self, AppliedMigration, Record};
-use super::lint::{Finding, lint};
+use super::lint::{Finding, lint, lint_all};
 use super::source::{self, Backfill, Migration};
 use super::window::MaintenanceWindow;
 use crate::gate::fleet::{self, FleetError, FleetPause};
@@ -213,11 +213,13 @@ impl Migrator {
     /// As [`Migrator::history`].
     pub async fn plan(&self, target: Option<i64>) -> Result<Vec<PlannedStep>, MigrateError> {
         let history = self.history().await?;
+        let findings = lint_all(&self.migrations);
         Ok(self
             .migrations
             .iter()
-            .filter(|m| target.is_none_or(|t| m.version <= t))
-            .filter_map(|m| {
+            .zip(findings)
+            .filter(|(m, _)| target.is_none_or(|t| m.version <= t))
+            .filter_map(|(m, findings)| {
                 let row = history.iter().find(|r| r.version == m.version);
                 if row.is_some_and(AppliedMigration::is_applied) {
                     return None;
@@ -235,7 +237,7 @@ impl Migrator {
                     backfill_from: row.and_then(|r| r.backfill_position),
                     statements: m.statements.len(),
                     blocking: m.directives.blocking.clone(),
-                    findings: lint(m),
+                    findings,
                 })
             })
             .collect())

@@ -855,3 +855,53 @@ async fn rollback_runs_under_the_apply_policy() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_linter_reads_the_history_and_catches_serial_columns() {
+    let db = fresh_database().await;
+    direct(&db)
+        .await
+        .batch_execute(
+            "CREATE TABLE accounts (id int, email text); INSERT INTO accounts VALUES (1, 'a@b')",
+        )
+        .await
+        .unwrap();
+    let dir = Dir::new(&[
+        (
+            "0001_email_check.sql",
+            "ALTER TABLE accounts ADD CONSTRAINT email_present CHECK (email IS NOT NULL) NOT VALID;\n\
+             ALTER TABLE accounts VALIDATE CONSTRAINT email_present;",
+        ),
+        (
+            "0002_email_not_null.sql",
+            "ALTER TABLE accounts ALTER COLUMN email SET NOT NULL;",
+        ),
+    ]);
+    let lint = |dir: &Dir| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+            .args(["migrate", "lint", "--dir", dir.0.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let clean = lint(&dir);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    // Applied for real: the SET NOT NULL step is not refused as blocking.
+    migrator(&db, &dir)
+        .await
+        .apply(&ApplyOptions::default())
+        .await
+        .unwrap();
+    dir.write(
+        "0003_number.sql",
+        "ALTER TABLE accounts ADD COLUMN number bigserial;",
+    );
+    let found = lint(&dir);
+    let stdout = String::from_utf8_lossy(&found.stdout);
+    assert_eq!(found.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("serial or identity"), "{stdout}");
+    assert!(stdout.contains("3 migration(s), 1 finding(s)"), "{stdout}");
+}
