@@ -79,6 +79,10 @@ pub struct ApplyArgs {
     /// Each sidecar's wait for in-flight transactions when paused for a blocking step.
     #[arg(long, default_value = "10s", value_parser = pgsidecar::config::parse_duration)]
     pause_deadline: std::time::Duration,
+    /// lock_timeout of a CREATE INDEX / REINDEX CONCURRENTLY: its waits for older transactions
+    /// are lock waits and get this budget instead of --lock-timeout.
+    #[arg(long, default_value = "30m", value_parser = pgsidecar::config::parse_duration)]
+    concurrent_wait: std::time::Duration,
     /// A pause for a blocking step lifts by itself after this.
     #[arg(long, default_value = "60s", value_parser = pgsidecar::config::parse_duration)]
     pause_max_hold: std::time::Duration,
@@ -160,6 +164,7 @@ impl ApplyArgs {
             maintenance_window: self.maintenance_window,
             pause_deadline: self.pause_deadline,
             pause_max_hold: self.pause_max_hold,
+            concurrent_wait: self.concurrent_wait,
             target: self.to,
             no_backup_reason: self
                 .no_backup
@@ -454,6 +459,9 @@ async fn apply(migrator: &Migrator, url: &str, args: &ApplyArgs) -> Result<(), M
             "applied {} in {:.3} s (lock retries {}, fleet paused {:.3} s)",
             step.migration, step.seconds, step.lock_retries, step.paused_seconds
         );
+        for session in &step.waited_for {
+            println!("    a concurrent index build waited for {session}");
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! refuses undeclared blocking DDL, blocking steps run behind a fleet pause, and rollback from
 //! the down SQL kept in the history.
 
+pub mod concurrent;
 mod dry_run;
 mod history;
 pub mod lint;

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use super::MigrateError;
+use super::concurrent;
 use super::history::{self, AppliedMigration, Record};
 use super::lint::{Finding, lint, lint_all};
 use super::source::{self, Backfill, Migration};
@@ -47,6 +48,9 @@ pub struct ApplyOptions {
     pub report_locks: bool,
     /// Why this run goes ahead without a verified backup; recorded in the history.
     pub no_backup_reason: Option<String>,
+    /// `lock_timeout` of a concurrent index build: its waits for older transactions are lock
+    /// waits, and the short `lock_timeout` of other statements would fail it on a busy database.
+    pub concurrent_wait: Duration,
 }
 
 impl Default for ApplyOptions {
@@ -64,6 +68,7 @@ impl Default for ApplyOptions {
             fleet: true,
             report_locks: false,
             no_backup_reason: None,
+            concurrent_wait: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -102,6 +107,8 @@ pub struct StepReport {
     pub backfill_rows: u64,
     /// Relation locks held at commit (with `report_locks`), e.g. `AccessExclusiveLock on notes`.
     pub locks: Vec<String>,
+    /// Sessions a concurrent index build waited for.
+    pub waited_for: Vec<String>,
 }
 
 /// What a run did.
@@ -325,6 +332,7 @@ impl Migrator {
                 paused: Duration::ZERO,
                 backfill_rows: 0,
                 locks: Vec::new(),
+                waited_for: Vec::new(),
                 down: false,
             };
             if let Some(spec) = &migration.directives.backfill {
@@ -342,6 +350,7 @@ impl Migrator {
                 paused_seconds: run.paused.as_secs_f64(),
                 backfill_rows: run.backfill_rows,
                 locks: std::mem::take(&mut run.locks),
+                waited_for: std::mem::take(&mut run.waited_for),
             });
         }
         if options.fleet && !report.applied.is_empty() {
@@ -423,6 +432,7 @@ impl Migrator {
                 paused: Duration::ZERO,
                 backfill_rows: 0,
                 locks: Vec::new(),
+                waited_for: Vec::new(),
                 down: true,
             };
             if step.transactional {
@@ -495,6 +505,8 @@ struct Run<'a> {
     paused: Duration,
     backfill_rows: u64,
     locks: Vec<String>,
+    /// Sessions the concurrent index builds of this migration waited for.
+    waited_for: Vec<String>,
     /// Running a recorded down SQL: success deletes the history row, a failure leaves it.
     down: bool,
 }
@@ -722,7 +734,11 @@ impl Run<'_> {
                 } else {
                     None
                 };
-                let result = self.client().batch_execute(sql).await;
+                let result = if concurrent::is_concurrent_build(sql) {
+                    self.build_concurrently(sql).await
+                } else {
+                    self.client().batch_execute(sql).await
+                };
                 self.resume_fleet(paused).await;
                 match result {
                     Ok(()) => break,
@@ -771,6 +787,33 @@ impl Run<'_> {
         }
         self.reset_timeouts().await.map_err(db)?;
         Ok(())
+    }
+
+    /// Runs a concurrent index build with its own wait budget (`concurrent_wait` as its
+    /// `lock_timeout`), watched: its phase, progress and the sessions it waits for are logged and
+    /// kept for the report.
+    async fn build_concurrently(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        let pid: i32 = self
+            .client()
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        self.client()
+            .batch_execute(&format!(
+                "SET lock_timeout = '{}ms'",
+                millis(self.options.concurrent_wait)
+            ))
+            .await?;
+        let watch =
+            concurrent::BuildWatch::start(self.migrator.url.clone(), pid, self.migration.label());
+        let result = self.client().batch_execute(sql).await;
+        for seen in watch.finish().await {
+            if !self.waited_for.contains(&seen) {
+                self.waited_for.push(seen);
+            }
+        }
+        self.client().batch_execute(&self.timeouts(false)).await?;
+        result
     }
 
     /// Runs the backfill statement over key ranges of `spec.batch`, each batch committed on its

@@ -905,3 +905,102 @@ async fn the_linter_reads_the_history_and_catches_serial_columns() {
     assert!(stdout.contains("serial or identity"), "{stdout}");
     assert!(stdout.contains("3 migration(s), 1 finding(s)"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_index_build_waits_for_an_old_transaction_on_its_own_budget() {
+    let db = fresh_database().await;
+    let setup = direct(&db).await;
+    setup
+        .batch_execute("CREATE TABLE events (id int, kind text); INSERT INTO events SELECT g, 'k' FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    let dir = Dir::new(&[(
+        "0001_events_kind.sql",
+        "-- pgsidecar:no-transaction\nCREATE INDEX CONCURRENTLY events_kind ON events (kind);",
+    )]);
+    // An open transaction with a snapshot: the build must wait for it to end.
+    let holder = direct(&db).await;
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM events")
+        .await
+        .unwrap();
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let options = ApplyOptions {
+        lock_timeout: Duration::from_millis(100),
+        lock_retries: 0,
+        concurrent_wait: Duration::from_secs(60),
+        ..ApplyOptions::default()
+    };
+    let runner = migrator(&db, &dir).await;
+    let apply = tokio::spawn(async move { runner.apply(&options).await });
+    // End the old transaction once the build is seen waiting for it.
+    let watcher = direct(&db).await;
+    let mut waiting = false;
+    for _ in 0..400 {
+        waiting = watcher
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_progress_create_index p WHERE $1 = ANY(pg_blocking_pids(p.pid))",
+                &[&holder_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(waiting, "the build never waited for the old transaction");
+    // The runner's watcher looks after the wait began (and so sees it): then the old
+    // transaction may end, long after the 100 ms lock_timeout.
+    let seen: String = watcher
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut observed = false;
+    for _ in 0..400 {
+        observed = watcher
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                  WHERE pid <> pg_backend_pid()
+                    AND query LIKE '%LEFT JOIN LATERAL unnest(pg_blocking_pids%'
+                    AND query_start > $1::text::timestamptz",
+                &[&seen],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if observed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(observed, "the runner never watched the build");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let report = apply
+        .await
+        .unwrap()
+        .expect("the build outlasts lock_timeout");
+    let step = &report.applied[0];
+    assert_eq!(step.lock_retries, 0);
+    assert!(
+        step.waited_for
+            .iter()
+            .any(|s| s.starts_with(&format!("pid {holder_pid} "))),
+        "{:?}",
+        step.waited_for
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'events_kind' AND i.indisvalid"
+        )
+        .await,
+        1
+    );
+}
