@@ -134,6 +134,12 @@ struct ProxyArgs {
     /// Close a client whose transaction stays open longer than this (0 = off).
     #[arg(long, env = "PGSIDECAR_TRANSACTION_TIMEOUT")]
     transaction_timeout: Option<String>,
+    /// Most server connections to one database across its users' pools (0 = no cap).
+    #[arg(long, env = "PGSIDECAR_MAX_DB_CONNECTIONS")]
+    max_db_connections: Option<String>,
+    /// Most server connections of one user across its databases' pools (0 = no cap).
+    #[arg(long, env = "PGSIDECAR_MAX_USER_CONNECTIONS")]
+    max_user_connections: Option<String>,
     /// Clients must log in within this.
     #[arg(long, env = "PGSIDECAR_CLIENT_LOGIN_TIMEOUT")]
     client_login_timeout: Option<String>,
@@ -242,6 +248,8 @@ impl ProxyArgs {
             idle_transaction_timeout: self.idle_transaction_timeout,
             query_timeout: self.query_timeout,
             transaction_timeout: self.transaction_timeout,
+            max_db_connections: self.max_db_connections,
+            max_user_connections: self.max_user_connections,
             client_login_timeout: self.client_login_timeout,
             max_client_conn: self.max_client_conn,
             max_message_size: self.max_message_size,

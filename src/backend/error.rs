@@ -26,6 +26,9 @@ pub enum BackendError {
     /// The server's bytes made no sense.
     #[error("server protocol: {0}")]
     Wire(#[from] WireError),
+    /// `max_db_connections` or `max_user_connections` stayed full.
+    #[error("{0}")]
+    Capped(String),
 }
 
 impl BackendError {
@@ -35,6 +38,7 @@ impl BackendError {
         match self {
             Self::Server(fields) => &fields.code,
             Self::Auth(_) => crate::wire::sqlstate::INVALID_AUTHORIZATION,
+            Self::Capped(_) => crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
             _ => crate::wire::sqlstate::CONNECTION_EXCEPTION,
         }
     }

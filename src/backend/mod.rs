@@ -2,6 +2,7 @@
 //! that makes sure a dirty connection never reaches another client.
 
 mod error;
+mod limits;
 mod login;
 mod params;
 mod pool;
@@ -9,6 +10,7 @@ mod prepared;
 mod server;
 
 pub use error::BackendError;
+pub use limits::ConnectionCap;
 pub use login::LoginTarget;
 pub use params::{
     FIXED_PARAMS_SQL, FixedParams, SESSION_AUTHORIZATION, ServerParams, is_parameter_name,

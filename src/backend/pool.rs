@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use deadpool::Runtime;
 use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
+use super::limits::{self, ConnectionCap};
 use super::{
     BackendError, CancelTarget, FIXED_PARAMS_SQL, FixedParams, KnownStatements, LoginTarget,
     ServerConn,
@@ -39,6 +40,8 @@ pub struct ServerManager {
     settings: RwLock<PoolSettings>,
     /// The reported parameters no session can change, learned from the first connection.
     fixed: OnceLock<FixedParams>,
+    /// Caps across pools (`max_db_connections`, `max_user_connections`) this pool is under.
+    caps: Vec<Arc<ConnectionCap>>,
 }
 
 impl ServerManager {
@@ -73,6 +76,7 @@ impl managed::Manager for ServerManager {
     async fn create(&self) -> Result<ServerConn, BackendError> {
         let target = self.target.read().expect("pool target lock").clone();
         let settings = self.settings();
+        let permits = limits::acquire(&self.caps, settings.acquire_timeout).await?;
         let mut conn = ServerConn::connect(
             &target,
             settings.server_connect_timeout,
@@ -80,6 +84,7 @@ impl managed::Manager for ServerManager {
         )
         .await?;
         conn.params.fixed = self.fixed_params(&mut conn).await?;
+        conn.permits = permits;
         Ok(conn)
     }
 
@@ -135,6 +140,7 @@ impl ServerPool {
         target: LoginTarget,
         settings: PoolSettings,
         metrics: PoolMetrics,
+        caps: Vec<Arc<ConnectionCap>>,
     ) -> Arc<Self> {
         let mode = settings.mode;
         let size = settings.size;
@@ -142,6 +148,7 @@ impl ServerPool {
             target: RwLock::new(target),
             settings: RwLock::new(settings),
             fixed: OnceLock::new(),
+            caps,
         })
         .max_size(size)
         .queue_mode(QueueMode::Lifo)
@@ -155,8 +162,22 @@ impl ServerPool {
             known: KnownStatements::default(),
             metrics,
         });
+        for cap in &pool.pool.manager().caps {
+            cap.share(&pool);
+        }
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
+    }
+
+    /// Closes one idle server connection, to make room under a cap shared with another pool.
+    pub(super) async fn evict_one_idle(&self) -> bool {
+        let mut taken = false;
+        let removed = self.pool.retain(|_, _| std::mem::replace(&mut taken, true));
+        let evicted = !removed.removed.is_empty();
+        for mut conn in removed.removed {
+            conn.close().await;
+        }
+        evicted
     }
 
     /// The pool's key.
@@ -262,6 +283,10 @@ impl ServerPool {
             Err(PoolError::Timeout(_)) => {
                 self.metrics.acquire_timed_out();
                 Err(AcquireError::Timeout(wait, self.key.to_string()))
+            }
+            Err(PoolError::Backend(e @ BackendError::Capped(_))) => {
+                self.metrics.acquire_timed_out();
+                Err(AcquireError::Backend(e))
             }
             Err(PoolError::Backend(e)) => {
                 self.metrics.connect_failed();
@@ -411,6 +436,8 @@ pub struct PoolRegistry {
     config: RwLock<Arc<Config>>,
     metrics: Arc<Metrics>,
     pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
+    /// Caps across pools, by `database:NAME` / `user:NAME`, created with their first pool.
+    caps: Mutex<HashMap<String, Arc<ConnectionCap>>>,
 }
 
 impl PoolRegistry {
@@ -421,7 +448,40 @@ impl PoolRegistry {
             config: RwLock::new(config),
             metrics,
             pools: Mutex::new(HashMap::new()),
+            caps: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The caps a new pool for `key` falls under. A cap's size is the one configured when its
+    /// first pool was created.
+    fn caps_for(&self, config: &Config, key: &PoolKey) -> Vec<Arc<ConnectionCap>> {
+        let wanted = [
+            config.pool_for(&key.database).max_db_connections.map(|n| {
+                (
+                    format!("database:{}", key.database),
+                    format!("max_db_connections for database \"{}\"", key.database),
+                    n,
+                )
+            }),
+            config.max_user_connections.map(|n| {
+                (
+                    format!("user:{}", key.user),
+                    format!("max_user_connections for user \"{}\"", key.user),
+                    n,
+                )
+            }),
+        ];
+        let mut caps = self.caps.lock().expect("pool caps lock");
+        wanted
+            .into_iter()
+            .flatten()
+            .map(|(id, name, limit)| {
+                Arc::clone(
+                    caps.entry(id)
+                        .or_insert_with(|| Arc::new(ConnectionCap::new(name, limit))),
+                )
+            })
+            .collect()
     }
 
     fn target(config: &Config, key: &PoolKey) -> LoginTarget {
@@ -475,6 +535,7 @@ impl PoolRegistry {
             Self::target(&config, key),
             config.pool_for(&key.database).clone(),
             self.metrics.pool(&key.database, &key.user),
+            self.caps_for(&config, key),
         );
         pools.insert(key.clone(), Arc::clone(&pool));
         pool

@@ -89,6 +89,8 @@ pub struct ServerConn {
     /// Statements pgsidecar has prepared on this connection for transaction-mode clients.
     pub prepared: PreparedSet,
     cancel: CancelTarget,
+    /// Permits of the connection caps it counts against, released when it closes.
+    pub(super) permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl ServerConn {
@@ -159,6 +161,7 @@ impl ServerConn {
             params,
             prepared: PreparedSet::new(max_prepared),
             cancel: CancelTarget { addr, pid, secret },
+            permits: Vec::new(),
         })
     }
 

@@ -32,6 +32,7 @@ struct PoolFile {
     idle_transaction_timeout: Option<Scalar>,
     query_timeout: Option<Scalar>,
     transaction_timeout: Option<Scalar>,
+    max_db_connections: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +63,7 @@ pub(super) struct FileConfig {
     server_ca: Option<Scalar>,
     client_login_timeout: Option<Scalar>,
     max_client_conn: Option<Scalar>,
+    max_user_connections: Option<Scalar>,
     max_message_size: Option<Scalar>,
     drain_timeout: Option<Scalar>,
     fleet_url: Option<Scalar>,
@@ -116,6 +118,8 @@ pub struct Overrides {
     pub idle_transaction_timeout: Option<String>,
     pub query_timeout: Option<String>,
     pub transaction_timeout: Option<String>,
+    pub max_db_connections: Option<String>,
+    pub max_user_connections: Option<String>,
     pub client_login_timeout: Option<String>,
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
@@ -187,6 +191,7 @@ impl Overrides {
             ),
             (&mut pool.query_timeout, &self.query_timeout),
             (&mut pool.transaction_timeout, &self.transaction_timeout),
+            (&mut pool.max_db_connections, &self.max_db_connections),
         ] {
             set(slot, value.as_ref());
         }
@@ -195,6 +200,10 @@ impl Overrides {
             self.client_login_timeout.as_ref(),
         );
         set(&mut file.max_client_conn, self.max_client_conn.as_ref());
+        set(
+            &mut file.max_user_connections,
+            self.max_user_connections.as_ref(),
+        );
         set(&mut file.max_message_size, self.max_message_size.as_ref());
         set(&mut file.drain_timeout, self.drain_timeout.as_ref());
         set(&mut file.fleet_url, self.fleet_url.as_ref());
@@ -274,6 +283,7 @@ impl FileConfig {
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
         let (fleet, control) = self.control_plane()?;
         let upstream = self.upstream()?;
+        let (max_client_conn, max_user_connections) = self.connection_limits()?;
         let pool = self.pool.validate("", &default_pool())?;
         let mut databases = BTreeMap::new();
         for (name, file) in &self.databases {
@@ -346,12 +356,8 @@ impl FileConfig {
                 Duration::from_secs(15),
                 parse_duration,
             )?,
-            max_client_conn: field(
-                "max_client_conn",
-                self.max_client_conn.as_ref(),
-                10_000,
-                ranged(1, 1_000_000),
-            )?,
+            max_client_conn,
+            max_user_connections,
             max_message_size: field(
                 "max_message_size",
                 self.max_message_size.as_ref(),
@@ -383,11 +389,17 @@ fn default_pool() -> PoolSettings {
         server_lifetime: Duration::from_secs(3600),
         server_connect_timeout: Duration::from_secs(5),
         max_prepared_statements: 200,
+        max_db_connections: None,
         timeouts: SessionTimeouts {
             idle_transaction: Some(Duration::from_secs(3600)),
             ..SessionTimeouts::default()
         },
     }
+}
+
+/// A connection cap: a count, `0` for none.
+fn optional_count(text: &str) -> Result<Option<usize>, String> {
+    ranged(0, 100_000)(text).map(|n| (n > 0).then_some(n))
 }
 
 /// A timeout key: a duration, `0` for off.
@@ -446,6 +458,12 @@ impl PoolFile {
                 self.max_prepared_statements.as_ref(),
                 base.max_prepared_statements,
                 ranged(1, 100_000),
+            )?,
+            max_db_connections: field(
+                &key("max_db_connections"),
+                self.max_db_connections.as_ref(),
+                base.max_db_connections,
+                optional_count,
             )?,
             timeouts: SessionTimeouts {
                 client_idle: field(
@@ -506,6 +524,24 @@ fn wrong_key(text: &str) -> Option<String> {
 }
 
 impl FileConfig {
+    /// `max_client_conn` and `max_user_connections`.
+    fn connection_limits(&self) -> Result<(usize, Option<usize>), ConfigError> {
+        Ok((
+            field(
+                "max_client_conn",
+                self.max_client_conn.as_ref(),
+                10_000,
+                ranged(1, 1_000_000),
+            )?,
+            field(
+                "max_user_connections",
+                self.max_user_connections.as_ref(),
+                None,
+                optional_count,
+            )?,
+        ))
+    }
+
     fn upstream(&self) -> Result<Upstream, ConfigError> {
         match &self.upstream {
             Some(url) => Upstream::parse(&url.text()).map_err(|m| invalid("upstream", m)),

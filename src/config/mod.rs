@@ -212,6 +212,8 @@ pub struct PoolSettings {
     pub max_prepared_statements: usize,
     /// How long a client may hold or wait (PgBouncer's timeouts).
     pub timeouts: SessionTimeouts,
+    /// Most server connections to this database across all its users' pools.
+    pub max_db_connections: Option<usize>,
 }
 
 /// Limits on how long a client may hold a server connection or keep it waiting, with
@@ -392,6 +394,8 @@ pub struct Config {
     pub client_login_timeout: Duration,
     /// Client connections beyond this are refused with 53300.
     pub max_client_conn: usize,
+    /// Most server connections of one user across all databases' pools.
+    pub max_user_connections: Option<usize>,
     /// Largest client message accepted, in bytes.
     pub max_message_size: usize,
     /// On SIGTERM (or a drain request), how long sessions get to reach a transaction boundary.

@@ -116,6 +116,14 @@ impl Config {
             ("transaction_timeout", optional(pool.timeouts.transaction)),
             ("client_login_timeout", duration(self.client_login_timeout)),
             ("max_client_conn", self.max_client_conn.to_string()),
+            (
+                "max_db_connections",
+                pool.max_db_connections.unwrap_or(0).to_string(),
+            ),
+            (
+                "max_user_connections",
+                self.max_user_connections.unwrap_or(0).to_string(),
+            ),
             ("max_message_size", self.max_message_size.to_string()),
             ("drain_timeout", duration(self.drain_timeout)),
             (

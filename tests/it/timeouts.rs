@@ -147,3 +147,60 @@ async fn idle_clients_and_long_transactions_are_ended() {
     ends_with(ended, "connection closed").await;
     assert_eq!(timeouts_fired(&proxy, "transaction_timeout"), 1);
 }
+
+/// A client of `db` as `user` (trust authentication; the server login is the upstream's).
+async fn client_as(proxy: &TestProxy, user: &str, db: &str) -> Client {
+    let url = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
+    crate::support::connect(&url).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_caps_span_pools_and_idle_connections_make_room() {
+    let db = fresh_database().await;
+    let other_db = fresh_database().await;
+    let mut settings = overrides("transaction", 5);
+    settings.acquire_timeout = Some("500ms".into());
+    settings.max_user_connections = Some("3".into());
+    let file = format!("[databases.{db}]\nmax_db_connections = 2\n");
+    let proxy = start_proxy_with(&settings, Some(&file)).await;
+    // Two users' pools of one database share its cap of two.
+    let a1 = client_as(&proxy, "alpha", &db).await;
+    let a2 = client_as(&proxy, "alpha", &db).await;
+    for a in [&a1, &a2] {
+        a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    // (A login takes a server connection today, so beta is refused at login.)
+    let beta_url = format!("postgres://beta@127.0.0.1:{}/{db}", proxy.port);
+    let err = crate::support::connect(&beta_url).await.unwrap_err();
+    assert_eq!(crate::support::sqlstate(&err), "53300");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("max_db_connections"), "{message}");
+    // alpha's transactions end: their connections idle in alpha's pool, holding the cap; the
+    // next checkout of beta closes one of them to make room.
+    for a in [&a1, &a2] {
+        a.batch_execute("COMMIT").await.unwrap();
+    }
+    let b = client_as(&proxy, "beta", &db).await;
+    b.simple_query("SELECT 1").await.unwrap();
+    let backends: i64 = direct("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(backends <= 2, "{backends} server connections to {db}");
+    // One user across databases: three busy connections to another database use up gamma's
+    // max_user_connections, so gamma gets none for this one.
+    let busy: Vec<Client> =
+        futures::future::join_all((0..3).map(|_| client_as(&proxy, "gamma", &other_db))).await;
+    for c in &busy {
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let gamma_url = format!("postgres://gamma@127.0.0.1:{}/{db}", proxy.port);
+    let err = crate::support::connect(&gamma_url).await.unwrap_err();
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("max_user_connections"), "{message}");
+}
