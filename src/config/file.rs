@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::control::{ControlFile, FleetFile};
 use super::security::{ListenerFile, SecurityFile, UserFile};
 use super::values::Scalar;
-use super::values::{UserList, field, ranged, socket_addr};
+use super::values::{UserList, field, optional_duration, ranged, socket_addr};
 use super::{
     AuthMethod, Config, ConfigError, OtlpProtocol, PoolMode, PoolSettings, SamplerSettings,
     SessionTimeouts, TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
@@ -400,11 +400,6 @@ fn default_pool() -> PoolSettings {
 /// A connection cap: a count, `0` for none.
 fn optional_count(text: &str) -> Result<Option<usize>, String> {
     ranged(0, 100_000)(text).map(|n| (n > 0).then_some(n))
-}
-
-/// A timeout key: a duration, `0` for off.
-fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
-    parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
 }
 
 impl PoolFile {

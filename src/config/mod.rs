@@ -343,6 +343,33 @@ pub struct FleetConfig {
     pub control_role: Option<String>,
 }
 
+/// A user's own timeouts (`[users.NAME]`); each one, where set, wins over the database's and
+/// the global value (`Some(None)` turns it off for the user).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserTimeouts {
+    /// `client_idle_timeout`.
+    pub client_idle: Option<Option<Duration>>,
+    /// `idle_transaction_timeout`.
+    pub idle_transaction: Option<Option<Duration>>,
+    /// `query_timeout`.
+    pub query: Option<Option<Duration>>,
+    /// `transaction_timeout`.
+    pub transaction: Option<Option<Duration>>,
+}
+
+impl SessionTimeouts {
+    /// These limits with `user`'s own where it sets them.
+    #[must_use]
+    pub fn for_user(self, user: &UserTimeouts) -> Self {
+        Self {
+            client_idle: user.client_idle.unwrap_or(self.client_idle),
+            idle_transaction: user.idle_transaction.unwrap_or(self.idle_transaction),
+            query: user.query.unwrap_or(self.query),
+            transaction: user.transaction.unwrap_or(self.transaction),
+        }
+    }
+}
+
 /// A user clients may log in as, and the secret the proxy uses toward the server for them.
 #[derive(Clone, Default)]
 pub struct UserSecret {
@@ -352,6 +379,8 @@ pub struct UserSecret {
     pub server_password: Option<String>,
     /// The file gave a plaintext `password` (development setups; warned about at start).
     pub plaintext_in_file: bool,
+    /// The user's own timeouts.
+    pub timeouts: UserTimeouts,
 }
 
 impl fmt::Debug for UserSecret {
@@ -360,6 +389,7 @@ impl fmt::Debug for UserSecret {
             .field("secret", &self.secret.is_some())
             .field("plaintext_in_file", &self.plaintext_in_file)
             .field("server_password", &self.server_password.is_some())
+            .field("timeouts", &self.timeouts)
             .finish()
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::values::Scalar;
-use super::values::field;
-use super::{AuthMethod, ConfigError, UserSecret, invalid, parse_duration};
+use super::values::{field, optional_duration};
+use super::{AuthMethod, ConfigError, UserSecret, UserTimeouts, invalid, parse_duration};
 use crate::auth::{Md5Secret, ScramVerifier, Secret};
 use crate::tls::{ClientTls, ClientTlsMode, ServerTlsMode, UpstreamTls};
 
@@ -237,9 +237,32 @@ pub(super) struct UserFile {
     md5_secret: Option<String>,
     server_password: Option<String>,
     server_password_file: Option<String>,
+    client_idle_timeout: Option<Scalar>,
+    idle_transaction_timeout: Option<Scalar>,
+    query_timeout: Option<Scalar>,
+    transaction_timeout: Option<Scalar>,
 }
 
 impl UserFile {
+    /// The user's own timeouts, each one only where the file sets it.
+    fn timeouts(&self, prefix: &str) -> Result<UserTimeouts, ConfigError> {
+        let value = |name: &str, v: Option<&Scalar>| {
+            v.map(|v| {
+                optional_duration(&v.text()).map_err(|m| invalid(format!("{prefix}{name}"), m))
+            })
+            .transpose()
+        };
+        Ok(UserTimeouts {
+            client_idle: value("client_idle_timeout", self.client_idle_timeout.as_ref())?,
+            idle_transaction: value(
+                "idle_transaction_timeout",
+                self.idle_transaction_timeout.as_ref(),
+            )?,
+            query: value("query_timeout", self.query_timeout.as_ref())?,
+            transaction: value("transaction_timeout", self.transaction_timeout.as_ref())?,
+        })
+    }
+
     pub(super) fn validate(self, prefix: &str) -> Result<UserSecret, ConfigError> {
         let given = [&self.password, &self.scram_verifier, &self.md5_secret]
             .iter()
@@ -284,6 +307,7 @@ impl UserFile {
             ));
         }
         Ok(UserSecret {
+            timeouts: self.timeouts(prefix)?,
             plaintext_in_file: self.password.is_some(),
             secret,
             server_password: self.server_password.or(from_file).or(self.password),

@@ -133,6 +133,11 @@ pub(super) fn socket_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("expected an address like 127.0.0.1:6432, got `{s}`"))
 }
 
+/// A timeout key: a duration, `0` for off.
+pub(super) fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
+}
+
 /// Parses `250ms`, `5s`, `10m`, `1h` or a bare number of seconds.
 ///
 /// # Errors

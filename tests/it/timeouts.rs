@@ -204,3 +204,27 @@ async fn connection_caps_span_pools_and_idle_connections_make_room() {
     let message = err.as_db_error().unwrap().message().to_owned();
     assert!(message.contains("max_user_connections"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_own_timeout_wins_over_the_global_one() {
+    let db = fresh_database().await;
+    let file = "[users.lazy]\nidle_transaction_timeout = \"300ms\"\n";
+    let proxy = start_proxy_with(&overrides("transaction", 2), Some(file)).await;
+    let lazy_url = format!("postgres://lazy@127.0.0.1:{}/{db}", proxy.port);
+    let (lazy, connection) = tokio_postgres::connect(&lazy_url, NoTls).await.unwrap();
+    let ended = tokio::spawn(async move {
+        connection
+            .await
+            .err()
+            .and_then(|e| e.as_db_error().map(|db| db.code().code().to_owned()))
+            .unwrap_or_default()
+    });
+    let patient = client_as(&proxy, "patient", &db).await;
+    for client in [&lazy, &patient] {
+        client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    ends_with(ended, "25P03").await;
+    // The global default (1h) still holds for everyone else.
+    patient.batch_execute("SELECT 2; COMMIT").await.unwrap();
+    assert_eq!(timeouts_fired(&proxy, "idle_transaction_timeout"), 1);
+}

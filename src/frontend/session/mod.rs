@@ -185,10 +185,14 @@ impl Session {
         params: ClientParams,
         cancel: Arc<CancelSlot>,
     ) -> Self {
-        let timeouts = pool.settings().timeouts;
+        let config = ctx.config();
+        let timeouts = config.users.get(&pool.key().user).map_or_else(
+            || pool.settings().timeouts,
+            |user| pool.settings().timeouts.for_user(&user.timeouts),
+        );
         Self {
             timeouts,
-            config: ctx.config(),
+            config,
             gate: ctx.gate.database(&pool.key().database),
             client,
             buf: BytesMut::new(),
