@@ -149,6 +149,19 @@ async fn md5_for_old_clients_and_cleartext_only_over_tls() {
     assert!(format!("{err:?}").contains("without TLS"), "{err:?}");
 }
 
+/// A SCRAM proxy that looks users up with `auth_query` as `postgres`. No user or password in
+/// the upstream URL: every server login is the client's own.
+async fn auth_query_proxy(pool_size: usize) -> crate::support::TestProxy {
+    let mut settings = overrides("transaction", pool_size);
+    settings.auth = None;
+    settings.upstream = Some(format!("postgres://127.0.0.1:{}", cluster().port()));
+    let file = "auth = \"scram-sha-256\"\n\
+                auth_user = \"postgres\"\n\
+                auth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\n\
+                [users.postgres]\nserver_password = \"postgres\"\n";
+    start_proxy_with(&settings, Some(file)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_users_log_in_with_their_own_scram_keys() {
     let db = fresh_database().await;
@@ -158,15 +171,7 @@ async fn auth_query_users_log_in_with_their_own_scram_keys() {
         .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'aqpass'"))
         .await
         .unwrap();
-    let mut settings = overrides("transaction", 2);
-    settings.auth = None;
-    // No user or password in the upstream URL: every server login is the client's own.
-    settings.upstream = Some(format!("postgres://127.0.0.1:{}", cluster().port()));
-    let file = "auth = \"scram-sha-256\"\n\
-                auth_user = \"postgres\"\n\
-                auth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\n\
-                [users.postgres]\nserver_password = \"postgres\"\n";
-    let proxy = start_proxy_with(&settings, Some(file)).await;
+    let proxy = auth_query_proxy(2).await;
     let url =
         |password: &str| format!("postgres://{role}:{password}@127.0.0.1:{}/{db}", proxy.port);
     let client = connect(&url("aqpass")).await.expect("auth_query login");
@@ -205,14 +210,7 @@ async fn auth_query_refuses_expired_passwords_and_ignores_a_clients_search_path(
         ))
         .await
         .unwrap();
-    let mut settings = overrides("transaction", 1);
-    settings.auth = None;
-    settings.upstream = Some(format!("postgres://127.0.0.1:{}", cluster().port()));
-    let file = "auth = \"scram-sha-256\"\n\
-                auth_user = \"postgres\"\n\
-                auth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\n\
-                [users.postgres]\nserver_password = \"postgres\"\n";
-    let proxy = start_proxy_with(&settings, Some(file)).await;
+    let proxy = auth_query_proxy(1).await;
     let url = |user: &str, password: &str| {
         format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", proxy.port)
     };

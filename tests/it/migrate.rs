@@ -46,6 +46,21 @@ impl Drop for Dir {
     }
 }
 
+/// `pgsidecar migrate ARGS --dir DIR --database-url URL-of-db`.
+fn migrate_cli(dir: &Dir, db: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .arg("migrate")
+        .args(args)
+        .args([
+            "--dir",
+            dir.0.to_str().unwrap(),
+            "--database-url",
+            &cluster().url(db),
+        ])
+        .output()
+        .unwrap()
+}
+
 async fn migrator(db: &str, dir: &Dir) -> Migrator {
     Migrator::open(&cluster().url(db), &dir.0).await.unwrap()
 }
@@ -414,19 +429,7 @@ async fn a_blocking_step_under_live_traffic_pauses_the_fleet_and_no_client_errs(
 async fn the_command_line_creates_lints_and_applies() {
     let db = fresh_database().await;
     let dir = Dir::new(&[]);
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-            .arg("migrate")
-            .args(args)
-            .args([
-                "--dir",
-                dir.0.to_str().unwrap(),
-                "--database-url",
-                &cluster().url(&db),
-            ])
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| migrate_cli(&dir, &db, args);
     let created = cli(&["new", "Add notes"]);
     assert!(created.status.success());
     assert!(dir.0.join("0001_add_notes.sql").exists());
@@ -684,19 +687,7 @@ async fn deploy_refuses_without_a_verified_backup_and_runs_the_whole_policy_with
 async fn deploy_dry_run_rehearses_only_and_ignored_flags_are_refused() {
     let db = fresh_database().await;
     let dir = Dir::new(&[("0001_notes.sql", "CREATE TABLE notes (id int);")]);
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-            .arg("migrate")
-            .args(args)
-            .args([
-                "--dir",
-                dir.0.to_str().unwrap(),
-                "--database-url",
-                &cluster().url(&db),
-            ])
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| migrate_cli(&dir, &db, args);
     let staging = cluster().url("postgres");
     let rehearsed = cli(&["deploy", "--dry-run", "--staging-url", &staging]);
     let stdout = String::from_utf8_lossy(&rehearsed.stdout);
