@@ -20,11 +20,12 @@ pub struct GateArgs {
     database: Option<String>,
     /// With --admin: a file holding the sidecar's admin token (or the token itself in
     /// PGSIDECAR_ADMIN_TOKEN).
-    #[arg(long, global = true, requires = "admin")]
+    #[arg(long, global = true)]
     admin_token_file: Option<std::path::PathBuf>,
-    /// Heartbeats older than this mark a sidecar dead: excluded and reported.
-    #[arg(long, global = true, default_value = "10s", value_parser = pgsidecar::config::parse_duration)]
-    stale_after: std::time::Duration,
+    /// Fleet only: heartbeats older than this mark a sidecar dead: excluded and reported
+    /// (default 10s).
+    #[arg(long, global = true, value_parser = pgsidecar::config::parse_duration)]
+    stale_after: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand)]
@@ -47,6 +48,20 @@ pub enum GateAction {
     Status,
 }
 
+/// A flag given where this call would ignore it: refused rather than dropped.
+fn unhonoured(args: &GateArgs) -> Option<&'static str> {
+    if args.admin.is_some() && args.stale_after.is_some() {
+        return Some("--stale-after applies to the fleet (--database-url), not to one sidecar");
+    }
+    if args.admin.is_none() && args.admin_token_file.is_some() {
+        return Some("--admin-token-file goes with --admin (one sidecar's admin API)");
+    }
+    if matches!(args.action, GateAction::Status) && args.database.is_some() {
+        return Some("gate status shows everything; --database applies to pause and resume");
+    }
+    None
+}
+
 /// `pgsidecar gate ...`: prints a JSON report; exits 0 on success, 1 when a pause failed, 2 on
 /// bad arguments or an unreachable target.
 pub async fn run(args: GateArgs) -> ExitCode {
@@ -55,6 +70,12 @@ pub async fn run(args: GateArgs) -> ExitCode {
         eprintln!("pgsidecar gate: {message}");
         ExitCode::from(EXIT_USAGE)
     };
+    if let Some(message) = unhonoured(&args) {
+        return fail(message.into());
+    }
+    let stale_after = args
+        .stale_after
+        .unwrap_or(std::time::Duration::from_secs(10));
     if let Some(addr) = args.admin {
         let token = match &args.admin_token_file {
             Some(path) => match std::fs::read_to_string(path) {
@@ -118,16 +139,16 @@ pub async fn run(args: GateArgs) -> ExitCode {
                 deadline,
                 max_hold,
                 cancel_stragglers,
-                stale_after: args.stale_after,
+                stale_after,
             };
             fleet::fleet_pause(&url, &pause)
                 .await
                 .map(|r| print_json(&r))
         }
-        GateAction::Resume => fleet::fleet_resume(&url, args.database.as_deref(), args.stale_after)
+        GateAction::Resume => fleet::fleet_resume(&url, args.database.as_deref(), stale_after)
             .await
             .map(|r| print_json(&r)),
-        GateAction::Status => fleet::sidecars(&url, args.stale_after)
+        GateAction::Status => fleet::sidecars(&url, stale_after)
             .await
             .map(|r| print_json(&r)),
     };

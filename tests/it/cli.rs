@@ -152,3 +152,75 @@ async fn dev_profile_starts_postgres_with_pgvector_and_stops_cleanly() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every flag a subcommand would ignore is refused (exit 2) before anything is contacted.
+#[test]
+fn flags_a_subcommand_would_ignore_are_refused() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "gate",
+                "status",
+                "--admin",
+                "127.0.0.1:9",
+                "--stale-after",
+                "5s",
+            ],
+            "--stale-after",
+        ),
+        (
+            &[
+                "gate",
+                "status",
+                "--database-url",
+                "postgres://127.0.0.1:9/x",
+                "--database",
+                "app",
+            ],
+            "--database",
+        ),
+        (
+            &[
+                "gate",
+                "resume",
+                "--database-url",
+                "postgres://127.0.0.1:9/x",
+                "--admin-token-file",
+                "/t",
+            ],
+            "--admin",
+        ),
+        (
+            &[
+                "migrate",
+                "rollback",
+                "--database-url",
+                "postgres://127.0.0.1:9/x",
+                "--dry-run",
+                "--staging-url",
+                "postgres://127.0.0.1:9/y",
+            ],
+            "dry run",
+        ),
+        (
+            &[
+                "migrate",
+                "apply",
+                "--database-url",
+                "postgres://127.0.0.1:9/x",
+                "--no-backup",
+                "--reason",
+                "r",
+                "--staging-url",
+                "postgres://127.0.0.1:9/y",
+            ],
+            "--staging-url",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = pgsidecar(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
