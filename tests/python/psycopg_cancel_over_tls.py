@@ -10,6 +10,21 @@ import psycopg
 from psycopg import errors
 
 
+def wait_until_running(dsn: str) -> None:
+    """Waits, on a second connection, until the server runs the query to cancel."""
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'"
+            ).fetchone()
+            if row[0] > 0:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the query never started")
+
+
 def main(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         outcome = {}
@@ -25,7 +40,7 @@ def main(dsn: str) -> None:
 
         worker = threading.Thread(target=run)
         worker.start()
-        time.sleep(0.5)
+        wait_until_running(dsn)
         conn.cancel_safe(timeout=5.0)
         worker.join()
         assert outcome["query"] == "cancelled", outcome

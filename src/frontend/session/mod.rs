@@ -186,10 +186,11 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Self {
         let config = ctx.config();
-        let timeouts = config.users.get(&pool.key().user).map_or_else(
-            || pool.settings().timeouts,
-            |user| pool.settings().timeouts.for_user(&user.timeouts),
-        );
+        let pool_timeouts = pool.settings().timeouts;
+        let timeouts = config
+            .users
+            .get(&pool.key().user)
+            .map_or(pool_timeouts, |user| pool_timeouts.for_user(&user.timeouts));
         Self {
             timeouts,
             config,
