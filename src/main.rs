@@ -110,6 +110,9 @@ struct ProxyArgs {
     /// How long a client waits for a server connection (e.g. 5s).
     #[arg(long, env = "PGSIDECAR_ACQUIRE_TIMEOUT")]
     acquire_timeout: Option<String>,
+    /// Tell a client waiting this long for a server connection that its query is queued (0 = off).
+    #[arg(long, env = "PGSIDECAR_QUERY_WAIT_NOTIFY")]
+    query_wait_notify: Option<String>,
     /// Idle server connections are closed after this.
     #[arg(long, env = "PGSIDECAR_SERVER_IDLE_TIMEOUT")]
     server_idle_timeout: Option<String>,
@@ -240,6 +243,7 @@ impl ProxyArgs {
             pool_size: self.pool_size,
             min_idle: self.min_idle,
             acquire_timeout: self.acquire_timeout,
+            query_wait_notify: self.query_wait_notify,
             server_idle_timeout: self.server_idle_timeout,
             server_lifetime: self.server_lifetime,
             server_connect_timeout: self.server_connect_timeout,

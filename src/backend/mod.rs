@@ -2,6 +2,7 @@
 //! that makes sure a dirty connection never reaches another client.
 
 mod error;
+mod greeting;
 mod limits;
 mod login;
 mod params;
@@ -10,6 +11,7 @@ mod prepared;
 mod server;
 
 pub use error::BackendError;
+pub use greeting::Greeting;
 pub use limits::ConnectionCap;
 pub use login::LoginTarget;
 pub use params::{

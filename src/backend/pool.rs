@@ -10,8 +10,8 @@ use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult,
 
 use super::limits::{self, ConnectionCap};
 use super::{
-    BackendError, CancelTarget, FIXED_PARAMS_SQL, FixedParams, KnownStatements, LoginTarget,
-    ServerConn,
+    BackendError, CancelTarget, FIXED_PARAMS_SQL, FixedParams, Greeting, KnownStatements,
+    LoginTarget, ServerConn,
 };
 use crate::auth::ScramKeys;
 use crate::config::{Config, PoolMode, PoolSettings};
@@ -40,6 +40,8 @@ pub struct ServerManager {
     settings: RwLock<PoolSettings>,
     /// The reported parameters no session can change, learned from the first connection.
     fixed: OnceLock<FixedParams>,
+    /// What the server reports at login, for logging clients in without a server connection.
+    greeting: Greeting,
     /// Caps across pools (`max_db_connections`, `max_user_connections`) this pool is under.
     caps: Vec<Arc<ConnectionCap>>,
 }
@@ -83,6 +85,7 @@ impl managed::Manager for ServerManager {
             settings.max_prepared_statements,
         )
         .await?;
+        self.greeting.learn_login(&conn.params.reported);
         conn.params.fixed = self.fixed_params(&mut conn).await?;
         conn.permits = permits;
         Ok(conn)
@@ -148,6 +151,7 @@ impl ServerPool {
             target: RwLock::new(target),
             settings: RwLock::new(settings),
             fixed: OnceLock::new(),
+            greeting: Greeting::default(),
             caps,
         })
         .max_size(size)
@@ -196,6 +200,12 @@ impl ServerPool {
     #[must_use]
     pub fn metrics(&self) -> &PoolMetrics {
         &self.metrics
+    }
+
+    /// The parameters this pool's server reports, for greeting clients without a server.
+    #[must_use]
+    pub fn greeting(&self) -> &Greeting {
+        &self.pool.manager().greeting
     }
 
     /// Transaction or session pooling.

@@ -24,6 +24,7 @@ struct PoolFile {
     pool_size: Option<Scalar>,
     min_idle: Option<Scalar>,
     acquire_timeout: Option<Scalar>,
+    query_wait_notify: Option<Scalar>,
     server_idle_timeout: Option<Scalar>,
     server_lifetime: Option<Scalar>,
     server_connect_timeout: Option<Scalar>,
@@ -110,6 +111,7 @@ pub struct Overrides {
     pub pool_size: Option<String>,
     pub min_idle: Option<String>,
     pub acquire_timeout: Option<String>,
+    pub query_wait_notify: Option<String>,
     pub server_idle_timeout: Option<String>,
     pub server_lifetime: Option<String>,
     pub server_connect_timeout: Option<String>,
@@ -174,6 +176,7 @@ impl Overrides {
             (&mut pool.pool_size, &self.pool_size),
             (&mut pool.min_idle, &self.min_idle),
             (&mut pool.acquire_timeout, &self.acquire_timeout),
+            (&mut pool.query_wait_notify, &self.query_wait_notify),
             (&mut pool.server_idle_timeout, &self.server_idle_timeout),
             (&mut pool.server_lifetime, &self.server_lifetime),
             (
@@ -385,6 +388,7 @@ fn default_pool() -> PoolSettings {
         size: 20,
         min_idle: 0,
         acquire_timeout: Duration::from_secs(5),
+        query_wait_notify: Some(Duration::from_secs(2)),
         server_idle_timeout: Duration::from_secs(600),
         server_lifetime: Duration::from_secs(3600),
         server_connect_timeout: Duration::from_secs(5),
@@ -430,6 +434,12 @@ impl PoolFile {
                 base.acquire_timeout,
                 parse_duration,
             )?,
+            query_wait_notify: field(
+                &key("query_wait_notify"),
+                self.query_wait_notify.as_ref(),
+                base.query_wait_notify,
+                optional_duration,
+            )?,
             server_idle_timeout: field(
                 &key("server_idle_timeout"),
                 self.server_idle_timeout.as_ref(),
@@ -460,32 +470,7 @@ impl PoolFile {
                 base.max_db_connections,
                 optional_count,
             )?,
-            timeouts: SessionTimeouts {
-                client_idle: field(
-                    &key("client_idle_timeout"),
-                    self.client_idle_timeout.as_ref(),
-                    base.timeouts.client_idle,
-                    optional_duration,
-                )?,
-                idle_transaction: field(
-                    &key("idle_transaction_timeout"),
-                    self.idle_transaction_timeout.as_ref(),
-                    base.timeouts.idle_transaction,
-                    optional_duration,
-                )?,
-                query: field(
-                    &key("query_timeout"),
-                    self.query_timeout.as_ref(),
-                    base.timeouts.query,
-                    optional_duration,
-                )?,
-                transaction: field(
-                    &key("transaction_timeout"),
-                    self.transaction_timeout.as_ref(),
-                    base.timeouts.transaction,
-                    optional_duration,
-                )?,
-            },
+            timeouts: self.timeouts(prefix, &base.timeouts)?,
         };
         if settings.min_idle > settings.size {
             return Err(invalid(
@@ -500,6 +485,41 @@ impl PoolFile {
             return Err(invalid(key("acquire_timeout"), "must be greater than zero"));
         }
         Ok(settings)
+    }
+
+    /// The session timeouts of this table, over `base`.
+    fn timeouts(
+        &self,
+        prefix: &str,
+        base: &SessionTimeouts,
+    ) -> Result<SessionTimeouts, ConfigError> {
+        let key = |name: &str| format!("{prefix}{name}");
+        Ok(SessionTimeouts {
+            client_idle: field(
+                &key("client_idle_timeout"),
+                self.client_idle_timeout.as_ref(),
+                base.client_idle,
+                optional_duration,
+            )?,
+            idle_transaction: field(
+                &key("idle_transaction_timeout"),
+                self.idle_transaction_timeout.as_ref(),
+                base.idle_transaction,
+                optional_duration,
+            )?,
+            query: field(
+                &key("query_timeout"),
+                self.query_timeout.as_ref(),
+                base.query,
+                optional_duration,
+            )?,
+            transaction: field(
+                &key("transaction_timeout"),
+                self.transaction_timeout.as_ref(),
+                base.transaction,
+                optional_duration,
+            )?,
+        })
     }
 }
 

@@ -202,6 +202,8 @@ pub struct PoolSettings {
     pub min_idle: usize,
     /// How long a client waits for a server connection before 53300.
     pub acquire_timeout: Duration,
+    /// A client waiting this long for a server connection is told so once (NOTICE).
+    pub query_wait_notify: Option<Duration>,
     /// Idle server connections older than this are closed.
     pub server_idle_timeout: Duration,
     /// Server connections are replaced after this age.

@@ -97,6 +97,7 @@ impl Config {
             ("pool_size", pool.size.to_string()),
             ("min_idle", pool.min_idle.to_string()),
             ("acquire_timeout", duration(pool.acquire_timeout)),
+            ("query_wait_notify", optional(pool.query_wait_notify)),
             ("server_idle_timeout", duration(pool.server_idle_timeout)),
             ("server_lifetime", duration(pool.server_lifetime)),
             (

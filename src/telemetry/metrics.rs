@@ -100,6 +100,7 @@ pub struct Metrics {
     pinned: Family<PoolLabels, Counter>,
     settings_dropped: Family<PoolLabels, Counter>,
     acquire_timeouts: Family<PoolLabels, Counter>,
+    wait_notices: Family<PoolLabels, Counter>,
     connect_errors: Family<PoolLabels, Counter>,
     clients_refused: Family<ReasonLabels, Counter>,
     client_timeouts: Family<ReasonLabels, Counter>,
@@ -140,6 +141,7 @@ impl Metrics {
             pinned: Family::default(),
             settings_dropped: Family::default(),
             acquire_timeouts: Family::default(),
+            wait_notices: Family::default(),
             connect_errors: Family::default(),
             clients_refused: Family::default(),
             client_timeouts: Family::default(),
@@ -166,6 +168,11 @@ impl Metrics {
             "pool_acquire_timeouts",
             "Clients that waited the whole acquire_timeout for a server connection and got 53300",
             self.acquire_timeouts.clone(),
+        );
+        registry.register(
+            "pool_wait_notices",
+            "Clients told with a NOTICE that their query is queued (waited query_wait_notify for a server connection)",
+            self.wait_notices.clone(),
         );
         registry.register(
             "server_connect_errors",
@@ -366,6 +373,7 @@ impl Metrics {
             pinned: self.pinned.get_or_create_owned(&labels),
             settings_dropped: self.settings_dropped.get_or_create_owned(&labels),
             acquire_timeouts: self.acquire_timeouts.get_or_create_owned(&labels),
+            wait_notices: self.wait_notices.get_or_create_owned(&labels),
             connect_errors: self.connect_errors.get_or_create_owned(&labels),
             errors: self.errors.clone(),
             clients: AtomicI64::new(0),
@@ -475,6 +483,7 @@ pub struct PoolMetrics {
     pinned: Counter,
     settings_dropped: Counter,
     acquire_timeouts: Counter,
+    wait_notices: Counter,
     connect_errors: Counter,
     errors: Family<ErrorLabels, Counter>,
     clients: AtomicI64,
@@ -498,6 +507,11 @@ impl PoolMetrics {
     /// A client gave up waiting for a server connection.
     pub fn acquire_timed_out(&self) {
         self.acquire_timeouts.inc();
+    }
+
+    /// A client waiting for a server connection was told its query is queued.
+    pub fn wait_notified(&self) {
+        self.wait_notices.inc();
     }
 
     /// A server connection could not be opened.

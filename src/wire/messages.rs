@@ -63,7 +63,18 @@ pub fn error(severity: Severity, code: &str, message: &str) -> Bytes {
 /// Appends a NoticeResponse (severity WARNING) for things the client should know but that are
 /// not errors.
 pub fn put_warning(out: &mut BytesMut, code: &str, message: &str) {
-    let info = ErrorInfo::new("WARNING".to_owned(), code.to_owned(), message.to_owned());
+    put_notice_with(out, "WARNING", code, message);
+}
+
+/// Appends a NoticeResponse (severity NOTICE): information about the client's request, such as
+/// a wait for a server connection.
+pub fn put_notice(out: &mut BytesMut, code: &str, message: &str) {
+    put_notice_with(out, "NOTICE", code, message);
+}
+
+fn put_notice_with(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    let mut info = ErrorInfo::new(severity.to_owned(), code.to_owned(), message.to_owned());
+    info.severity_nonlocalized = Some(severity.to_owned());
     encode(&NoticeResponse::from(info), out);
 }
 

@@ -1,5 +1,7 @@
 //! SQLSTATE codes the proxy itself reports.
 
+/// No error: the code of an informational NOTICE.
+pub const SUCCESSFUL_COMPLETION: &str = "00000";
 /// Malformed or unexpected protocol traffic.
 pub const PROTOCOL_VIOLATION: &str = "08P01";
 /// The connection to the server was lost.

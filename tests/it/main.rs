@@ -14,6 +14,7 @@ mod failures;
 mod fleet;
 mod fuzz;
 mod gate;
+mod greeting;
 mod health;
 mod hostile;
 mod migrate;

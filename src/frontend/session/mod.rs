@@ -1,6 +1,7 @@
 //! One client's session after login: waits for the client's next transaction, lends it a server
 //! connection, forwards bytes both ways, and gives the connection back at the first safe point.
 
+mod acquire;
 mod settle;
 mod timeouts;
 
@@ -27,10 +28,7 @@ use crate::telemetry::FinishedQuery;
 use crate::tls::PgStream;
 use crate::wire::extended::{ParseMessage, put_empty};
 use crate::wire::frame::HEADER_LEN;
-use crate::wire::messages::{
-    Severity, error, parse_parameter_status, put_backend_key, put_parameter_status,
-    put_ready_for_query,
-};
+use crate::wire::messages::{Severity, error, parse_parameter_status, put_ready_for_query};
 use crate::wire::{FrameHeader, WireError, sqlstate};
 use opentelemetry::KeyValue;
 pub use timeouts::Timeout;
@@ -144,9 +142,19 @@ struct Conversation {
     effects: Vec<Effect>,
     /// The batch in flight, kept to hide a stale-plan error.
     retry: StalePlanRetry,
+    /// Reported settings that changed although the client never set them (a configuration
+    /// reload on the server): checked at rest and learned as the pool's new defaults.
+    new_defaults: Vec<String>,
 }
 
 impl Conversation {
+    /// Whether a statement of this conversation sets or resets `name` for the session.
+    fn sets(&self, name: &str) -> bool {
+        self.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Set(n) | Effect::Reset(n) if n == name))
+    }
+
     /// Nothing is owed and no transaction is open: the connection may go back.
     fn is_idle(&self) -> bool {
         self.tracker.is_idle() && self.queue.is_empty()
@@ -209,31 +217,6 @@ impl Session {
         }
     }
 
-    /// Finishes the login: takes a server connection (which proves the database and the
-    /// client's settings are acceptable), sends the client the server's ParameterStatus, its
-    /// cancel key and ReadyForQuery. In session mode the connection is kept for the session.
-    ///
-    /// # Errors
-    /// As [`Session::acquire`]; the caller reports it with [`Session::fail`].
-    pub(super) async fn greet(&mut self) -> Result<Option<Checkout>, SessionError> {
-        self.admit().await?;
-        let mut checkout = self.acquire().await?;
-        self.end_transaction();
-        let mut out = BytesMut::new();
-        for (name, value) in &checkout.conn().params.reported {
-            put_parameter_status(&mut out, name, value);
-        }
-        put_backend_key(&mut out, self.cancel.pid, self.cancel.secret);
-        put_ready_for_query(&mut out, b'I');
-        self.client.send(&out).await?;
-        if self.mode() == PoolMode::Transaction {
-            self.release(checkout);
-            Ok(None)
-        } else {
-            Ok(Some(checkout))
-        }
-    }
-
     /// Tells the client why its session ends and forgets its cancel key.
     pub(super) async fn fail(&mut self, e: &SessionError) {
         if let Some(message) = e.to_client() {
@@ -244,18 +227,6 @@ impl Session {
 
     fn mode(&self) -> PoolMode {
         self.pool.mode()
-    }
-
-    /// Takes a server connection from the pool and brings its settings to the client's.
-    pub(super) async fn acquire(&mut self) -> Result<Checkout, SessionError> {
-        self.cancel.set_waiting(true);
-        let checkout = self.pool.checkout().await;
-        self.cancel.set_waiting(false);
-        let mut checkout = checkout?;
-        let server = checkout.conn();
-        self.sync_settings(server).await?;
-        self.cancel.set(Some(server.cancel_target()));
-        Ok(checkout)
     }
 
     /// Waits at the gate until the client's next transaction may start.
@@ -633,6 +604,9 @@ impl Session {
             });
         server.buf = buf;
         for (name, value) in reported {
+            if !self.params.wanted().contains_key(&name) && !talk.sets(&name) {
+                talk.new_defaults.push(name.clone());
+            }
             server.params.observe(&name, &value);
             self.params.observe(&name, &value);
         }

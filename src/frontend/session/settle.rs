@@ -21,6 +21,10 @@ impl Session {
         if !talk.is_idle() || !server.buf.is_empty() {
             return Ok(None);
         }
+        if !talk.new_defaults.is_empty() {
+            let reported = std::mem::take(&mut talk.new_defaults);
+            self.learn_new_defaults(server, reported).await?;
+        }
         if !talk.effects.is_empty() {
             let effects = std::mem::take(&mut talk.effects);
             self.settle(server, effects).await?;
@@ -134,6 +138,37 @@ impl Session {
             Err(e) => return Err(SessionError::Setup(e)),
         }
         server.params.synced(self.params.wanted());
+        Ok(())
+    }
+
+    /// Of the reported settings that changed while the client had no value of its own, learns
+    /// as the pool's defaults those the server says come from no session (a reloaded
+    /// configuration file, a promotion), so that clients logging in later are told them.
+    async fn learn_new_defaults(
+        &self,
+        server: &mut ServerConn,
+        names: Vec<String>,
+    ) -> Result<(), SessionError> {
+        let list = names.join(",");
+        let row = server
+            .fetch_row_with(
+                "SELECT ','||string_agg(name, ',')||',' FROM pg_settings \
+                 WHERE name = ANY(string_to_array($1, ',')) AND source NOT IN ('session', 'client')",
+                &[&list],
+            )
+            .await
+            .map_err(SessionError::Setup)?;
+        let defaults = row.into_iter().flatten().next().unwrap_or_default();
+        for name in names {
+            // The value now in effect: a SET LOCAL reported during the transaction has been
+            // reported back by its end.
+            if let Some(value) = server.params.reported.get(&name)
+                && defaults.contains(&format!(",{name},"))
+            {
+                tracing::info!(pool = %self.pool.key(), setting = %name, %value, "the server's default changed");
+                self.pool.greeting().learn_default(&name, value);
+            }
+        }
         Ok(())
     }
 

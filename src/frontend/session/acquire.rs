@@ -1,0 +1,112 @@
+//! Where a session meets the pool: the greeting that ends a login (from what the pool has
+//! learned of its server, or from a server connection when nothing is known yet) and the
+//! checkout of a server connection, with a notice to a client that waits long for one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures_util::FutureExt as _;
+
+use super::{Session, SessionError};
+use crate::backend::{AcquireError, Checkout};
+use crate::config::PoolMode;
+use crate::wire::messages::{
+    put_backend_key, put_notice, put_parameter_status, put_ready_for_query,
+};
+use crate::wire::sqlstate;
+
+impl Session {
+    /// Finishes the login. When the pool has learned what its server reports (any earlier
+    /// server login did), the client is greeted from that at once and takes a server connection
+    /// only for its first transaction; a database or role that stopped working then fails that
+    /// query with the server's own error. Otherwise the login takes a server connection, which
+    /// proves the database and the client's settings acceptable and reports the server's own
+    /// errors (3D000, 28P01, ...) at login. In session mode a connection taken at login is kept.
+    ///
+    /// # Errors
+    /// As [`Session::acquire`]; the caller reports it with [`Session::fail`].
+    pub(in crate::frontend) async fn greet(&mut self) -> Result<Option<Checkout>, SessionError> {
+        if let Some(reported) = self.pool.greeting().for_client(self.params.wanted()) {
+            self.send_greeting(&reported).await?;
+            return Ok(None);
+        }
+        self.admit().await?;
+        let mut checkout = self.acquire().await?;
+        self.end_transaction();
+        let reported = checkout.conn().params.reported.clone();
+        // How the server spelled what the client asked for: later clients asking the same are
+        // greeted without a server connection.
+        let greeting = self.pool.greeting();
+        for (name, asked) in self.params.wanted() {
+            if let Some(spelled) = reported.get(name) {
+                greeting.learn_spelling(name, asked, spelled);
+            }
+        }
+        self.send_greeting(&reported).await?;
+        if self.mode() == PoolMode::Transaction {
+            self.release(checkout);
+            Ok(None)
+        } else {
+            Ok(Some(checkout))
+        }
+    }
+
+    /// Sends the end of a login: ParameterStatus for each reported setting, the client's cancel
+    /// key and ReadyForQuery.
+    async fn send_greeting(
+        &mut self,
+        reported: &BTreeMap<String, String>,
+    ) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        for (name, value) in reported {
+            put_parameter_status(&mut out, name, value);
+        }
+        put_backend_key(&mut out, self.cancel.pid, self.cancel.secret);
+        put_ready_for_query(&mut out, b'I');
+        self.client.send(&out).await?;
+        Ok(())
+    }
+
+    /// Takes a server connection from the pool and brings its settings to the client's.
+    pub(super) async fn acquire(&mut self) -> Result<Checkout, SessionError> {
+        self.cancel.set_waiting(true);
+        let checkout = self.checkout_or_notify().await;
+        self.cancel.set_waiting(false);
+        let mut checkout = checkout?;
+        let server = checkout.conn();
+        self.sync_settings(server).await?;
+        self.cancel.set(Some(server.cancel_target()));
+        Ok(checkout)
+    }
+
+    /// Waits for a server connection. A client still waiting after `query_wait_notify` is told
+    /// once, with a NOTICE, that its query is queued (a timer is armed only when the pool
+    /// has no connection to give at once).
+    async fn checkout_or_notify(&mut self) -> Result<Checkout, AcquireError> {
+        let pool = Arc::clone(&self.pool);
+        let mut waiting = std::pin::pin!(pool.checkout());
+        if let Some(done) = (&mut waiting).now_or_never() {
+            return done;
+        }
+        let Some(after) = pool.settings().query_wait_notify else {
+            return waiting.await;
+        };
+        if let Ok(done) = tokio::time::timeout(after, &mut waiting).await {
+            return done;
+        }
+        let mut notice = BytesMut::new();
+        put_notice(
+            &mut notice,
+            sqlstate::SUCCESSFUL_COMPLETION,
+            &format!(
+                "pgsidecar: no server connection free in pool {} for {after:?}; the query is queued",
+                pool.key()
+            ),
+        );
+        // A client that cannot take the notice is found out at its next read or write.
+        let _ = self.client.send(&notice).await;
+        pool.metrics().wait_notified();
+        waiting.await
+    }
+}
