@@ -4,12 +4,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::manifest::sha256_file;
+use super::manifest::{finish_partial, partial_path, sha256_file};
 use super::{BACKUPS_DDL, BackupError, Manifest, connect, digest_tables};
 use crate::pgbin;
 
 /// Dumps the database at `url` to `output` and writes `output.manifest.json`; the backup is
-/// recorded in `pgsidecar.backups` of that database.
+/// recorded in `pgsidecar.backups` of that database. The dump is written to
+/// `output.partial` and renamed once complete and hashed, so a process killed meanwhile never
+/// leaves a truncated file under the final name (nor replaces an earlier backup there).
 ///
 /// # Errors
 /// [`BackupError`].
@@ -42,6 +44,8 @@ pub async fn create(url: &str, output: &Path) -> Result<Manifest, BackupError> {
         .collect();
     let tables = digest_tables(&client).await?;
     let output_path = output.to_string_lossy().into_owned();
+    let partial = partial_path(output);
+    let partial_name = partial.to_string_lossy().into_owned();
     let source = pgbin::ToolConnection::parse(url).map_err(|message| BackupError::Tool {
         program: "pg_dump",
         message,
@@ -53,7 +57,7 @@ pub async fn create(url: &str, output: &Path) -> Result<Manifest, BackupError> {
             "--snapshot",
             &snapshot,
             "--file",
-            &output_path,
+            &partial_name,
             &source.conninfo,
         ],
         Some(&source),
@@ -67,7 +71,7 @@ pub async fn create(url: &str, output: &Path) -> Result<Manifest, BackupError> {
         .batch_execute("COMMIT")
         .await
         .map_err(db("closing the snapshot"))?;
-    let (sha256, size_bytes) = sha256_file(output)?;
+    let (sha256, size_bytes) = sha256_file(&partial)?;
     let manifest = Manifest {
         file: output
             .file_name()
@@ -84,6 +88,7 @@ pub async fn create(url: &str, output: &Path) -> Result<Manifest, BackupError> {
         duration_seconds: started.elapsed().as_secs_f64(),
     };
     manifest.write(output)?;
+    finish_partial(output)?;
     client
         .batch_execute(BACKUPS_DDL)
         .await

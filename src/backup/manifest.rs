@@ -43,9 +43,31 @@ pub struct Manifest {
 /// `FILE.manifest.json`.
 #[must_use]
 pub fn manifest_path(dump: &Path) -> PathBuf {
-    let mut name = dump.as_os_str().to_owned();
-    name.push(".manifest.json");
+    with_suffix(dump, ".manifest.json")
+}
+
+/// Where a file is written before it is renamed into place, so that a process killed while
+/// writing never leaves a truncated file under the final name.
+#[must_use]
+pub fn partial_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".partial")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     PathBuf::from(name)
+}
+
+/// Moves a finished `partial_path(path)` into place.
+///
+/// # Errors
+/// [`BackupError::Io`].
+pub fn finish_partial(path: &Path) -> Result<(), BackupError> {
+    std::fs::rename(partial_path(path), path).map_err(|source| BackupError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Manifest {
@@ -56,10 +78,11 @@ impl Manifest {
     pub fn write(&self, dump: &Path) -> Result<PathBuf, BackupError> {
         let path = manifest_path(dump);
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|source| BackupError::Io {
+        std::fs::write(partial_path(&path), text).map_err(|source| BackupError::Io {
             path: path.clone(),
             source,
         })?;
+        finish_partial(&path)?;
         Ok(path)
     }
 

@@ -9,7 +9,7 @@ mod verify;
 use std::path::PathBuf;
 
 pub use create::create;
-pub use manifest::{Manifest, TableDigest, manifest_path};
+pub use manifest::{Manifest, TableDigest, manifest_path, partial_path};
 pub use verify::{VerifyReport, latest_verified, verify};
 
 /// Why a backup or its verification failed.

@@ -64,6 +64,16 @@ pub async fn verify(
         .as_millis();
     let scratch = format!("pgsidecar_verify_{stamp}_{}", std::process::id());
     let admin = connect(scratch_url, "scratch server").await?;
+    drop_abandoned_scratch(&admin).await;
+    // Held while this verify lives: another verify drops the scratch database only when it can
+    // take this lock, that is once this process is gone.
+    admin
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&SCRATCH_LOCK_CLASS, &scratch],
+        )
+        .await
+        .map_err(|e| BackupError::db("claiming the scratch database", &e))?;
     admin
         .batch_execute(&format!("CREATE DATABASE {scratch} TEMPLATE template0"))
         .await
@@ -104,6 +114,54 @@ pub async fn verify(
         sequences_checked,
         scratch_database: scratch,
     })
+}
+
+/// The first key of the advisory lock a verify holds on its scratch database's name.
+const SCRATCH_LOCK_CLASS: i32 = 0x7067_7376;
+
+/// Drops scratch databases whose verify was killed: those whose claim (an advisory lock on the
+/// scratch server's database that verifies connect to) nobody holds. Best effort: a failure is
+/// logged and the verify goes on.
+async fn drop_abandoned_scratch(admin: &tokio_postgres::Client) {
+    let rows = match admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'pgsidecar\\_verify\\_%'",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for abandoned scratch databases");
+            return;
+        }
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let claimed = admin
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&SCRATCH_LOCK_CLASS, &name],
+            )
+            .await
+            .map(|r| !r.get::<_, bool>(0));
+        if !matches!(claimed, Ok(false)) {
+            continue;
+        }
+        tracing::warn!(database = %name, "dropping the scratch database of a verify that was killed");
+        if let Err(e) = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+        {
+            tracing::warn!(error = %e, database = %name, "could not drop an abandoned scratch database");
+        }
+        let _ = admin
+            .execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))",
+                &[&SCRATCH_LOCK_CLASS, &name],
+            )
+            .await;
+    }
 }
 
 async fn restore_and_compare(
@@ -238,15 +296,26 @@ pub async fn latest_verified(url: &str, max_age: Duration) -> Result<Option<Stri
         .batch_execute(BACKUPS_DDL)
         .await
         .map_err(|e| BackupError::db("creating pgsidecar.backups", &e))?;
-    let row = client
-        .query_opt(
-            "SELECT sha256 FROM pgsidecar.backups
+    let rows = client
+        .query(
+            "SELECT sha256, file, size_bytes FROM pgsidecar.backups
               WHERE verified_at IS NOT NULL
                 AND created_at > now() - make_interval(secs => $1)
-              ORDER BY created_at DESC LIMIT 1",
+              ORDER BY created_at DESC",
             &[&max_age.as_secs_f64()],
         )
         .await
         .map_err(|e| BackupError::db("looking for a verified backup", &e))?;
-    Ok(row.map(|r| r.get(0)))
+    // A verified backup whose file, here, has since been replaced by something else (another
+    // backup written over it) proves nothing any more. A file this machine cannot see (kept
+    // elsewhere) is taken on the record's word.
+    Ok(rows.iter().find_map(|r| {
+        let (sha256, file, size): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+        let replaced = std::fs::metadata(&file)
+            .is_ok_and(|m| i64::try_from(m.len()).unwrap_or(i64::MAX) != size);
+        if replaced {
+            tracing::warn!(%file, "a verified backup's file has changed since; not counted");
+        }
+        (!replaced).then_some(sha256)
+    }))
 }

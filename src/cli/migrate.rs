@@ -372,17 +372,50 @@ fn lint_files(dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// How many statements the recorded down SQL of `row` has.
+fn down_statements(row: &pgsidecar::migrate::AppliedMigration) -> usize {
+    row.down_sql
+        .as_deref()
+        .and_then(|sql| {
+            pgsidecar::migrate::source::down_migration(row.version, &row.name, sql).ok()
+        })
+        .map_or(0, |down| down.statements.len())
+}
+
 async fn status(migrator: &Migrator) -> Result<(), MigrateError> {
     let history = migrator.history().await?;
+    let runner = migrator.runner_pid().await?;
+    if let Some(pid) = runner {
+        println!("a migration runner is at work (server backend pid {pid})");
+    }
+    // Without a runner at work, unfinished work was interrupted (the runner was killed).
+    let unfinished = if runner.is_some() {
+        "in progress"
+    } else {
+        "INTERRUPTED (run it again to resume)"
+    };
     for m in migrator.migrations() {
         let state = match history.iter().find(|r| r.version == m.version) {
-            Some(r) if r.is_applied() => format!(
-                "applied {} by {} in {} ms",
-                r.applied_at, r.applied_by, r.duration_ms
-            ),
-            Some(r) => match (&r.error, r.failed_statement) {
-                (Some(e), Some(i)) => format!("FAILED at statement {}: {e}", i + 1),
-                _ => format!("incomplete: {} statement(s) done", r.completed_statements),
+            Some(r) if r.is_applied() => match r.rollback_completed {
+                Some(done) => format!(
+                    "applied; rollback {unfinished}: {done} of {} down statement(s) done",
+                    down_statements(r)
+                ),
+                None => format!(
+                    "applied {} by {} in {} ms",
+                    r.applied_at, r.applied_by, r.duration_ms
+                ),
+            },
+            Some(r) => match (&r.error, r.failed_statement, r.backfill_position) {
+                (Some(e), Some(i), _) => format!("FAILED at statement {}: {e}", i + 1),
+                (_, _, Some(key)) => {
+                    format!("backfill {unfinished}: next batch starts at key {key}")
+                }
+                _ => format!(
+                    "{unfinished}: {} of {} statement(s) done",
+                    r.completed_statements,
+                    m.statements.len()
+                ),
             },
             None => "pending".to_owned(),
         };

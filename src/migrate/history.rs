@@ -20,11 +20,13 @@ CREATE TABLE IF NOT EXISTS pgsidecar.schema_migrations (
     error text,
     down_sql text,
     backfill_position bigint,
-    no_backup_reason text
+    no_backup_reason text,
+    rollback_completed integer
 );
 ALTER TABLE pgsidecar.schema_migrations
     ADD COLUMN IF NOT EXISTS backfill_position bigint,
-    ADD COLUMN IF NOT EXISTS no_backup_reason text";
+    ADD COLUMN IF NOT EXISTS no_backup_reason text,
+    ADD COLUMN IF NOT EXISTS rollback_completed integer";
 
 /// One row of the history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -53,6 +55,8 @@ pub struct AppliedMigration {
     pub duration_ms: i64,
     /// A backfill's next key.
     pub backfill_position: Option<i64>,
+    /// Down statements done by a statement-by-statement rollback that has not finished.
+    pub rollback_completed: Option<i32>,
 }
 
 impl AppliedMigration {
@@ -75,7 +79,8 @@ pub async fn load(client: &Client) -> Result<Vec<AppliedMigration>, MigrateError
     let rows = client
         .query(
             "SELECT version, name, checksum, status, completed_statements, failed_statement,
-                    error, down_sql, applied_at::text, applied_by, duration_ms, backfill_position
+                    error, down_sql, applied_at::text, applied_by, duration_ms, backfill_position,
+                    rollback_completed
                FROM pgsidecar.schema_migrations ORDER BY version",
             &[],
         )
@@ -96,6 +101,7 @@ pub async fn load(client: &Client) -> Result<Vec<AppliedMigration>, MigrateError
             applied_by: r.get(9),
             duration_ms: r.get(10),
             backfill_position: r.get(11),
+            rollback_completed: r.get(12),
         })
         .collect())
 }
@@ -119,6 +125,17 @@ pub struct Record<'a> {
 /// # Errors
 /// [`MigrateError::Database`].
 pub async fn record(client: &Client, r: &Record<'_>) -> Result<(), MigrateError> {
+    record_raw(client, r)
+        .await
+        .map_err(|e| MigrateError::db(format!("recording migration {}", r.version), &e))
+}
+
+/// [`record`] with the database's error as it is, for callers that record inside their own
+/// transaction and decide on retries.
+///
+/// # Errors
+/// The server's error.
+pub async fn record_raw(client: &Client, r: &Record<'_>) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO pgsidecar.schema_migrations
@@ -128,7 +145,8 @@ pub async fn record(client: &Client, r: &Record<'_>) -> Result<(), MigrateError>
              ON CONFLICT (version) DO UPDATE SET
                  name = $2, checksum = $3, status = $4, completed_statements = $5,
                  failed_statement = $6, error = $7, down_sql = $8, duration_ms = $9,
-                 no_backup_reason = $10, applied_at = now(), applied_by = current_user",
+                 no_backup_reason = $10, applied_at = now(), applied_by = current_user,
+                 rollback_completed = NULL",
             &[
                 &r.version,
                 &r.name,
@@ -142,22 +160,21 @@ pub async fn record(client: &Client, r: &Record<'_>) -> Result<(), MigrateError>
                 &r.no_backup_reason,
             ],
         )
-        .await
-        .map_err(|e| MigrateError::db(format!("recording migration {}", r.version), &e))?;
+        .await?;
     Ok(())
 }
 
-/// Records how far a backfill got.
+/// Records how far a backfill got; called inside the batch's own transaction.
 ///
 /// # Errors
-/// [`MigrateError::Database`].
+/// The server's error.
 pub async fn record_backfill(
     client: &Client,
     version: i64,
     name: &str,
     checksum: &str,
     position: i64,
-) -> Result<(), MigrateError> {
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO pgsidecar.schema_migrations (version, name, checksum, status, backfill_position)
@@ -166,7 +183,25 @@ pub async fn record_backfill(
                  failed_statement = NULL",
             &[&version, &name, &checksum, &position],
         )
-        .await
-        .map_err(|e| MigrateError::db(format!("recording the progress of migration {version}"), &e))?;
+        .await?;
+    Ok(())
+}
+
+/// Records how many down statements a statement-by-statement rollback has run; called inside
+/// each statement's own transaction.
+///
+/// # Errors
+/// The server's error.
+pub async fn record_rollback(
+    client: &Client,
+    version: i64,
+    completed: i32,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgsidecar.schema_migrations SET rollback_completed = $2 WHERE version = $1",
+            &[&version, &completed],
+        )
+        .await?;
     Ok(())
 }

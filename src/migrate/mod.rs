@@ -8,6 +8,7 @@ mod dry_run;
 mod history;
 pub mod lint;
 pub mod policy;
+mod run;
 mod runner;
 pub mod source;
 pub mod verify;

@@ -7,15 +7,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tokio_postgres::types::Type;
 
 use super::MigrateError;
-use super::concurrent;
-use super::history::{self, AppliedMigration, Record};
+use super::history::{self, AppliedMigration};
 use super::lint::{Finding, lint, lint_all};
-use super::source::{self, Backfill, Migration};
+use super::run::Run;
+use super::source::{self, Migration};
 use super::window::MaintenanceWindow;
-use crate::gate::fleet::{self, FleetError, FleetPause};
+use crate::gate::fleet;
 
 /// The advisory lock every pgsidecar runner takes ("pgsidecar" in ASCII).
 const LOCK_KEY: i64 = 0x7067_7369_6465_6361;
@@ -84,6 +83,8 @@ pub struct PlannedStep {
     pub resume_from: usize,
     /// Key a backfill resumes at.
     pub backfill_from: Option<i64>,
+    /// An earlier run started it and did not finish (killed, or failed).
+    pub interrupted: bool,
     /// Statements in all.
     pub statements: usize,
     /// The declared reason, when it is declared blocking.
@@ -122,17 +123,9 @@ pub struct ApplyReport {
 
 /// A connection to the target database and the migrations on disk.
 pub struct Migrator {
-    client: Client,
-    url: String,
+    pub(super) client: Client,
+    pub(super) url: String,
     migrations: Vec<Migration>,
-}
-
-fn millis(d: Duration) -> u128 {
-    d.as_millis()
-}
-
-fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
 }
 
 impl Migrator {
@@ -150,6 +143,16 @@ impl Migrator {
                 tracing::debug!(error = %e, "migration connection closed");
             }
         });
+        // A runner killed mid-statement leaves a backend working for nobody, holding the
+        // statement's locks and the runner's advisory lock: with this, the server notices the
+        // vanished client within a second and rolls back (PostgreSQL 14+; older servers refuse
+        // the setting, and their backend ends when it next writes to the socket).
+        if let Err(e) = client
+            .batch_execute("SET client_connection_check_interval = '1s'")
+            .await
+        {
+            tracing::debug!(error = %e, "client_connection_check_interval is not available");
+        }
         Ok(Self {
             client,
             url: url.to_owned(),
@@ -184,6 +187,29 @@ impl Migrator {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// The backend pid of the runner holding the migration lock on this database right now, if
+    /// any (this one included).
+    ///
+    /// # Errors
+    /// [`MigrateError::Database`].
+    pub async fn runner_pid(&self) -> Result<Option<i32>, MigrateError> {
+        // A bigint advisory key is shown as its high half in classid and its low half in objid.
+        let high = LOCK_KEY >> 32;
+        let low = LOCK_KEY & 0xffff_ffff;
+        let row = self
+            .client
+            .query_opt(
+                "SELECT pid FROM pg_locks
+                  WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                    AND classid::bigint = $1 AND objid::bigint = $2
+                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&high, &low],
+            )
+            .await
+            .map_err(|e| MigrateError::db("looking for a running migration runner", &e))?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn unlock(&self) {
@@ -242,6 +268,7 @@ impl Migrator {
                     transactional: !m.directives.no_transaction,
                     resume_from,
                     backfill_from: row.and_then(|r| r.backfill_position),
+                    interrupted: row.is_some(),
                     statements: m.statements.len(),
                     blocking: m.directives.blocking.clone(),
                     findings,
@@ -323,24 +350,13 @@ impl Migrator {
                 .ok_or_else(|| MigrateError::Rollback(format!("{} vanished", step.migration)))?;
             let blocking: BTreeSet<usize> = step.findings.iter().map(|f| f.statement).collect();
             let started = Instant::now();
-            let mut run = Run {
-                migrator: self,
-                migration,
-                options,
-                blocking,
-                lock_retries: 0,
-                paused: Duration::ZERO,
-                backfill_rows: 0,
-                locks: Vec::new(),
-                waited_for: Vec::new(),
-                down: false,
-            };
+            let mut run = Run::new(self, migration, options, blocking, false);
             if let Some(spec) = &migration.directives.backfill {
                 run.backfill(spec, step.backfill_from).await?;
             } else if step.transactional {
                 run.transactional().await?;
             } else {
-                run.one_by_one(step.resume_from).await?;
+                run.one_by_one(step.resume_from, step.interrupted).await?;
             }
             tracing::info!(migration = %step.migration, seconds = started.elapsed().as_secs_f64(), "applied");
             report.applied.push(StepReport {
@@ -405,16 +421,22 @@ impl Migrator {
             let down = row.down_sql.as_deref().ok_or_else(|| {
                 MigrateError::Rollback(format!("{label} was applied without a down migration"))
             })?;
-            downs.push((label, source::down_migration(row.version, &row.name, down)?));
+            let done = usize::try_from(row.rollback_completed.unwrap_or(0)).unwrap_or(0);
+            downs.push((
+                label,
+                source::down_migration(row.version, &row.name, down)?,
+                done,
+            ));
         }
         // Every down SQL is vetted before the first one runs.
         let plan: Vec<PlannedStep> = downs
             .iter()
-            .map(|(_, m)| PlannedStep {
+            .map(|(_, m, done)| PlannedStep {
                 migration: m.label(),
                 transactional: !m.directives.no_transaction,
-                resume_from: 0,
+                resume_from: *done,
                 backfill_from: None,
+                interrupted: *done > 0,
                 statements: m.statements.len(),
                 blocking: m.directives.blocking.clone(),
                 findings: lint(m),
@@ -422,23 +444,13 @@ impl Migrator {
             .collect();
         Self::vet(&plan, options, "rollback")?;
         let mut undone = Vec::new();
-        for ((label, migration), step) in downs.iter().zip(&plan) {
-            let mut run = Run {
-                migrator: self,
-                migration,
-                options,
-                blocking: step.findings.iter().map(|f| f.statement).collect(),
-                lock_retries: 0,
-                paused: Duration::ZERO,
-                backfill_rows: 0,
-                locks: Vec::new(),
-                waited_for: Vec::new(),
-                down: true,
-            };
+        for ((label, migration, _), step) in downs.iter().zip(&plan) {
+            let blocking = step.findings.iter().map(|f| f.statement).collect();
+            let mut run = Run::new(self, migration, options, blocking, true);
             if step.transactional {
                 run.transactional().await?;
             } else {
-                run.one_by_one(0).await?;
+                run.one_by_one(step.resume_from, step.interrupted).await?;
             }
             tracing::info!(migration = %label, lock_retries = run.lock_retries, "rolled back");
             undone.push(label.clone());
@@ -492,457 +504,4 @@ impl Migrator {
         }
         Ok(repaired)
     }
-}
-
-/// One migration being applied.
-struct Run<'a> {
-    migrator: &'a Migrator,
-    migration: &'a Migration,
-    options: &'a ApplyOptions,
-    /// Statements the linter flagged (declared blocking): run behind a fleet pause.
-    blocking: BTreeSet<usize>,
-    lock_retries: u32,
-    paused: Duration,
-    backfill_rows: u64,
-    locks: Vec<String>,
-    /// Sessions the concurrent index builds of this migration waited for.
-    waited_for: Vec<String>,
-    /// Running a recorded down SQL: success deletes the history row, a failure leaves it.
-    down: bool,
-}
-
-impl Run<'_> {
-    /// A successful rollback: the migration is no longer applied.
-    async fn forget(&self) -> Result<(), MigrateError> {
-        self.client()
-            .execute(
-                "DELETE FROM pgsidecar.schema_migrations WHERE version = $1",
-                &[&self.migration.version],
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| MigrateError::db(self.migration.label(), &e))
-    }
-
-    fn client(&self) -> &Client {
-        &self.migrator.client
-    }
-
-    /// The history row of this migration with the given outcome.
-    fn entry<'e>(
-        &'e self,
-        applied: bool,
-        completed_statements: i32,
-        failed_statement: Option<i32>,
-        error: Option<&'e str>,
-        duration_ms: i64,
-    ) -> Record<'e> {
-        let m = self.migration;
-        Record {
-            version: m.version,
-            name: &m.name,
-            checksum: &m.checksum,
-            applied,
-            completed_statements,
-            failed_statement,
-            error,
-            down_sql: m.down_sql.as_deref(),
-            duration_ms,
-            no_backup_reason: self.options.no_backup_reason.as_deref(),
-        }
-    }
-
-    /// Puts the session's timeouts back after statements that ran outside a transaction.
-    async fn reset_timeouts(&self) -> Result<(), tokio_postgres::Error> {
-        self.client()
-            .batch_execute("RESET lock_timeout; RESET statement_timeout")
-            .await
-    }
-
-    fn timeouts(&self, local: bool) -> String {
-        let d = &self.migration.directives;
-        let scope = if local { "LOCAL " } else { "" };
-        format!(
-            "SET {scope}lock_timeout = '{}ms'; SET {scope}statement_timeout = '{}ms'",
-            millis(d.lock_timeout.unwrap_or(self.options.lock_timeout)),
-            millis(
-                d.statement_timeout
-                    .unwrap_or(self.options.statement_timeout)
-            ),
-        )
-    }
-
-    async fn backoff(&mut self) -> bool {
-        if self.lock_retries >= self.options.lock_retries {
-            return false;
-        }
-        self.lock_retries += 1;
-        let wait = Duration::from_millis(200 * 2u64.pow(self.lock_retries.min(5)));
-        tracing::warn!(migration = %self.migration.label(), retry = self.lock_retries, ?wait, "lock timeout; retrying");
-        tokio::time::sleep(wait).await;
-        true
-    }
-
-    /// Pauses the fleet registered in the target database, if any sidecar is registered.
-    async fn pause_fleet(&self) -> Result<Option<Instant>, MigrateError> {
-        if !self.options.fleet {
-            return Ok(None);
-        }
-        let pause = FleetPause {
-            database: None,
-            deadline: self.options.pause_deadline,
-            max_hold: self.options.pause_max_hold,
-            cancel_stragglers: false,
-            stale_after: self.options.stale_after,
-        };
-        match fleet::fleet_pause(&self.migrator.url, &pause).await {
-            Ok(report) => {
-                tracing::info!(
-                    took = report.took_seconds,
-                    sidecars = report.acks.len(),
-                    "fleet paused for a blocking statement"
-                );
-                Ok(Some(Instant::now()))
-            }
-            Err(FleetError::NoSidecars) => Ok(None),
-            Err(e) => Err(MigrateError::Refused(format!(
-                "{}: the fleet could not be paused for its blocking step: {e}",
-                self.migration.label()
-            ))),
-        }
-    }
-
-    async fn resume_fleet(&mut self, paused: Option<Instant>) {
-        if let Some(since) = paused {
-            if let Err(e) =
-                fleet::fleet_resume(&self.migrator.url, None, self.options.stale_after).await
-            {
-                tracing::error!(error = %e, "resuming the fleet failed; it resumes by itself at its maximum hold");
-            }
-            self.paused += since.elapsed();
-        }
-    }
-
-    async fn record_failure(
-        &self,
-        index: usize,
-        completed: usize,
-        error: &tokio_postgres::Error,
-        elapsed: Duration,
-    ) -> MigrateError {
-        let failure = MigrateError::db(
-            format!("{} statement {}", self.migration.label(), index + 1),
-            error,
-        );
-        if self.down {
-            // The migration stays recorded as applied: its down SQL did not complete.
-            return failure;
-        }
-        let message = failure.to_string();
-        let _ = history::record(
-            self.client(),
-            &self.entry(
-                false,
-                i32::try_from(completed).unwrap_or(i32::MAX),
-                Some(i32::try_from(index).unwrap_or(i32::MAX)),
-                Some(&message),
-                i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
-            ),
-        )
-        .await;
-        failure
-    }
-
-    /// All statements and the history row in one transaction; a lock timeout rolls everything
-    /// back and starts over.
-    async fn transactional(&mut self) -> Result<(), MigrateError> {
-        let m = self.migration;
-        let started = Instant::now();
-        let label = m.label();
-        let db = |e: tokio_postgres::Error| MigrateError::db(label.clone(), &e);
-        'attempt: loop {
-            self.client().batch_execute("BEGIN").await.map_err(db)?;
-            self.client()
-                .batch_execute(&self.timeouts(true))
-                .await
-                .map_err(db)?;
-            let mut paused = None;
-            for (index, sql) in m.statements.iter().enumerate() {
-                if self.blocking.contains(&index) && paused.is_none() {
-                    match self.pause_fleet().await {
-                        Ok(p) => paused = p,
-                        Err(e) => {
-                            let _ = self.client().batch_execute("ROLLBACK").await;
-                            return Err(e);
-                        }
-                    }
-                }
-                if let Err(e) = self.client().batch_execute(sql).await {
-                    let _ = self.client().batch_execute("ROLLBACK").await;
-                    self.resume_fleet(paused).await;
-                    if is_lock_timeout(&e) && self.backoff().await {
-                        continue 'attempt;
-                    }
-                    return Err(self.record_failure(index, 0, &e, started.elapsed()).await);
-                }
-            }
-            if self.options.report_locks {
-                self.locks = self.held_locks().await;
-            }
-            let recorded = if self.down {
-                self.forget().await
-            } else {
-                history::record(
-                    self.client(),
-                    &self.entry(
-                        true,
-                        i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
-                        None,
-                        None,
-                        i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                    ),
-                )
-                .await
-            };
-            let committed = match recorded {
-                Ok(()) => self.client().batch_execute("COMMIT").await.map_err(db),
-                Err(e) => {
-                    let _ = self.client().batch_execute("ROLLBACK").await;
-                    Err(e)
-                }
-            };
-            self.resume_fleet(paused).await;
-            return committed;
-        }
-    }
-
-    /// Statements one by one outside a transaction, progress recorded after each, so a failure
-    /// resumes at the failing statement.
-    async fn one_by_one(&mut self, from: usize) -> Result<(), MigrateError> {
-        let m = self.migration;
-        let started = Instant::now();
-        let label = m.label();
-        let db = |e: tokio_postgres::Error| MigrateError::db(label.clone(), &e);
-        self.client()
-            .batch_execute(&self.timeouts(false))
-            .await
-            .map_err(db)?;
-        for (index, sql) in m.statements.iter().enumerate().skip(from) {
-            loop {
-                let paused = if self.blocking.contains(&index) {
-                    self.pause_fleet().await?
-                } else {
-                    None
-                };
-                let result = if concurrent::is_concurrent_build(sql) {
-                    self.build_concurrently(sql).await
-                } else {
-                    self.client().batch_execute(sql).await
-                };
-                self.resume_fleet(paused).await;
-                match result {
-                    Ok(()) => break,
-                    Err(e) => {
-                        self.drop_invalid_index(sql).await;
-                        if is_lock_timeout(&e) && self.backoff().await {
-                            continue;
-                        }
-                        let _ = self.reset_timeouts().await;
-                        return Err(self
-                            .record_failure(index, index, &e, started.elapsed())
-                            .await);
-                    }
-                }
-            }
-            let done = index + 1;
-            if self.down {
-                continue;
-            }
-            history::record(
-                self.client(),
-                &self.entry(
-                    done == m.statements.len(),
-                    i32::try_from(done).unwrap_or(i32::MAX),
-                    None,
-                    None,
-                    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                ),
-            )
-            .await?;
-        }
-        if self.down {
-            self.forget().await?;
-        } else if m.statements.is_empty() || from >= m.statements.len() {
-            history::record(
-                self.client(),
-                &self.entry(
-                    true,
-                    i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
-                    None,
-                    None,
-                    0,
-                ),
-            )
-            .await?;
-        }
-        self.reset_timeouts().await.map_err(db)?;
-        Ok(())
-    }
-
-    /// Runs a concurrent index build with its own wait budget (`concurrent_wait` as its
-    /// `lock_timeout`), watched: its phase, progress and the sessions it waits for are logged and
-    /// kept for the report.
-    async fn build_concurrently(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
-        let pid: i32 = self
-            .client()
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        self.client()
-            .batch_execute(&format!(
-                "SET lock_timeout = '{}ms'",
-                millis(self.options.concurrent_wait)
-            ))
-            .await?;
-        let watch =
-            concurrent::BuildWatch::start(self.migrator.url.clone(), pid, self.migration.label());
-        let result = self.client().batch_execute(sql).await;
-        for seen in watch.finish().await {
-            if !self.waited_for.contains(&seen) {
-                self.waited_for.push(seen);
-            }
-        }
-        self.client().batch_execute(&self.timeouts(false)).await?;
-        result
-    }
-
-    /// Runs the backfill statement over key ranges of `spec.batch`, each batch committed on its
-    /// own and recorded, resting `spec.pause` between batches; resumes at `from`.
-    async fn backfill(&mut self, spec: &Backfill, from: Option<i64>) -> Result<(), MigrateError> {
-        let m = self.migration;
-        let started = Instant::now();
-        let label = m.label();
-        let db = |e: tokio_postgres::Error| MigrateError::db(label.clone(), &e);
-        self.client()
-            .batch_execute(&self.timeouts(false))
-            .await
-            .map_err(db)?;
-        let range = self
-            .client()
-            .query_one(
-                &format!(
-                    "SELECT min({key})::bigint, max({key})::bigint FROM {table}",
-                    key = spec.key,
-                    table = spec.table
-                ),
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        let (first, last): (Option<i64>, Option<i64>) = (range.get(0), range.get(1));
-        let statement = self
-            .client()
-            .prepare_typed(&m.statements[0], &[Type::INT8, Type::INT8])
-            .await
-            .map_err(db)?;
-        let mut position = from.or(first).unwrap_or(0);
-        while let Some(last) = last.filter(|last| position <= *last) {
-            let end = position
-                .saturating_add(spec.batch)
-                .min(last.saturating_add(1));
-            loop {
-                match self.client().execute(&statement, &[&position, &end]).await {
-                    Ok(rows) => {
-                        self.backfill_rows += rows;
-                        break;
-                    }
-                    Err(e) if is_lock_timeout(&e) && self.backoff().await => {}
-                    Err(e) => {
-                        let _ = self.reset_timeouts().await;
-                        return Err(self.record_failure(0, 0, &e, started.elapsed()).await);
-                    }
-                }
-            }
-            position = end;
-            history::record_backfill(self.client(), m.version, &m.name, &m.checksum, position)
-                .await?;
-            tokio::time::sleep(spec.pause).await;
-        }
-        self.reset_timeouts().await.map_err(db)?;
-        history::record(
-            self.client(),
-            &self.entry(
-                true,
-                1,
-                None,
-                None,
-                i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-            ),
-        )
-        .await
-    }
-
-    /// The relation locks this session holds now, outside the catalogs.
-    async fn held_locks(&self) -> Vec<String> {
-        self.client()
-            .query(
-                "SELECT DISTINCT mode || ' on ' || relation::regclass::text
-                   FROM pg_locks
-                  WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted
-                    AND relation::regclass::text NOT LIKE 'pg\\_%'
-                    AND relation::regclass::text NOT LIKE 'pgsidecar.%'
-                  ORDER BY 1",
-                &[],
-            )
-            .await
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-            .unwrap_or_default()
-    }
-
-    /// A failed `CREATE INDEX CONCURRENTLY` leaves an INVALID index behind; drop it so the
-    /// statement can run again.
-    async fn drop_invalid_index(&self, sql: &str) {
-        let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::default()) else {
-            return;
-        };
-        let Some(pg_query::NodeEnum::IndexStmt(index)) = parsed
-            .protobuf
-            .stmts
-            .first()
-            .and_then(|s| s.stmt.as_ref())
-            .and_then(|s| s.node.as_ref())
-        else {
-            return;
-        };
-        if !index.concurrent || index.idxname.is_empty() {
-            return;
-        }
-        let schema = index
-            .relation
-            .as_ref()
-            .map(|r| r.schemaname.clone())
-            .filter(|s| !s.is_empty());
-        let qualified = match &schema {
-            Some(s) => format!("{}.{}", quote(s), quote(&index.idxname)),
-            None => quote(&index.idxname),
-        };
-        let invalid = self
-            .client()
-            .query_opt(
-                "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",
-                &[&qualified],
-            )
-            .await;
-        if matches!(invalid, Ok(Some(_))) {
-            tracing::warn!(index = %qualified, "dropping the INVALID index a failed CREATE INDEX CONCURRENTLY left");
-            let _ = self
-                .client()
-                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
-                .await;
-        }
-    }
-}
-
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
 }

@@ -177,3 +177,115 @@ async fn pg_dump_gets_the_password_from_its_environment_and_keeps_sslmode() {
     assert!(output.exists());
     let _ = std::fs::remove_dir_all(&wrappers);
 }
+
+/// A directory for `PG_BINDIR` holding shell scripts in place of PostgreSQL's tools.
+fn tool_wrappers(tools: &[(&str, String)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dump_path().with_extension("tools");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, script) in tools {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// Polls `done` every 20 ms for up to 30 s.
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backup_never_replaces_or_imitates_a_verified_one() {
+    let db = documents_database().await;
+    let output = dump_path();
+    let _cleanup = Cleanup(output.clone());
+    let source = cluster().url(&db);
+    backup::create(&source, &output).await.unwrap();
+    backup::verify(&output, &cluster().url("postgres"), Some(&source))
+        .await
+        .unwrap();
+    let verified = Manifest::read(&output).unwrap().sha256;
+    // A second backup to the same file, killed while its pg_dump is half-way through writing.
+    let tools = tool_wrappers(&[(
+        "pg_dump",
+        "while [ $# -gt 0 ]; do if [ \"$1\" = --file ]; then shift; printf 'PGDMP half' > \"$1\"; fi; shift; done\nexec sleep 20"
+            .to_owned(),
+    )]);
+    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["backup", "create", "--output", output.to_str().unwrap()])
+        .env("DATABASE_URL", &source)
+        .env("PG_BINDIR", &tools)
+        .spawn()
+        .unwrap();
+    let partial = backup::partial_path(&output);
+    wait_until("pg_dump writes", async || partial.exists()).await;
+    run.kill().await.unwrap();
+    let _ = std::fs::remove_file(&partial);
+    let _ = std::fs::remove_dir_all(&tools);
+    assert_eq!(Manifest::read(&output).unwrap().sha256, verified);
+    backup::verify(&output, &cluster().url("postgres"), None)
+        .await
+        .expect("the earlier backup is intact");
+    let latest = backup::latest_verified(&source, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(latest, Some(verified));
+    // A verified backup's file replaced by something else no longer counts.
+    std::fs::write(&output, b"not the verified dump").unwrap();
+    let latest = backup::latest_verified(&source, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(latest, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_verify_drops_the_scratch_database_of_a_killed_one() {
+    let db = documents_database().await;
+    let output = dump_path();
+    let _cleanup = Cleanup(output.clone());
+    backup::create(&cluster().url(&db), &output).await.unwrap();
+    let real = pgsidecar::pgbin::pg_bindir().join("pg_restore");
+    let tools = tool_wrappers(&[(
+        "pg_restore",
+        format!(
+            "if [ \"$1\" = --list ]; then exec {} \"$@\"; fi\nexec sleep 20",
+            real.display()
+        ),
+    )]);
+    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["backup", "verify", output.to_str().unwrap()])
+        .args(["--scratch-url", &cluster().url("postgres")])
+        .env_remove("DATABASE_URL")
+        .env("PG_BINDIR", &tools)
+        .spawn()
+        .unwrap();
+    let scratch = format!("pgsidecar\\_verify\\_%\\_{}", run.id().unwrap());
+    let admin = direct("postgres").await;
+    let count = async || -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE $1",
+                &[&scratch],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    wait_until("the scratch database exists", async || count().await == 1).await;
+    run.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&tools);
+    assert_eq!(count().await, 1, "the killed verify could not clean up");
+    backup::verify(&output, &cluster().url("postgres"), None)
+        .await
+        .unwrap();
+    assert_eq!(count().await, 0, "the next verify dropped it");
+}

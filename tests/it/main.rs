@@ -10,6 +10,7 @@ mod backup;
 mod cli;
 mod console;
 mod copy;
+mod crash;
 mod failures;
 mod fleet;
 mod fuzz;

@@ -17,10 +17,10 @@ use crate::support::{ProxyProcess, cluster, direct, fresh_database, leave_invali
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
 /// A migrations directory for one test, removed when dropped.
-struct Dir(PathBuf);
+pub(crate) struct Dir(pub(crate) PathBuf);
 
 impl Dir {
-    fn new(files: &[(&str, &str)]) -> Self {
+    pub(crate) fn new(files: &[(&str, &str)]) -> Self {
         let path = std::env::temp_dir().join(format!(
             "pgsidecar-it-migrations-{}-{}",
             std::process::id(),
