@@ -189,6 +189,15 @@ struct ProxyArgs {
     /// grpc or http/protobuf; OTEL_EXPORTER_OTLP_TRACES_PROTOCOL wins.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
     otlp_protocol: Option<String>,
+    /// CA file for an https:// collector; OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE wins.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    otlp_certificate: Option<String>,
+    /// Client certificate for mutual TLS with the collector; the TRACES_ variable wins.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")]
+    otlp_client_certificate: Option<String>,
+    /// Its private key; OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY wins.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_KEY")]
+    otlp_client_key: Option<String>,
     /// service.name of the spans.
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     service_name: Option<String>,
@@ -278,6 +287,15 @@ impl ProxyArgs {
             otlp_protocol: std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                 .ok()
                 .or(self.otlp_protocol),
+            otlp_certificate: std::env::var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+                .ok()
+                .or(self.otlp_certificate),
+            otlp_client_certificate: std::env::var("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE")
+                .ok()
+                .or(self.otlp_client_certificate),
+            otlp_client_key: std::env::var("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY")
+                .ok()
+                .or(self.otlp_client_key),
             service_name: self.service_name,
             traces_sampler: self.traces_sampler,
             traces_sampler_arg: self.traces_sampler_arg,

@@ -23,8 +23,30 @@ pub struct Greeting {
 struct Learned {
     /// ParameterStatus values of a fresh server session, by name.
     defaults: Option<Arc<BTreeMap<String, String>>>,
-    /// How the server reported a value a client asked for: (name, asked) → reported.
-    spellings: HashMap<(String, String), String>,
+    /// How the server reported a value a client asked for: name → asked → reported.
+    spellings: HashMap<String, HashMap<String, String>>,
+    /// Entries in `spellings`.
+    spelled: usize,
+}
+
+impl Learned {
+    fn spelling(&self, name: &str, asked: &str) -> Option<&str> {
+        self.spellings.get(name)?.get(asked).map(String::as_str)
+    }
+
+    /// What the server reports for `name` asked as `asked`, if known.
+    fn reported_for<'s>(&'s self, name: &str, asked: &'s str) -> Option<&'s str> {
+        match self.spelling(name, asked) {
+            Some(spelled) => Some(spelled),
+            None if is_kept_verbatim(name, asked) => Some(asked),
+            None => None,
+        }
+    }
+
+    fn forget_spellings(&mut self) {
+        self.spellings.clear();
+        self.spelled = 0;
+    }
 }
 
 impl Greeting {
@@ -40,7 +62,7 @@ impl Greeting {
         }
         let mut learned = self.learned.write().expect("greeting lock");
         learned.defaults = Some(Arc::new(reported.clone()));
-        learned.spellings.clear();
+        learned.forget_spellings();
     }
 
     /// Records a new default for one parameter, reported by a running server session that had
@@ -55,7 +77,7 @@ impl Greeting {
         };
         if defaults.get(name).map(String::as_str) != Some(value) {
             Arc::make_mut(defaults).insert(name.to_owned(), value.to_owned());
-            learned.spellings.clear();
+            learned.forget_spellings();
         }
     }
 
@@ -64,22 +86,27 @@ impl Greeting {
     /// # Panics
     /// If the lock was poisoned.
     pub fn learn_spelling(&self, name: &str, asked: &str, reported: &str) {
-        let key = (name.to_owned(), asked.to_owned());
         if self
             .learned
             .read()
             .expect("greeting lock")
-            .spellings
-            .get(&key)
+            .spelling(name, asked)
             .is_some_and(|known| known == reported)
         {
             return;
         }
         let mut learned = self.learned.write().expect("greeting lock");
-        if learned.spellings.len() >= SPELLINGS_MAX {
-            learned.spellings.clear();
+        if learned.spelled >= SPELLINGS_MAX {
+            learned.forget_spellings();
         }
-        learned.spellings.insert(key, reported.to_owned());
+        let previous = learned
+            .spellings
+            .entry(name.to_owned())
+            .or_default()
+            .insert(asked.to_owned(), reported.to_owned());
+        if previous.is_none() {
+            learned.spelled += 1;
+        }
     }
 
     /// Whether `name` is a parameter the server reports (`GUC_REPORT`), as far as known.
@@ -95,31 +122,44 @@ impl Greeting {
         self.learned.read().expect("greeting lock").defaults.clone()
     }
 
-    /// The ParameterStatus values a server would send a client whose startup packet asked for
-    /// `wanted`, or `None` when that is not known without asking a server: nothing learned yet,
-    /// or a reported setting asked with a value whose spelling the server has not shown.
+    /// Passes `put` the ParameterStatus values a server would send a client whose startup
+    /// packet asked for `wanted`, in name order, and returns true; or returns false, passing
+    /// nothing, when that is not known without asking a server: nothing learned yet, or a
+    /// reported setting asked with a value whose spelling the server has not shown.
     ///
     /// # Panics
     /// If the lock was poisoned.
-    #[must_use]
-    pub fn for_client(
+    pub fn greet(
         &self,
         wanted: &BTreeMap<String, String>,
-    ) -> Option<BTreeMap<String, String>> {
+        mut put: impl FnMut(&str, &str),
+    ) -> bool {
         let learned = self.learned.read().expect("greeting lock");
-        let mut reported = learned.defaults.as_deref()?.clone();
+        let Some(defaults) = learned.defaults.as_deref() else {
+            return false;
+        };
         for (name, asked) in wanted {
-            let Some(slot) = reported.get_mut(name) else {
-                continue;
-            };
-            let key = (name.clone(), asked.clone());
-            *slot = match learned.spellings.get(&key) {
-                Some(spelled) => spelled.clone(),
-                None if is_kept_verbatim(name, asked) => asked.clone(),
-                None => return None,
-            };
+            if defaults.contains_key(name) && learned.reported_for(name, asked).is_none() {
+                return false;
+            }
         }
-        Some(reported)
+        for (name, default) in defaults {
+            match wanted.get(name) {
+                Some(asked) => put(name, learned.reported_for(name, asked).unwrap_or(asked)),
+                None => put(name, default),
+            }
+        }
+        true
+    }
+
+    /// [`Greeting::greet`] collected into a map, for tests.
+    #[cfg(test)]
+    fn for_client(&self, wanted: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+        let mut reported = BTreeMap::new();
+        self.greet(wanted, |name, value| {
+            reported.insert(name.to_owned(), value.to_owned());
+        })
+        .then_some(reported)
     }
 }
 

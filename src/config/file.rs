@@ -41,6 +41,9 @@ struct PoolFile {
 struct TelemetryFile {
     otlp_endpoint: Option<Scalar>,
     otlp_protocol: Option<Scalar>,
+    otlp_certificate: Option<Scalar>,
+    otlp_client_certificate: Option<Scalar>,
+    otlp_client_key: Option<Scalar>,
     service_name: Option<Scalar>,
     sampler: Option<Scalar>,
     sampler_arg: Option<Scalar>,
@@ -140,6 +143,9 @@ pub struct Overrides {
     pub admin_users: Option<String>,
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
+    pub otlp_certificate: Option<String>,
+    pub otlp_client_certificate: Option<String>,
+    pub otlp_client_key: Option<String>,
     pub service_name: Option<String>,
     pub traces_sampler: Option<String>,
     pub traces_sampler_arg: Option<String>,
@@ -229,18 +235,33 @@ impl Overrides {
         if let Some(users) = &self.admin_users {
             file.admin_users = Some(UserList::from_text(users));
         }
-        let telemetry = &mut file.telemetry;
-        set(&mut telemetry.otlp_endpoint, self.otlp_endpoint.as_ref());
-        set(&mut telemetry.otlp_protocol, self.otlp_protocol.as_ref());
-        set(&mut telemetry.service_name, self.service_name.as_ref());
-        set(&mut telemetry.sampler, self.traces_sampler.as_ref());
-        set(&mut telemetry.sampler_arg, self.traces_sampler_arg.as_ref());
-        set(
-            &mut telemetry.slow_query_threshold,
-            self.slow_query_threshold.as_ref(),
-        );
+        self.apply_telemetry(&mut file.telemetry);
         if file.upstream.is_none() {
             set(&mut file.upstream, self.database_url.as_ref());
+        }
+    }
+
+    fn apply_telemetry(&self, telemetry: &mut TelemetryFile) {
+        for (slot, value) in [
+            (&mut telemetry.otlp_endpoint, &self.otlp_endpoint),
+            (&mut telemetry.otlp_protocol, &self.otlp_protocol),
+            (&mut telemetry.otlp_certificate, &self.otlp_certificate),
+            (
+                &mut telemetry.otlp_client_certificate,
+                &self.otlp_client_certificate,
+            ),
+            (&mut telemetry.otlp_client_key, &self.otlp_client_key),
+            (&mut telemetry.service_name, &self.service_name),
+            (&mut telemetry.sampler, &self.traces_sampler),
+            (&mut telemetry.sampler_arg, &self.traces_sampler_arg),
+            (
+                &mut telemetry.slow_query_threshold,
+                &self.slow_query_threshold,
+            ),
+        ] {
+            if let Some(value) = value {
+                *slot = Some(Scalar::Str(value.clone()));
+            }
         }
     }
 }
@@ -601,8 +622,16 @@ impl TelemetryFile {
         let sampler_name = text(&self.sampler).unwrap_or_else(|| "parentbased_always_on".into());
         let sampler = SamplerSettings::parse(&sampler_name, text(&self.sampler_arg).as_deref())
             .map_err(|m| invalid("telemetry.sampler", m))?;
+        let path = |v: &Option<Scalar>| text(v).map(std::path::PathBuf::from);
+        let collector_tls = crate::tls::CollectorTls::load(
+            path(&self.otlp_certificate).as_deref(),
+            path(&self.otlp_client_certificate).as_deref(),
+            path(&self.otlp_client_key).as_deref(),
+        )
+        .map_err(|e| invalid("telemetry.otlp_certificate", e.to_string()))?;
         Ok(TelemetrySettings {
             otlp_endpoint: text(&self.otlp_endpoint),
+            collector_tls,
             otlp_protocol: field(
                 "telemetry.otlp_protocol",
                 self.otlp_protocol.as_ref(),

@@ -320,6 +320,8 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// gRPC or HTTP/protobuf.
     pub otlp_protocol: OtlpProtocol,
+    /// The collector's CA and the client identity for an `https://` endpoint, when configured.
+    pub collector_tls: Option<crate::tls::CollectorTls>,
     /// `service.name` of the spans, unless `OTEL_RESOURCE_ATTRIBUTES` names one.
     pub service_name: Option<String>,
     /// Which queries become spans.

@@ -182,6 +182,25 @@ impl Config {
                 .to_owned(),
             ),
             (
+                "telemetry.otlp_tls",
+                match &telemetry.collector_tls {
+                    None => "system roots".to_owned(),
+                    Some(tls) => format!(
+                        "{}{}",
+                        if tls.ca_pem().is_some() {
+                            "own CA"
+                        } else {
+                            "system roots"
+                        },
+                        if tls.identity_pem().is_some() {
+                            ", client certificate"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+            ),
+            (
                 "telemetry.service_name",
                 telemetry.service_name.clone().unwrap_or_default(),
             ),

@@ -11,7 +11,10 @@ use opentelemetry::trace::{
     TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, StringValue};
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+use opentelemetry_otlp::{
+    ExporterBuildError, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -23,12 +26,16 @@ use super::metrics::Metrics;
 use super::sql_text::shape;
 use super::traceparent::{self, TraceParent};
 use crate::config::{OtlpProtocol, RootSampling, SamplerSettings, TelemetrySettings};
+use crate::tls::CollectorTls;
 
 /// Spans queued or being exported before new ones are dropped, unless
 /// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise. Four times the SDK's 2048: a proxy emits a span per
 /// query, and a queue that absorbs a collector's hiccup of a fraction of a second at tens of
 /// thousands of queries per second costs only a few MiB.
 const DEFAULT_QUEUE: usize = 8192;
+
+/// How long one export request to the collector may take (the SDK's default).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +174,22 @@ impl QueryTracer {
             endpoint: endpoint.clone(),
             message,
         };
+        let https = endpoint.starts_with("https://");
+        // The HTTP client is built on rustls without a provider of its own: it takes the
+        // process-wide one (ring, as everywhere in pgsidecar); one already installed is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = settings.collector_tls.as_ref();
         let exporter = match settings.otlp_protocol {
-            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .build(),
+            OtlpProtocol::Grpc => {
+                let builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.clone());
+                if https {
+                    builder.with_tls_config(grpc_tls(tls)).build()
+                } else {
+                    builder.build()
+                }
+            }
             OtlpProtocol::HttpProtobuf => {
                 // A general endpoint gets the signal path; a traces endpoint already has it.
                 let url = if endpoint.ends_with("/v1/traces") {
@@ -183,11 +201,14 @@ impl QueryTracer {
                 std::thread::scope(|scope| {
                     scope
                         .spawn(|| {
-                            opentelemetry_otlp::SpanExporter::builder()
+                            let builder = opentelemetry_otlp::SpanExporter::builder()
                                 .with_http()
                                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                                .with_endpoint(url)
-                                .build()
+                                .with_endpoint(url);
+                            match tls {
+                                Some(tls) => builder.with_http_client(http_client(tls)?).build(),
+                                None => builder.build(),
+                            }
                         })
                         .join()
                 })
@@ -337,6 +358,31 @@ impl QueryTracer {
             tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly");
         }
     }
+}
+
+/// The gRPC channel's TLS: the system's roots plus the configured CA, and the client identity.
+fn grpc_tls(tls: Option<&CollectorTls>) -> ClientTlsConfig {
+    let mut config = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = tls.and_then(CollectorTls::ca_pem) {
+        config = config.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = tls.and_then(CollectorTls::identity_pem) {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    config
+}
+
+/// The HTTP client for a collector with its own CA (then trusted alone) or a client identity.
+fn http_client(tls: &CollectorTls) -> Result<reqwest::blocking::Client, ExporterBuildError> {
+    let built = |e: reqwest::Error| ExporterBuildError::InternalFailure(e.to_string());
+    let mut builder = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+    if let Some(config) = tls.http_config() {
+        builder = builder.tls_backend_preconfigured(config);
+    } else if let Some((cert, key)) = tls.identity_pem() {
+        builder =
+            builder.identity(reqwest::Identity::from_pem(&[cert, key].concat()).map_err(built)?);
+    }
+    builder.build().map_err(built)
 }
 
 /// A provider whose spans go through a batch processor within a budget of `limit` spans in

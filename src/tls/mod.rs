@@ -3,6 +3,7 @@
 //! that hides which one a connection uses, and the channel-binding hash SCRAM-PLUS needs.
 
 mod acceptor;
+mod collector;
 mod connector;
 mod control;
 mod end_point;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use acceptor::{ClientTls, ClientTlsMode};
+pub use collector::CollectorTls;
 pub use connector::{ServerTlsMode, UpstreamTls, UpstreamTlsError};
 pub use control::{ROOT_CERT_ENV, control_connector};
 pub use end_point::tls_server_end_point;

@@ -327,3 +327,85 @@ async fn metrics_count_what_ran() {
     assert_eq!(value("pgsidecar_pool_size", &[]), 2);
     assert_eq!(value("pgsidecar_pinned_clients_total", &[]), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_tls_collector_trusted_through_the_configured_ca() {
+    let db = fresh_database().await;
+    let ca = cluster().pki().ca.to_str().unwrap().to_owned();
+    for protocol in ["grpc", "http/protobuf"] {
+        let plain = if protocol == "grpc" {
+            Collector::grpc().await
+        } else {
+            Collector::http().await
+        };
+        let collector = Collector::behind_tls(plain).await;
+        let mut o = overrides("transaction", 2);
+        o.otlp_endpoint = Some(collector.endpoint.clone());
+        o.otlp_protocol = Some(protocol.into());
+        o.otlp_certificate = Some(ca.clone());
+        let proxy = start_proxy_with(&o, None).await;
+        let client = proxy.connect(&db).await.unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+        flush(&proxy.ctx).await;
+        collector
+            .received
+            .wait_for(&format!("the span over TLS ({protocol})"), |s| {
+                !s.is_empty()
+            })
+            .await;
+
+        // Without the CA the collector's certificate is not trusted: spans are dropped and
+        // counted, queries go on.
+        o.otlp_certificate = None;
+        let untrusting = start_proxy_with(&o, None).await;
+        let client = untrusting.connect(&db).await.unwrap();
+        client.simple_query("SELECT 2").await.unwrap();
+        flush(&untrusting.ctx).await;
+        let metrics = &untrusting.ctx.telemetry.metrics;
+        assert_eq!(
+            metrics.spans_dropped_count("export_failed"),
+            1,
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_gets_the_headers_of_the_otel_environment() {
+    let db = fresh_database().await;
+    let collector = Collector::behind_tls(Collector::http().await).await;
+    let ca = cluster().pki().ca.to_str().unwrap().to_owned();
+    let proxy = crate::support::ProxyProcess::spawn_with_env(
+        &[
+            "--otlp-endpoint",
+            &collector.endpoint,
+            "--traces-sampler",
+            "always_on",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-collector-token=s3cret%20value",
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let client = proxy.connect(&db).await;
+    client.simple_query("SELECT 3").await.unwrap();
+    collector
+        .received
+        .wait_for("the span with its headers", |s| !s.is_empty())
+        .await;
+    assert!(
+        collector
+            .received
+            .tokens()
+            .iter()
+            .all(|t| t == "s3cret value"),
+        "{:?}",
+        collector.received.tokens()
+    );
+    assert!(!collector.received.tokens().is_empty());
+}

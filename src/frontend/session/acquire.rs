@@ -2,7 +2,6 @@
 //! learned of its server, or from a server connection when nothing is known yet) and the
 //! checkout of a server connection, with a notice to a client that waits long for one.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -27,14 +26,21 @@ impl Session {
     /// # Errors
     /// As [`Session::acquire`]; the caller reports it with [`Session::fail`].
     pub(in crate::frontend) async fn greet(&mut self) -> Result<Option<Checkout>, SessionError> {
-        if let Some(reported) = self.pool.greeting().for_client(self.params.wanted()) {
-            self.send_greeting(&reported).await?;
+        let mut out = BytesMut::new();
+        let known = self
+            .pool
+            .greeting()
+            .greet(self.params.wanted(), |name, value| {
+                put_parameter_status(&mut out, name, value);
+            });
+        if known {
+            self.finish_greeting(out).await?;
             return Ok(None);
         }
         self.admit().await?;
         let mut checkout = self.acquire().await?;
         self.end_transaction();
-        let reported = checkout.conn().params.reported.clone();
+        let reported = &checkout.conn().params.reported;
         // How the server spelled what the client asked for: later clients asking the same are
         // greeted without a server connection.
         let greeting = self.pool.greeting();
@@ -43,7 +49,11 @@ impl Session {
                 greeting.learn_spelling(name, asked, spelled);
             }
         }
-        self.send_greeting(&reported).await?;
+        let mut out = BytesMut::new();
+        for (name, value) in reported {
+            put_parameter_status(&mut out, name, value);
+        }
+        self.finish_greeting(out).await?;
         if self.mode() == PoolMode::Transaction {
             self.release(checkout);
             Ok(None)
@@ -52,16 +62,9 @@ impl Session {
         }
     }
 
-    /// Sends the end of a login: ParameterStatus for each reported setting, the client's cancel
-    /// key and ReadyForQuery.
-    async fn send_greeting(
-        &mut self,
-        reported: &BTreeMap<String, String>,
-    ) -> Result<(), SessionError> {
-        let mut out = BytesMut::new();
-        for (name, value) in reported {
-            put_parameter_status(&mut out, name, value);
-        }
+    /// Sends the end of a login: the ParameterStatus messages in `out`, then the client's cancel
+    /// key and ReadyForQuery, in one write.
+    async fn finish_greeting(&mut self, mut out: BytesMut) -> Result<(), SessionError> {
         put_backend_key(&mut out, self.cancel.pid, self.cancel.secret);
         put_ready_for_query(&mut out, b'I');
         self.client.send(&out).await?;

@@ -335,6 +335,11 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts the binary with `extra` flags; its stderr is captured.
     pub fn spawn(extra: &[&str]) -> Self {
+        Self::spawn_with_env(extra, &[])
+    }
+
+    /// Starts the binary with `extra` flags and `env` set; its stderr is captured.
+    pub fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port().expect("a free port");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
             .args([
@@ -355,6 +360,7 @@ impl ProxyProcess {
             .env_remove("DATABASE_URL")
             .env_remove("PGSIDECAR_CONFIG")
             .env("PGSIDECAR_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

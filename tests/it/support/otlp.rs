@@ -16,11 +16,25 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Spans received so far.
+/// The request header a test collector records, as a collector's authentication would read it.
+pub const TOKEN_HEADER: &str = "x-collector-token";
+
+/// Spans received so far, and the token header of each request.
 #[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<Span>>>);
+pub struct Received(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<String>>>);
 
 impl Received {
+    fn token(&self, value: Option<&str>) {
+        if let Some(value) = value {
+            self.1.lock().unwrap().push(value.to_owned());
+        }
+    }
+
+    /// The token header of every request that carried one.
+    pub fn tokens(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
+    }
+
     fn store(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.0.lock().unwrap();
         for resource in request.resource_spans {
@@ -54,6 +68,12 @@ impl TraceService for Received {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.token(
+            request
+                .metadata()
+                .get(TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
         self.store(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -104,15 +124,18 @@ impl Collector {
         let store = received.clone();
         let app = axum::Router::new().route(
             "/v1/traces",
-            axum::routing::post(move |body: axum::body::Bytes| async move {
-                match ExportTraceServiceRequest::decode(body) {
-                    Ok(request) => {
-                        store.store(request);
-                        (axum::http::StatusCode::OK, Vec::new())
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    store.token(headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()));
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            store.store(request);
+                            (axum::http::StatusCode::OK, Vec::new())
+                        }
+                        Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
                     }
-                    Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
-                }
-            }),
+                },
+            ),
         );
         tokio::spawn(async move {
             axum::serve(listener, app)
@@ -123,6 +146,53 @@ impl Collector {
             endpoint,
             received,
             _stop: stop,
+        }
+    }
+}
+
+impl Collector {
+    /// `plain` behind a TLS front (the test PKI's `localhost` certificate, ALPN `h2` and
+    /// `http/1.1`) that forwards the decrypted bytes to it: the endpoint becomes
+    /// `https://localhost:PORT`.
+    pub async fn behind_tls(plain: Self) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = &super::cluster().pki().localhost;
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend = plain.endpoint.trim_start_matches("http://").to_owned();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    if let (Ok(mut tls), Ok(mut up)) = (
+                        acceptor.accept(tcp).await,
+                        tokio::net::TcpStream::connect(&backend).await,
+                    ) {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                });
+            }
+        });
+        Self {
+            endpoint: format!("https://localhost:{port}"),
+            ..plain
         }
     }
 }
