@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod spans;
 pub mod sql_text;
+pub mod statements;
 pub mod traceparent;
 
 use std::sync::Arc;

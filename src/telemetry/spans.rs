@@ -23,7 +23,7 @@ use opentelemetry_sdk::trace::{
 };
 
 use super::metrics::Metrics;
-use super::sql_text::shape;
+use super::statements::{StatementCache, StatementFacts};
 use super::traceparent::{self, TraceParent};
 use crate::config::{OtlpProtocol, RootSampling, SamplerSettings, TelemetrySettings};
 use crate::tls::CollectorTls;
@@ -154,6 +154,7 @@ pub struct QueryTracer {
     slow: Duration,
     server_address: StringValue,
     server_port: i64,
+    statements: StatementCache,
 }
 
 impl QueryTracer {
@@ -231,6 +232,7 @@ impl QueryTracer {
             slow: settings.slow_query_threshold,
             server_address: StringValue::from(Arc::<str>::from(upstream.0)),
             server_port: i64::from(upstream.1),
+            statements: StatementCache::default(),
         }))
     }
 
@@ -266,16 +268,20 @@ impl QueryTracer {
         if !self.keep(query, parent) {
             return;
         }
-        let sql = String::from_utf8_lossy(query.sql);
-        let shape = shape(&sql);
-        let summary = shape.summary();
-        let name = summary.clone().unwrap_or_else(|| "postgresql".to_owned());
-        let mut attributes = Vec::with_capacity(query.session.len() + 10);
+        // A statement carrying a traceparent is unique to one execution: not worth remembering.
+        let facts = if parent.is_some() {
+            Arc::new(StatementFacts::of(query.sql))
+        } else {
+            self.statements.facts(query.sql)
+        };
+        let mut attributes = Vec::with_capacity(query.session.len() + facts.attributes.len() + 5);
         attributes.extend_from_slice(query.session);
         attributes.extend([
             KeyValue::new(
                 "db.response.status_code",
-                query.sqlstate.unwrap_or("00000").to_owned(),
+                query.sqlstate.map_or(StringValue::from("00000"), |code| {
+                    StringValue::from(code.to_owned())
+                }),
             ),
             KeyValue::new(
                 "db.response.returned_rows",
@@ -287,18 +293,7 @@ impl QueryTracer {
                 query.server.as_secs_f64(),
             ),
         ]);
-        if let Some(operation) = &shape.operation {
-            attributes.push(KeyValue::new("db.operation.name", operation.clone()));
-        }
-        if let Some(collection) = shape.collection() {
-            attributes.push(KeyValue::new("db.collection.name", collection.to_owned()));
-        }
-        if let Some(summary) = summary {
-            attributes.push(KeyValue::new("db.query.summary", summary));
-        }
-        if !shape.text.is_empty() {
-            attributes.push(KeyValue::new("db.query.text", shape.text));
-        }
+        attributes.extend_from_slice(&facts.attributes);
         if let Some(code) = query.sqlstate {
             attributes.push(KeyValue::new("error.type", code.to_owned()));
         }
@@ -319,7 +314,7 @@ impl QueryTracer {
         });
         let mut span = self
             .tracer
-            .span_builder(name)
+            .span_builder(facts.name.to_string())
             .with_kind(SpanKind::Client)
             .with_start_time(start)
             .with_attributes(attributes)

@@ -1,0 +1,117 @@
+//! What a span says about a statement (its name, operation, table, summary and sanitised text),
+//! worked out once per distinct statement text and shared by every span of it: an application
+//! runs the same few hundred statements over and over, and sanitising each execution again was
+//! the largest cost of a kept span on the query path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use opentelemetry::{KeyValue, StringValue};
+
+use super::sql_text::shape;
+
+/// Distinct statements remembered; beyond this the memory starts over.
+const STATEMENTS_MAX: usize = 2048;
+
+/// Statements longer than this are described afresh each time instead of being remembered.
+const LONGEST_REMEMBERED: usize = 4096;
+
+/// The span name and the statement attributes of one statement text.
+#[derive(Debug)]
+pub struct StatementFacts {
+    /// The span's name: the query summary, or `postgresql` when there is none.
+    pub name: Arc<str>,
+    /// `db.operation.name`, `db.collection.name`, `db.query.summary`, `db.query.text`, as the
+    /// statement has them; their strings are shared, so copying them into a span allocates
+    /// nothing.
+    pub attributes: Vec<KeyValue>,
+}
+
+impl StatementFacts {
+    /// Works out the facts of `sql`.
+    #[must_use]
+    pub fn of(sql: &[u8]) -> Self {
+        let shared = |s: &str| StringValue::from(Arc::<str>::from(s));
+        let shape = shape(&String::from_utf8_lossy(sql));
+        let summary = shape.summary();
+        let mut attributes = Vec::with_capacity(4);
+        if let Some(operation) = &shape.operation {
+            attributes.push(KeyValue::new("db.operation.name", shared(operation)));
+        }
+        if let Some(collection) = shape.collection() {
+            attributes.push(KeyValue::new("db.collection.name", shared(collection)));
+        }
+        if let Some(summary) = &summary {
+            attributes.push(KeyValue::new("db.query.summary", shared(summary)));
+        }
+        if !shape.text.is_empty() {
+            attributes.push(KeyValue::new("db.query.text", shared(&shape.text)));
+        }
+        Self {
+            name: Arc::from(summary.as_deref().unwrap_or("postgresql")),
+            attributes,
+        }
+    }
+}
+
+/// The facts of the statements seen lately, by their text.
+#[derive(Debug, Default)]
+pub struct StatementCache {
+    known: RwLock<HashMap<Box<[u8]>, Arc<StatementFacts>>>,
+}
+
+impl StatementCache {
+    /// The facts of `sql`, worked out now if it was not seen lately.
+    ///
+    /// # Panics
+    /// If the lock was poisoned.
+    pub fn facts(&self, sql: &[u8]) -> Arc<StatementFacts> {
+        if let Some(facts) = self.known.read().expect("statement cache lock").get(sql) {
+            return Arc::clone(facts);
+        }
+        let facts = Arc::new(StatementFacts::of(sql));
+        if sql.len() <= LONGEST_REMEMBERED {
+            let mut known = self.known.write().expect("statement cache lock");
+            if known.len() >= STATEMENTS_MAX {
+                known.clear();
+            }
+            known.insert(sql.into(), Arc::clone(&facts));
+        }
+        facts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(facts: &StatementFacts, key: &str) -> Option<String> {
+        facts
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+    }
+
+    #[test]
+    fn a_statement_is_described_once_and_shared() {
+        let cache = StatementCache::default();
+        let first = cache.facts(b"SELECT * FROM documents WHERE id = 42");
+        let again = cache.facts(b"SELECT * FROM documents WHERE id = 42");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(&*first.name, "SELECT documents");
+        assert_eq!(
+            text(&first, "db.collection.name").as_deref(),
+            Some("documents")
+        );
+        let sanitised = text(&first, "db.query.text").unwrap();
+        assert!(!sanitised.contains("42"), "{sanitised}");
+    }
+
+    #[test]
+    fn without_a_summary_the_span_is_named_after_the_system() {
+        let facts = StatementFacts::of(b"");
+        assert_eq!(&*facts.name, "postgresql");
+        assert!(facts.attributes.is_empty());
+    }
+}
