@@ -3,7 +3,7 @@
 # PostgreSQL — tracing off, 1% sampling, 100% sampling — alternating, spans exported over
 # OTLP/HTTP to a local sink. Reports each instance's throughput, its CPU time (all threads) per
 # transaction, and the spans exported and dropped by reason.
-# Run by hand (not in CI): bench/tracing.sh [seconds] [rounds]
+# Run by hand (not in CI): [QUERY_MODE=simple|extended|prepared] bench/tracing.sh [seconds] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +42,7 @@ sleep 1
 
 run_pgbench() { # name -> "tps transactions"
   local out
-  out=$("$BIN/pgbench" -n -S -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "${port[$1]}" \
+  out=$("$BIN/pgbench" -n -S -M "${QUERY_MODE:-simple}" -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "${port[$1]}" \
     -U postgres postgres 2>&1)
   echo "$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out")" \
     "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")"

@@ -16,6 +16,9 @@ pub struct QueryShape {
     pub operation: Option<String>,
     /// Tables it names, in order of appearance, at most three.
     pub collections: Vec<String>,
+    /// Whether the text had literals (replaced by `?`): such a text is usually one execution's
+    /// own, not worth remembering.
+    pub has_literals: bool,
 }
 
 impl QueryShape {
@@ -237,7 +240,10 @@ fn is_modifier(word: &str) -> bool {
 /// Describes `sql` for a span: sanitized text, operation and tables.
 #[must_use]
 pub fn shape(sql: &str) -> QueryShape {
-    let mut shape = QueryShape::default();
+    let mut shape = QueryShape {
+        text: String::with_capacity(sql.len().min(MAX_TEXT)),
+        ..QueryShape::default()
+    };
     let mut want_table = false;
     let mut name = String::new();
     let mut tokens = Tokens { sql, at: 0 }.peekable();
@@ -246,7 +252,10 @@ pub fn shape(sql: &str) -> QueryShape {
             shape.text.push(' ');
         }
         let piece = match token {
-            Token::Literal | Token::Number => "?",
+            Token::Literal | Token::Number => {
+                shape.has_literals = true;
+                "?"
+            }
             Token::Word(w) | Token::QuotedName(w) | Token::Param(w) | Token::Symbol(w) => w,
         };
         push_bounded(&mut shape.text, piece);

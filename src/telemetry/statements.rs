@@ -1,7 +1,8 @@
 //! What a span says about a statement (its name, operation, table, summary and sanitised text),
 //! worked out once per distinct statement text and shared by every span of it: an application
-//! runs the same few hundred statements over and over, and sanitising each execution again was
-//! the largest cost of a kept span on the query path.
+//! that sends its values as parameters runs the same few hundred texts over and over. A text with
+//! literals in it is usually one execution's own and is described afresh, never remembered (a
+//! cache of such texts only churns).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -19,6 +20,9 @@ const LONGEST_REMEMBERED: usize = 4096;
 /// The span name and the statement attributes of one statement text.
 #[derive(Debug)]
 pub struct StatementFacts {
+    /// Whether the text is worth remembering: it has no literals (the values travel as
+    /// parameters), so it comes back.
+    reusable: bool,
     /// The span's name: the query summary, or `postgresql` when there is none.
     pub name: Arc<str>,
     /// `db.operation.name`, `db.collection.name`, `db.query.summary`, `db.query.text`, as the
@@ -48,6 +52,7 @@ impl StatementFacts {
             attributes.push(KeyValue::new("db.query.text", shared(&shape.text)));
         }
         Self {
+            reusable: !shape.has_literals,
             name: Arc::from(summary.as_deref().unwrap_or("postgresql")),
             attributes,
         }
@@ -70,7 +75,7 @@ impl StatementCache {
             return Arc::clone(facts);
         }
         let facts = Arc::new(StatementFacts::of(sql));
-        if sql.len() <= LONGEST_REMEMBERED {
+        if facts.reusable && sql.len() <= LONGEST_REMEMBERED {
             let mut known = self.known.write().expect("statement cache lock");
             if known.len() >= STATEMENTS_MAX {
                 known.clear();
@@ -96,16 +101,22 @@ mod tests {
     #[test]
     fn a_statement_is_described_once_and_shared() {
         let cache = StatementCache::default();
-        let first = cache.facts(b"SELECT * FROM documents WHERE id = 42");
-        let again = cache.facts(b"SELECT * FROM documents WHERE id = 42");
+        let first = cache.facts(b"SELECT * FROM documents WHERE id = $1");
+        let again = cache.facts(b"SELECT * FROM documents WHERE id = $1");
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(&*first.name, "SELECT documents");
         assert_eq!(
             text(&first, "db.collection.name").as_deref(),
             Some("documents")
         );
-        let sanitised = text(&first, "db.query.text").unwrap();
+        let literal = cache.facts(b"SELECT * FROM documents WHERE id = 42");
+        let sanitised = text(&literal, "db.query.text").unwrap();
         assert!(!sanitised.contains("42"), "{sanitised}");
+        let again = cache.facts(b"SELECT * FROM documents WHERE id = 42");
+        assert!(
+            !Arc::ptr_eq(&literal, &again),
+            "a text with literals is not remembered"
+        );
     }
 
     #[test]
