@@ -361,11 +361,24 @@ async fn spans_reach_a_tls_collector_trusted_through_the_configured_ca() {
         let client = untrusting.connect(&db).await.unwrap();
         client.simple_query("SELECT 2").await.unwrap();
         flush(&untrusting.ctx).await;
+        // The exporter may still be retrying when the flush gives up waiting for it.
         let metrics = &untrusting.ctx.telemetry.metrics;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while metrics.spans_dropped_count("export_failed") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{protocol}: the refused export was never counted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         assert_eq!(
             metrics.spans_dropped_count("export_failed"),
             1,
             "{protocol}"
+        );
+        assert!(
+            collector.received.spans().len() == 1,
+            "{protocol}: nothing reached the untrusted collector"
         );
     }
 }

@@ -152,7 +152,7 @@ impl Conversation {
     fn sets(&self, name: &str) -> bool {
         self.effects
             .iter()
-            .any(|e| matches!(e, Effect::Set(n) | Effect::Reset(n) if n == name))
+            .any(|e| matches!(e, Effect::Set(n) | Effect::Reset(n) if n.eq_ignore_ascii_case(name)))
     }
 
     /// Nothing is owed and no transaction is open: the connection may go back.

@@ -150,14 +150,23 @@ impl Session {
         names: Vec<String>,
     ) -> Result<(), SessionError> {
         let list = names.join(",");
-        let row = server
+        let row = match server
             .fetch_row_with(
                 "SELECT ','||string_agg(name, ',')||',' FROM pg_settings \
                  WHERE name = ANY(string_to_array($1, ',')) AND source NOT IN ('session', 'client')",
                 &[&list],
             )
             .await
-            .map_err(SessionError::Setup)?;
+        {
+            Ok(row) => row,
+            // Only a refinement of what later clients are told: a server that refuses the
+            // question ends nothing.
+            Err(BackendError::Server(e)) => {
+                tracing::debug!(error = %e.message, "cannot check the server's defaults");
+                return Ok(());
+            }
+            Err(e) => return Err(SessionError::Setup(e)),
+        };
         let defaults = row.into_iter().flatten().next().unwrap_or_default();
         for name in names {
             // The value now in effect: a SET LOCAL reported during the transaction has been
