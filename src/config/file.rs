@@ -10,11 +10,12 @@ use serde::Deserialize;
 
 use super::control::{ControlFile, FleetFile};
 use super::security::{ListenerFile, SecurityFile, UserFile};
+use super::telemetry_file::TelemetryFile;
 use super::values::Scalar;
 use super::values::{UserList, field, optional_duration, ranged, socket_addr};
 use super::{
-    AuthMethod, Config, ConfigError, OtlpProtocol, PoolMode, PoolSettings, SamplerSettings,
-    SessionTimeouts, TelemetrySettings, Upstream, invalid, parse_duration, parse_size,
+    AuthMethod, Config, ConfigError, PoolMode, PoolSettings, SessionTimeouts, Upstream, invalid,
+    parse_duration, parse_size,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,20 +35,6 @@ struct PoolFile {
     query_timeout: Option<Scalar>,
     transaction_timeout: Option<Scalar>,
     max_db_connections: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TelemetryFile {
-    otlp_endpoint: Option<Scalar>,
-    otlp_protocol: Option<Scalar>,
-    otlp_certificate: Option<Scalar>,
-    otlp_client_certificate: Option<Scalar>,
-    otlp_client_key: Option<Scalar>,
-    service_name: Option<Scalar>,
-    sampler: Option<Scalar>,
-    sampler_arg: Option<Scalar>,
-    slow_query_threshold: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,33 +222,9 @@ impl Overrides {
         if let Some(users) = &self.admin_users {
             file.admin_users = Some(UserList::from_text(users));
         }
-        self.apply_telemetry(&mut file.telemetry);
+        file.telemetry.apply(self);
         if file.upstream.is_none() {
             set(&mut file.upstream, self.database_url.as_ref());
-        }
-    }
-
-    fn apply_telemetry(&self, telemetry: &mut TelemetryFile) {
-        for (slot, value) in [
-            (&mut telemetry.otlp_endpoint, &self.otlp_endpoint),
-            (&mut telemetry.otlp_protocol, &self.otlp_protocol),
-            (&mut telemetry.otlp_certificate, &self.otlp_certificate),
-            (
-                &mut telemetry.otlp_client_certificate,
-                &self.otlp_client_certificate,
-            ),
-            (&mut telemetry.otlp_client_key, &self.otlp_client_key),
-            (&mut telemetry.service_name, &self.service_name),
-            (&mut telemetry.sampler, &self.traces_sampler),
-            (&mut telemetry.sampler_arg, &self.traces_sampler_arg),
-            (
-                &mut telemetry.slow_query_threshold,
-                &self.slow_query_threshold,
-            ),
-        ] {
-            if let Some(value) = value {
-                *slot = Some(Scalar::Str(value.clone()));
-            }
         }
     }
 }
@@ -278,8 +241,7 @@ impl FileConfig {
 
     #[cfg(test)]
     pub(super) fn telemetry_sampler_for_test(&mut self, name: &str, arg: &str) {
-        self.telemetry.sampler = Some(Scalar::Str(name.into()));
-        self.telemetry.sampler_arg = Some(Scalar::Str(arg.into()));
+        self.telemetry.set_sampler_for_test(name, arg);
     }
 
     pub(super) fn read(path: &Path) -> Result<Self, ConfigError> {
@@ -611,45 +573,6 @@ impl FileConfig {
     }
 }
 
-impl TelemetryFile {
-    fn validate(&self) -> Result<TelemetrySettings, ConfigError> {
-        let text = |v: &Option<Scalar>| {
-            v.as_ref()
-                .map(Scalar::text)
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty())
-        };
-        let sampler_name = text(&self.sampler).unwrap_or_else(|| "parentbased_always_on".into());
-        let sampler = SamplerSettings::parse(&sampler_name, text(&self.sampler_arg).as_deref())
-            .map_err(|m| invalid("telemetry.sampler", m))?;
-        let path = |v: &Option<Scalar>| text(v).map(std::path::PathBuf::from);
-        let collector_tls = crate::tls::CollectorTls::load(
-            path(&self.otlp_certificate).as_deref(),
-            path(&self.otlp_client_certificate).as_deref(),
-            path(&self.otlp_client_key).as_deref(),
-        )
-        .map_err(|e| invalid("telemetry.otlp_certificate", e.to_string()))?;
-        Ok(TelemetrySettings {
-            otlp_endpoint: text(&self.otlp_endpoint),
-            collector_tls,
-            otlp_protocol: field(
-                "telemetry.otlp_protocol",
-                self.otlp_protocol.as_ref(),
-                OtlpProtocol::Grpc,
-                str::parse,
-            )?,
-            service_name: text(&self.service_name),
-            sampler,
-            slow_query_threshold: field(
-                "telemetry.slow_query_threshold",
-                self.slow_query_threshold.as_ref(),
-                Duration::from_secs(1),
-                parse_duration,
-            )?,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,7 +654,7 @@ mod tests {
         .unwrap();
         let t = &config.telemetry;
         assert_eq!(t.otlp_endpoint.as_deref(), Some("http://collector:4317"));
-        assert_eq!(t.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(t.otlp_protocol, crate::config::OtlpProtocol::HttpProtobuf);
         assert!(t.sampler.parent_based);
         assert_eq!(t.sampler.root, super::super::RootSampling::Ratio(0.25));
         assert_eq!(config.admin_users, ["ops", "dba"]);

@@ -6,6 +6,7 @@ mod control;
 mod file;
 mod security;
 mod show;
+mod telemetry_file;
 mod values;
 
 use std::collections::BTreeMap;
