@@ -2,13 +2,14 @@
 //! connection, forwards bytes both ways, and gives the connection back at the first safe point.
 
 mod acquire;
+mod between;
 mod settle;
 mod timeouts;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::ProxyContext;
@@ -18,18 +19,16 @@ use super::params::ClientParams;
 use super::responses::ResponseQueue;
 use super::retry::StalePlanRetry;
 use super::rewrite::Relay;
-use super::sql::{Effect, may_have_effects};
-use super::statements::{ClientStatements, StatementDef};
+use super::sql::Effect;
+use super::statements::ClientStatements;
 use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
 use crate::config::{Config, PoolMode, SessionTimeouts};
 use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::FinishedQuery;
 use crate::tls::PgStream;
-use crate::wire::extended::{ParseMessage, put_empty};
-use crate::wire::frame::HEADER_LEN;
-use crate::wire::messages::{Severity, error, parse_parameter_status, put_ready_for_query};
-use crate::wire::{FrameHeader, WireError, sqlstate};
+use crate::wire::messages::{Severity, error, parse_parameter_status};
+use crate::wire::{WireError, sqlstate};
 use opentelemetry::KeyValue;
 pub use timeouts::Timeout;
 use timeouts::Waiting;
@@ -105,19 +104,6 @@ impl SessionError {
             Self::TimedOut(timeout) => (timeout.sqlstate(), timeout.message()),
         };
         Some(error(Severity::Fatal, code, &message))
-    }
-}
-
-/// Waits for the idle limit of [`Session::wait_for_request`]; its duration.
-async fn idle_expired(
-    limit: &mut Option<(std::time::Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>,
-) -> std::time::Duration {
-    match limit {
-        Some((duration, sleep)) => {
-            sleep.as_mut().await;
-            *duration
-        }
-        None => std::future::pending().await,
     }
 }
 
@@ -321,123 +307,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Waits, holding no server connection, until the client has sent a whole message. Returns
-    /// false when the client said Terminate or closed.
-    async fn wait_for_request(&mut self) -> Result<bool, SessionError> {
-        // Boxed, and only when configured: an idle session without the limit carries no timer.
-        let mut idle_limit = self
-            .timeouts
-            .client_idle
-            .map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
-        loop {
-            match FrameHeader::peek(&self.buf, self.config.max_message_size) {
-                Ok(Some(header)) if header.tag == b'X' => return Ok(false),
-                Ok(Some(_)) => return Ok(true),
-                Ok(None) => {}
-                Err(e) => return Err(SessionError::ClientProtocol(e)),
-            }
-            if self.ctx.gate.is_draining() {
-                return Err(SessionError::Shutdown);
-            }
-            let read = if let (PgStream::Plain(tcp), true) = (&self.client, self.buf.is_empty()) {
-                // An idle client holds no buffer: thousands of idle connections stay cheap.
-                self.buf = BytesMut::new();
-                tokio::select! {
-                    readable = tcp.readable() => readable?,
-                    () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
-                    reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
-                    limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
-                        return Err(self.idle_timed_out(limit));
-                    }
-                }
-                self.buf.reserve(READ_CHUNK);
-                // Readiness can be left over from the login's reads: a read that would block
-                // clears it and the wait starts again, with its timers.
-                match tcp.try_read_buf(&mut self.buf) {
-                    Ok(read) => read,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                // TLS may hold decrypted bytes the socket no longer shows as readable, so the
-                // read itself is what waits.
-                self.buf.reserve(READ_CHUNK);
-                tokio::select! {
-                    read = self.client.read_buf(&mut self.buf) => read?,
-                    () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
-                    reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
-                    limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
-                        return Err(self.idle_timed_out(limit));
-                    }
-                }
-            };
-            if read == 0 {
-                if self.buf.is_empty() {
-                    return Ok(false);
-                }
-                return Err(SessionError::ClientProtocol(WireError::protocol(
-                    "the client closed its connection in the middle of a message",
-                )));
-            }
-        }
-    }
-
-    /// Whether the client has sent a whole message that starts a transaction (anything but
-    /// Terminate).
-    fn has_request(&self) -> bool {
-        matches!(
-            FrameHeader::peek(&self.buf, self.config.max_message_size),
-            Ok(Some(header)) if header.tag != b'X'
-        )
-    }
-
-    /// Answers a batch of nothing but Parse (of statements the pool already knows to be valid)
-    /// and Sync without taking a server connection: the statements are recorded for the client
-    /// and prepared on whichever connection later runs them. Returns false, consuming nothing,
-    /// when the batch needs a server.
-    async fn answer_prepares_locally(&mut self) -> Result<bool, SessionError> {
-        if self.mode() != PoolMode::Transaction {
-            return Ok(false);
-        }
-        let limit = self.config.max_message_size;
-        let mut end = 0;
-        let mut parsed = Vec::new();
-        loop {
-            let Some(header) =
-                FrameHeader::peek(&self.buf[end..], limit).map_err(SessionError::ClientProtocol)?
-            else {
-                return Ok(false);
-            };
-            let body = &self.buf[end + HEADER_LEN..end + header.total_len];
-            end += header.total_len;
-            match header.tag {
-                b'P' => {
-                    let parse = ParseMessage::decode(body).map_err(SessionError::ClientProtocol)?;
-                    if parse.name.is_empty() || may_have_effects(parse.query()) {
-                        return Ok(false);
-                    }
-                    let def = StatementDef::new(Bytes::copy_from_slice(parse.tail));
-                    if !self.pool.known_statements().contains(&def.server_name) {
-                        return Ok(false);
-                    }
-                    parsed.push((parse.name.to_owned(), Arc::new(def)));
-                }
-                b'H' => {}
-                b'S' if !parsed.is_empty() => break,
-                _ => return Ok(false),
-            }
-        }
-        let mut out = BytesMut::with_capacity(parsed.len() * 5 + 6);
-        for (name, def) in parsed {
-            self.statements.insert(&name, def);
-            put_empty(&mut out, b'1');
-        }
-        put_ready_for_query(&mut out, b'I');
-        self.buf.advance(end);
-        self.client.send(&out).await?;
-        Ok(true)
     }
 
     /// Forwards both ways until the connection can be released or the client leaves.
