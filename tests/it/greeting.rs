@@ -332,16 +332,36 @@ async fn a_new_server_login_refreshes_what_clients_are_told() {
     assert_eq!(after["TimeZone"], "Asia/Tokyo");
 }
 
-/// Ends every server session of `db` but the caller's.
+/// Ends every server session of `db` but the caller's, and waits until they are gone (a
+/// terminated backend exits a moment after the signal).
 async fn terminate_backends(db: &str) {
-    direct("postgres")
-        .await
+    let admin = direct("postgres").await;
+    admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
             &[&db],
         )
         .await
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "terminated backends of {db} stay"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
