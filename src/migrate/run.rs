@@ -19,6 +19,11 @@ fn millis(d: Duration) -> u128 {
     d.as_millis()
 }
 
+/// Milliseconds since `started`, as the history records durations.
+fn millis_since(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
 fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
 }
@@ -251,7 +256,7 @@ impl<'a> Run<'a> {
                         i32::try_from(m.statements.len()).unwrap_or(i32::MAX),
                         None,
                         None,
-                        i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                        millis_since(started),
                     ),
                 )
                 .await
@@ -395,7 +400,7 @@ impl<'a> Run<'a> {
                 done_count,
                 None,
                 None,
-                i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                millis_since(started),
             ),
         )
         .await
@@ -500,13 +505,7 @@ impl<'a> Run<'a> {
         self.reset_timeouts().await.map_err(db)?;
         history::record(
             self.client(),
-            &self.entry(
-                true,
-                1,
-                None,
-                None,
-                i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-            ),
+            &self.entry(true, 1, None, None, millis_since(started)),
         )
         .await
     }

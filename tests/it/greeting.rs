@@ -105,13 +105,39 @@ async fn wait_for_lock_waiters(db: &str, count: i64) {
     }
 }
 
-/// Fills every server connection of a pool with a query blocked on advisory lock 7, held by the
-/// returned direct session until it unlocks.
-async fn saturate(
-    proxy: &TestProxy,
-    db: &str,
-    size: usize,
-) -> (Client, Vec<tokio::task::JoinHandle<()>>) {
+/// Runs one query through the proxy at `url`, so that its pool logs in to the server once and
+/// learns what it reports.
+async fn learn(url: &str) {
+    connect(url)
+        .await
+        .unwrap()
+        .execute("SELECT 1", &[])
+        .await
+        .unwrap();
+}
+
+/// A pool whose every server connection runs a query blocked on advisory lock 7.
+struct Saturated {
+    /// The direct session holding the lock.
+    locker: Client,
+    holders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Saturated {
+    /// Lets go of the lock and waits for the blocked queries to finish.
+    async fn release(self) {
+        self.locker
+            .execute("SELECT pg_advisory_unlock(7)", &[])
+            .await
+            .unwrap();
+        for holder in self.holders {
+            holder.await.unwrap();
+        }
+    }
+}
+
+/// Fills every server connection of a pool with a query blocked on advisory lock 7.
+async fn saturate(proxy: &TestProxy, db: &str, size: usize) -> Saturated {
     let locker = direct(db).await;
     locker
         .execute("SELECT pg_advisory_lock(7)", &[])
@@ -128,7 +154,7 @@ async fn saturate(
         }));
     }
     wait_for_lock_waiters(db, i64::try_from(size).unwrap()).await;
-    (locker, holders)
+    Saturated { locker, holders }
 }
 
 /// `pgsidecar_pool_wait_notices_total` of the proxy's only pool.
@@ -148,14 +174,8 @@ async fn a_login_under_a_saturated_pool_completes_and_its_first_query_waits_with
     settings.acquire_timeout = Some("60s".into());
     settings.query_wait_notify = Some("100ms".into());
     let proxy = start_proxy_with(&settings, None).await;
-    proxy
-        .connect(&db)
-        .await
-        .unwrap()
-        .execute("SELECT 1", &[])
-        .await
-        .unwrap();
-    let (locker, holders) = saturate(&proxy, &db, 2).await;
+    learn(&proxy.url(&db)).await;
+    let saturated = saturate(&proxy, &db, 2).await;
     // The holders may have waited for their connections to open.
     let notified_before = wait_notices(&proxy);
 
@@ -188,14 +208,8 @@ async fn a_login_under_a_saturated_pool_completes_and_its_first_query_waits_with
         "counted once for the queued client"
     );
 
-    locker
-        .execute("SELECT pg_advisory_unlock(7)", &[])
-        .await
-        .unwrap();
+    saturated.release().await;
     assert_eq!(query.await.unwrap().unwrap(), 7);
-    for holder in holders {
-        holder.await.unwrap();
-    }
     assert!(notices.try_recv().is_err(), "one notice per wait");
 }
 
@@ -205,14 +219,8 @@ async fn a_thousand_clients_log_in_at_once_to_a_busy_pool_of_five() {
     let mut settings = overrides("transaction", 5);
     settings.acquire_timeout = Some("60s".into());
     let proxy = start_proxy_with(&settings, None).await;
-    proxy
-        .connect(&db)
-        .await
-        .unwrap()
-        .execute("SELECT 1", &[])
-        .await
-        .unwrap();
-    let (locker, holders) = saturate(&proxy, &db, 5).await;
+    learn(&proxy.url(&db)).await;
+    let saturated = saturate(&proxy, &db, 5).await;
 
     let started = Instant::now();
     let logins = (0..1000).map(|_| {
@@ -237,13 +245,7 @@ async fn a_thousand_clients_log_in_at_once_to_a_busy_pool_of_five() {
         "no extra server connection"
     );
 
-    locker
-        .execute("SELECT pg_advisory_unlock(7)", &[])
-        .await
-        .unwrap();
-    for holder in holders {
-        holder.await.unwrap();
-    }
+    saturated.release().await;
     let value: i32 = clients[999]
         .query_one("SELECT 3", &[])
         .await
@@ -281,7 +283,7 @@ async fn the_greeting_without_a_server_matches_a_direct_login() {
         reported_at_login(proxy.port, &asked, "").await,
         direct_asked
     );
-    let (locker, holders) = saturate(&proxy, &db, 1).await;
+    let saturated = saturate(&proxy, &db, 1).await;
     assert_eq!(
         reported_at_login(proxy.port, &asked, "").await,
         direct_asked
@@ -294,13 +296,7 @@ async fn the_greeting_without_a_server_matches_a_direct_login() {
     another_name[2] = ("application_name", "a-name-never-seen");
     let reported = reported_at_login(proxy.port, &another_name, "").await;
     assert_eq!(reported["application_name"], "a-name-never-seen");
-    locker
-        .execute("SELECT pg_advisory_unlock(7)", &[])
-        .await
-        .unwrap();
-    for holder in holders {
-        holder.await.unwrap();
-    }
+    saturated.release().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,13 +371,7 @@ async fn a_pool_that_never_reached_its_server_reports_the_server_error_at_login(
 async fn a_dropped_database_is_reported_at_the_first_query_with_the_server_sqlstate() {
     let db = fresh_database().await;
     let proxy = start_proxy_with(&overrides("transaction", 2), None).await;
-    proxy
-        .connect(&db)
-        .await
-        .unwrap()
-        .execute("SELECT 1", &[])
-        .await
-        .unwrap();
+    learn(&proxy.url(&db)).await;
     direct("postgres")
         .await
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
@@ -409,12 +399,7 @@ async fn a_role_that_lost_login_is_reported_at_the_first_query() {
     let file = format!("[users.{role}]\nserver_password = \"rolepass\"\n");
     let proxy = start_proxy_with(&settings, Some(&file)).await;
     let url = format!("postgres://{role}@127.0.0.1:{}/{db}", proxy.port);
-    connect(&url)
-        .await
-        .unwrap()
-        .execute("SELECT 1", &[])
-        .await
-        .unwrap();
+    learn(&url).await;
     admin
         .batch_execute(&format!("ALTER ROLE {role} NOLOGIN"))
         .await
@@ -432,13 +417,7 @@ async fn a_server_that_went_away_is_reported_at_the_first_query() {
     let db = fresh_database().await;
     let settings = overrides("transaction", 1);
     let proxy = start_proxy_with(&settings, None).await;
-    proxy
-        .connect(&db)
-        .await
-        .unwrap()
-        .execute("SELECT 1", &[])
-        .await
-        .unwrap();
+    learn(&proxy.url(&db)).await;
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = unused.local_addr().unwrap().port();
     drop(unused);
