@@ -946,8 +946,8 @@ async fn a_concurrent_index_build_waits_for_an_old_transaction_on_its_own_budget
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(waiting, "the build never waited for the old transaction");
-    // The runner's watcher looks after the wait began (and so sees it): then the old
-    // transaction may end, long after the 100 ms lock_timeout.
+    // The runner's watcher looks after the wait began, and has its answer (the query is done):
+    // then the old transaction may end, long after the 100 ms lock_timeout.
     let seen: String = watcher
         .query_one("SELECT clock_timestamp()::text", &[])
         .await
@@ -960,7 +960,7 @@ async fn a_concurrent_index_build_waits_for_an_old_transaction_on_its_own_budget
                 "SELECT count(*) > 0 FROM pg_stat_activity
                   WHERE pid <> pg_backend_pid()
                     AND query LIKE '%LEFT JOIN LATERAL unnest(pg_blocking_pids%'
-                    AND query_start > $1::text::timestamptz",
+                    AND query_start > $1::text::timestamptz AND state = 'idle'",
                 &[&seen],
             )
             .await
