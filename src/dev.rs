@@ -186,6 +186,68 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Makes this cluster a streaming replica of the server on `primary_port` (on this host)
+    /// with `pg_basebackup`, unless its data directory exists; `password` is the `postgres`
+    /// user's, passed in the environment rather than on the command line.
+    ///
+    /// # Errors
+    /// [`DevError`] if the directory cannot be made or `pg_basebackup` fails.
+    pub fn replicate(&self, primary_port: u16, password: &str) -> Result<(), DevError> {
+        if self.data_dir().join("PG_VERSION").exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
+        if self.as_postgres {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres", &self.dir.display().to_string()])
+                .status();
+        }
+        let data = self.data_dir().display().to_string();
+        let port = primary_port.to_string();
+        let output = self
+            .command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ])
+            .env("PGPASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| DevError::Program {
+                program: "pg_basebackup".into(),
+                detail: e.to_string(),
+            })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(DevError::Program {
+                program: "pg_basebackup".into(),
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
+    }
+
+    /// Stops the server at once (immediate shutdown: for throwaway clusters).
+    ///
+    /// # Errors
+    /// [`DevError`] if `pg_ctl stop` fails.
+    pub fn stop_now(&self) -> Result<(), DevError> {
+        let data = self.data_dir().display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+            .map(|_| ())
+    }
+
     /// Starts the server and waits until it accepts connections.
     ///
     /// # Errors

@@ -155,6 +155,10 @@ struct ProxyArgs {
     /// On SIGTERM, how long sessions get to finish their transaction (e.g. 30s).
     #[arg(long, env = "PGSIDECAR_DRAIN_TIMEOUT")]
     drain_timeout: Option<String>,
+    /// The migration version whose schema the application expects (e.g. 0007, or the image
+    /// tag's number): sessions get its schema first in search_path.
+    #[arg(long, env = "PGSIDECAR_SCHEMA_VERSION")]
+    schema_version: Option<String>,
     /// Join the fleet: a direct URL to the database for the control channel.
     #[arg(long, env = "PGSIDECAR_FLEET_URL")]
     fleet_url: Option<String>,
@@ -267,6 +271,7 @@ impl ProxyArgs {
             max_client_conn: self.max_client_conn,
             max_message_size: self.max_message_size,
             drain_timeout: self.drain_timeout,
+            schema_version: self.schema_version,
             fleet_url: self.fleet_url,
             fleet_id: self.fleet_id,
             fleet_heartbeat: self.fleet_heartbeat,

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use pgsidecar::migrate::expand::{self, CompleteOptions, Phase};
 use pgsidecar::migrate::policy::{BackupPolicy, ensure_backup};
 use pgsidecar::migrate::verify::{self, Verification};
 use pgsidecar::migrate::{
-    ApplyOptions, CopyScope, MaintenanceWindow, MigrateError, Migrator, lint, source,
+    ApplyOptions, CopyScope, MaintenanceWindow, MigrateError, Migrator, ThrottleLimits, lint,
+    source,
 };
 
 use super::{EXIT_FAILED, EXIT_USAGE};
@@ -53,6 +55,51 @@ pub enum MigrateAction {
     Verify,
     /// The whole policy in one go: plan, backup (verified), dry run, apply, verify, report.
     Deploy(Box<ApplyArgs>),
+    /// Contract the open expand/contract migration: drop the old representation, once no live
+    /// sidecar serves the old schema version.
+    Complete {
+        /// Wait up to this long for the old version's sidecars to go instead of refusing at
+        /// once (e.g. 30m; `--wait` alone waits up to an hour).
+        #[arg(long, value_parser = pgsidecar::config::parse_duration, num_args = 0..=1, default_missing_value = "1h")]
+        wait: Option<std::time::Duration>,
+        #[command(flatten)]
+        locks: LockArgs,
+    },
+    /// Undo the open expand/contract migration, leaving the tables as before it; refused while
+    /// a live sidecar serves its schema version.
+    Abort {
+        #[command(flatten)]
+        locks: LockArgs,
+    },
+}
+
+/// Lock handling of `complete` and `abort`.
+#[derive(Args)]
+pub struct LockArgs {
+    /// lock_timeout of the transaction.
+    #[arg(long, default_value = "2s", value_parser = pgsidecar::config::parse_duration)]
+    lock_timeout: std::time::Duration,
+    /// Retries after a lock timeout, with backoff.
+    #[arg(long, default_value_t = 5)]
+    lock_retries: u32,
+    /// How long to wait for another runner.
+    #[arg(long, default_value = "5m", value_parser = pgsidecar::config::parse_duration)]
+    lock_wait: std::time::Duration,
+    /// Heartbeats older than this mark a sidecar as gone.
+    #[arg(long, default_value = "10s", value_parser = pgsidecar::config::parse_duration)]
+    stale_after: std::time::Duration,
+}
+
+impl LockArgs {
+    fn options(&self) -> ApplyOptions {
+        ApplyOptions {
+            lock_timeout: self.lock_timeout,
+            lock_retries: self.lock_retries,
+            lock_wait: self.lock_wait,
+            stale_after: self.stale_after,
+            ..ApplyOptions::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -118,6 +165,32 @@ pub struct ApplyArgs {
     /// How recent a verified backup of this database must be.
     #[arg(long, default_value = "24h", value_parser = pgsidecar::config::parse_duration)]
     backup_max_age: std::time::Duration,
+    #[command(flatten)]
+    throttle: ThrottleArgs,
+}
+
+/// When backfills wait for the database.
+#[derive(Args)]
+pub struct ThrottleArgs {
+    /// Backfills wait while a streaming replica has more WAL than this to replay (0: never).
+    #[arg(long, default_value = "64MiB", value_parser = pgsidecar::config::parse_size)]
+    max_replica_lag: usize,
+    /// Backfills wait while a streaming replica replays further behind than this (0: never).
+    #[arg(long, default_value = "30s", value_parser = pgsidecar::config::parse_duration)]
+    max_replica_lag_time: std::time::Duration,
+    /// Backfills do not wait for critical load-related health checks.
+    #[arg(long)]
+    ignore_health: bool,
+}
+
+impl ThrottleArgs {
+    fn limits(&self) -> ThrottleLimits {
+        ThrottleLimits {
+            max_replica_lag_bytes: u64::try_from(self.max_replica_lag).ok().filter(|b| *b > 0),
+            max_replica_lag: Some(self.max_replica_lag_time).filter(|d| !d.is_zero()),
+            health: !self.ignore_health,
+        }
+    }
 }
 
 fn sample_percent(text: &str) -> Result<f64, String> {
@@ -169,6 +242,7 @@ impl ApplyArgs {
             no_backup_reason: self
                 .no_backup
                 .then(|| self.reason.clone().unwrap_or_default()),
+            throttle: self.throttle.limits(),
             ..ApplyOptions::default()
         }
     }
@@ -421,6 +495,24 @@ async fn status(migrator: &Migrator) -> Result<(), MigrateError> {
         };
         println!("{:<40} {state}", m.label());
     }
+    for e in expand::expansions(migrator.client()).await? {
+        let state = match e.phase {
+            Phase::Backfilling => format!(
+                "expansion {unfinished}: backfilling, {} row(s) done{}",
+                e.backfill_rows,
+                e.backfill_position
+                    .map(|k| format!(", next batch at key {k}"))
+                    .unwrap_or_default()
+            ),
+            Phase::Finishing => format!("expansion {unfinished}: adding constraints and schemas"),
+            Phase::Expanded => format!(
+                "EXPANDED: {} and {} both work; `migrate complete` once no sidecar serves the old version, or `migrate abort`",
+                e.plan.old_schema, e.plan.new_schema
+            ),
+            Phase::Completed => continue,
+        };
+        println!("{:<40} {state}", e.label());
+    }
     for r in &history {
         if !migrator.migrations().iter().any(|m| m.version == r.version) {
             println!(
@@ -495,6 +587,30 @@ async fn apply(migrator: &Migrator, url: &str, args: &ApplyArgs) -> Result<(), M
         for session in &step.waited_for {
             println!("    a concurrent index build waited for {session}");
         }
+        if let Some(e) = &step.expand {
+            let phases: Vec<String> = e
+                .phase_seconds
+                .iter()
+                .map(|(phase, s)| format!("{phase} {s:.3} s"))
+                .collect();
+            println!(
+                "    expanded: {}; {} row(s) backfilled; longest transaction {} ms ({})",
+                phases.join(", "),
+                e.backfill_rows,
+                e.longest_transaction.0,
+                e.longest_transaction.1
+            );
+            if e.throttled_seconds > 0.0 {
+                println!(
+                    "    the backfill waited {:.1} s: {}",
+                    e.throttled_seconds,
+                    e.throttle_reasons.join("; ")
+                );
+            }
+            println!(
+                "    both versions work now; deploy the new version, then `pgsidecar migrate complete` once no sidecar serves the old one"
+            );
+        }
     }
     Ok(())
 }
@@ -546,6 +662,14 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         MigrateAction::Verify => verify_now(&migrator, &args.dir).await,
         MigrateAction::Deploy(a) => return deploy(&migrator, url, &args, a).await,
         MigrateAction::Rollback(a) => rollback(&migrator, url, a).await,
+        MigrateAction::Complete { wait, locks } => migrator
+            .complete(&locks.options(), &CompleteOptions { wait: *wait })
+            .await
+            .map(|done| println!("{done}")),
+        MigrateAction::Abort { locks } => migrator
+            .abort(&locks.options())
+            .await
+            .map(|done| println!("{done}")),
         MigrateAction::Repair => migrator.repair().await.map(|repaired| {
             if repaired.is_empty() {
                 println!("every applied migration matches its file");

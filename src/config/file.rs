@@ -57,6 +57,7 @@ pub(super) struct FileConfig {
     max_user_connections: Option<Scalar>,
     max_message_size: Option<Scalar>,
     drain_timeout: Option<Scalar>,
+    schema_version: Option<Scalar>,
     fleet_url: Option<Scalar>,
     fleet_id: Option<Scalar>,
     fleet_heartbeat: Option<Scalar>,
@@ -116,6 +117,7 @@ pub struct Overrides {
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
     pub drain_timeout: Option<String>,
+    pub schema_version: Option<String>,
     pub fleet_url: Option<String>,
     pub fleet_id: Option<String>,
     pub fleet_heartbeat: Option<String>,
@@ -202,6 +204,7 @@ impl Overrides {
         );
         set(&mut file.max_message_size, self.max_message_size.as_ref());
         set(&mut file.drain_timeout, self.drain_timeout.as_ref());
+        set(&mut file.schema_version, self.schema_version.as_ref());
         set(&mut file.fleet_url, self.fleet_url.as_ref());
         set(&mut file.fleet_id, self.fleet_id.as_ref());
         set(&mut file.fleet_heartbeat, self.fleet_heartbeat.as_ref());
@@ -320,6 +323,13 @@ impl FileConfig {
                 parse_duration,
             )?,
             telemetry,
+            schema_version: match &self.schema_version {
+                Some(v) if !v.text().is_empty() => Some(
+                    super::values::parse_schema_version(&v.text())
+                        .map_err(|m| invalid("schema_version", m))?,
+                ),
+                _ => None,
+            },
             listen: field(
                 "listen",
                 self.listen.as_ref(),

@@ -443,6 +443,23 @@ pub struct Config {
     pub control: ControlSettings,
     /// Per-query spans.
     pub telemetry: TelemetrySettings,
+    /// The migration version whose schema this sidecar's application expects: every client
+    /// session gets that version's schema first in its `search_path` (unless it sets its own),
+    /// and the fleet registry records it for `migrate complete`.
+    pub schema_version: Option<i64>,
+}
+
+impl Config {
+    /// The `search_path` every client session starts with when `schema_version` is set.
+    #[must_use]
+    pub fn version_search_path(&self) -> Option<String> {
+        self.schema_version.map(|v| {
+            format!(
+                "{}, \"$user\", public",
+                crate::migrate::expand::version_schema(v)
+            )
+        })
+    }
 }
 
 impl Config {

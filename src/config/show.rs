@@ -128,6 +128,12 @@ impl Config {
             ("max_message_size", self.max_message_size.to_string()),
             ("drain_timeout", duration(self.drain_timeout)),
             (
+                "schema_version",
+                self.schema_version
+                    .map(|v| format!("{v:04}"))
+                    .unwrap_or_default(),
+            ),
+            (
                 "fleet_id",
                 self.fleet
                     .as_ref()

@@ -187,11 +187,41 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// Parses a `schema_version`: the number of the migration whose schema the application expects,
+/// as `7`, `0007`, `v0007` or `app_v0007` (so that an image tag or a schema name can be given
+/// as it is).
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_schema_version(s: &str) -> Result<i64, String> {
+    let digits = s
+        .trim()
+        .trim_start_matches("app_")
+        .trim_start_matches(['v', 'V']);
+    digits
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0 && !digits.starts_with('+'))
+        .ok_or_else(|| {
+            format!("expected a migration number like 7, 0007, v0007 or app_v0007, got `{s}`")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_schema_version_reads_as_a_number_a_tag_or_a_schema_name() {
+        for text in ["7", "0007", "v0007", "V7", "app_v0007"] {
+            assert_eq!(parse_schema_version(text), Ok(7), "{text}");
+        }
+        for bad in ["", "v", "latest", "-1", "+7", "7.1"] {
+            assert!(parse_schema_version(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_and_sizes() {

@@ -134,6 +134,7 @@ impl Proxy {
                     control_role: fleet.control_role.clone(),
                     max_pause_hold: self.ctx.config().control.max_pause_hold,
                     max_pause_deadline: self.ctx.config().control.max_pause_deadline,
+                    schema_version: self.ctx.config().schema_version,
                 },
             );
             if !fleet.health_interval.is_zero() {
@@ -385,7 +386,7 @@ async fn login(
     policy: ClientTlsMode,
     count: usize,
 ) -> Result<Option<Login>, LoginError> {
-    let (user, database, params) = match admission(stream, request, policy).await? {
+    let (user, database, mut params) = match admission(stream, request, policy).await? {
         Admission::Cancel { pid, secret } => {
             if let Some(target) = ctx.cancels.resolve(pid, secret)
                 && let Err(e) = target.send().await
@@ -409,6 +410,11 @@ async fn login(
                 ctx.config().max_client_conn
             ),
         ));
+    }
+    if database != ADMIN_DATABASE
+        && let Some(path) = ctx.config().version_search_path()
+    {
+        params.default_to("search_path", &path);
     }
     let scram_keys = authenticate(ctx, stream, &user, &database).await?;
     if database == ADMIN_DATABASE && !ctx.config().admin_users.contains(&user) {

@@ -85,6 +85,16 @@ impl ClientParams {
         })
     }
 
+    /// Gives the session `name = value` unless its startup packet set `name`: the setting is
+    /// then part of the session's startup settings (re-applied on every server connection,
+    /// restored by `RESET`), and the client's own `SET` still wins.
+    pub fn default_to(&mut self, name: &str, value: &str) {
+        if !self.startup.contains_key(name) {
+            self.startup.insert(name.to_owned(), value.to_owned());
+            self.wanted.insert(name.to_owned(), value.to_owned());
+        }
+    }
+
     /// The settings in effect for this client.
     #[must_use]
     pub fn wanted(&self) -> &BTreeMap<String, String> {
@@ -145,6 +155,25 @@ mod tests {
             ]
         );
         assert!(parse_options("-d 5").is_err());
+    }
+
+    #[test]
+    fn a_version_search_path_is_a_default_the_client_can_override() {
+        let mut served = ClientParams::default();
+        served.default_to("search_path", "app_v0002, public");
+        assert_eq!(served.wanted()["search_path"], "app_v0002, public");
+        served.observe("search_path", "mine");
+        served.reset("search_path");
+        assert_eq!(
+            served.wanted()["search_path"],
+            "app_v0002, public",
+            "RESET goes back to the version's path"
+        );
+        let mut startup = BTreeMap::new();
+        startup.insert("search_path".to_owned(), "own".to_owned());
+        let mut own = ClientParams::from_startup(&startup).unwrap();
+        own.default_to("search_path", "app_v0002, public");
+        assert_eq!(own.wanted()["search_path"], "own");
     }
 
     #[test]

@@ -367,3 +367,21 @@ pub async fn run_checks(client: &Client, t: &Thresholds) -> Vec<Check> {
     checks.push(top_statements(client).await);
     checks
 }
+
+/// The checks that say the database is short of capacity right now (connections, lock waits,
+/// replication lag, wraparound): what a background job such as a backfill should yield to.
+/// One that cannot run is reported UNKNOWN.
+pub async fn load_checks(client: &Client, t: &Thresholds) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut push = |name: &'static str, result: Result<Check, tokio_postgres::Error>| {
+        checks.push(result.unwrap_or_else(|e| unknown(name, &e)));
+    };
+    push("connections", connections(client, t).await);
+    push("lock_waits", lock_waits(client, t).await);
+    push("wraparound", wraparound(client, t).await);
+    match replication(client, t).await {
+        Ok(found) => checks.extend(found),
+        Err(e) => checks.push(unknown("replication_lag", &e)),
+    }
+    checks
+}

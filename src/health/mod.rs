@@ -9,7 +9,7 @@ pub mod monitor;
 
 use std::time::Duration;
 
-pub use checks::run_checks;
+pub use checks::{load_checks, run_checks};
 
 /// How bad a check is; ordered, so the worst one is the overall status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]

@@ -440,6 +440,7 @@ mod tests {
                 ..Directives::default()
             },
             down_sql: None,
+            expand: None,
         }
     }
 

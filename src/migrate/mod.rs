@@ -5,12 +5,14 @@
 
 pub mod concurrent;
 mod dry_run;
+pub mod expand;
 mod history;
 pub mod lint;
 pub mod policy;
 mod run;
 mod runner;
 pub mod source;
+mod throttle;
 pub mod verify;
 mod window;
 
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 pub use dry_run::{CopyScope, DryRunReport, dry_run};
 pub use history::{AppliedMigration, HISTORY_DDL};
 pub use runner::{ApplyOptions, ApplyReport, Migrator, PlannedStep, StepReport};
+pub use throttle::ThrottleLimits;
 pub use window::MaintenanceWindow;
 
 /// Why a migration command failed.

@@ -13,6 +13,7 @@ use super::concurrent;
 use super::history::{self, Record};
 use super::runner::{ApplyOptions, Migrator};
 use super::source::{Backfill, Migration};
+use super::throttle::{Throttle, progress};
 use crate::gate::fleet::{self, FleetError, FleetPause};
 
 fn millis(d: Duration) -> u128 {
@@ -482,7 +483,17 @@ impl<'a> Run<'a> {
             .await
             .map_err(db)?;
         let mut position = from.or(first).unwrap_or(0);
+        let start = position;
+        let mut throttle = Throttle::new(&self.options.throttle);
+        let mut told = Instant::now();
         while let Some(last) = last.filter(|last| position <= *last) {
+            throttle.wait(self.client()).await.map_err(db)?;
+            if told.elapsed() >= Duration::from_secs(2) {
+                told = Instant::now();
+                #[allow(clippy::cast_precision_loss)]
+                let fraction = (position - start) as f64 / ((last - start + 1).max(1)) as f64;
+                tracing::info!(migration = %label, "backfill: {}", progress(self.backfill_rows, started.elapsed(), fraction));
+            }
             let end = position
                 .saturating_add(spec.batch)
                 .min(last.saturating_add(1));

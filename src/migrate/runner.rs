@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::MigrateError;
+use super::expand::{self, ExpandReport, ExpandRun};
 use super::history::{self, AppliedMigration};
 use super::lint::{Finding, lint, lint_all};
 use super::run::Run;
 use super::source::{self, Migration};
+use super::throttle::ThrottleLimits;
 use super::window::MaintenanceWindow;
 use crate::gate::fleet;
 
@@ -50,6 +52,8 @@ pub struct ApplyOptions {
     /// `lock_timeout` of a concurrent index build: its waits for older transactions are lock
     /// waits, and the short `lock_timeout` of other statements would fail it on a busy database.
     pub concurrent_wait: Duration,
+    /// When backfills wait for the replicas and the database's health.
+    pub throttle: ThrottleLimits,
 }
 
 impl Default for ApplyOptions {
@@ -68,6 +72,7 @@ impl Default for ApplyOptions {
             report_locks: false,
             no_backup_reason: None,
             concurrent_wait: Duration::from_secs(30 * 60),
+            throttle: ThrottleLimits::default(),
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct StepReport {
     pub locks: Vec<String>,
     /// Sessions a concurrent index build waited for.
     pub waited_for: Vec<String>,
+    /// An expansion's phases and what it waited for.
+    pub expand: Option<ExpandReport>,
 }
 
 /// What a run did.
@@ -166,7 +173,7 @@ impl Migrator {
         &self.migrations
     }
 
-    async fn lock(&self, wait: Duration) -> Result<(), MigrateError> {
+    pub(super) async fn lock(&self, wait: Duration) -> Result<(), MigrateError> {
         let started = Instant::now();
         let mut told = false;
         loop {
@@ -212,7 +219,7 @@ impl Migrator {
         Ok(row.map(|r| r.get(0)))
     }
 
-    async fn unlock(&self) {
+    pub(super) async fn unlock(&self) {
         let _ = self
             .client
             .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
@@ -265,7 +272,7 @@ impl Migrator {
                 };
                 Some(PlannedStep {
                     migration: m.label(),
-                    transactional: !m.directives.no_transaction,
+                    transactional: !m.directives.no_transaction && m.expand.is_none(),
                     resume_from,
                     backfill_from: row.and_then(|r| r.backfill_position),
                     interrupted: row.is_some(),
@@ -341,6 +348,17 @@ impl Migrator {
     async fn apply_locked(&self, options: &ApplyOptions) -> Result<ApplyReport, MigrateError> {
         let plan = self.plan(options.target).await?;
         Self::vet(&plan, options, "apply")?;
+        if let Some(open) = expand::open_expansion(&self.client).await?
+            && plan
+                .first()
+                .is_some_and(|step| step.migration != open.label())
+        {
+            return Err(MigrateError::Refused(format!(
+                "apply refused: {} is expanded and not completed; run `migrate complete` (once no sidecar serves the old version) or `migrate abort` before applying {}",
+                open.label(),
+                plan[0].migration
+            )));
+        }
         let mut report = ApplyReport::default();
         for step in &plan {
             let migration = self
@@ -351,7 +369,10 @@ impl Migrator {
             let blocking: BTreeSet<usize> = step.findings.iter().map(|f| f.statement).collect();
             let started = Instant::now();
             let mut run = Run::new(self, migration, options, blocking, false);
-            if let Some(spec) = &migration.directives.backfill {
+            let mut expanded = None;
+            if let Some(spec) = &migration.expand {
+                expanded = Some(ExpandRun::new(self, migration, spec, options).run().await?);
+            } else if let Some(spec) = &migration.directives.backfill {
                 run.backfill(spec, step.backfill_from).await?;
             } else if step.transactional {
                 run.transactional().await?;
@@ -367,7 +388,12 @@ impl Migrator {
                 backfill_rows: run.backfill_rows,
                 locks: std::mem::take(&mut run.locks),
                 waited_for: std::mem::take(&mut run.waited_for),
+                expand: expanded,
             });
+            if migration.expand.is_some() {
+                // The next migration waits for this one's complete (or abort).
+                break;
+            }
         }
         if options.fleet && !report.applied.is_empty() {
             // Plans cached before the change could fail or be wrong: every sidecar prepares
@@ -416,8 +442,18 @@ impl Migrator {
             },
         };
         let mut downs = Vec::new();
+        let expanded: Vec<i64> = expand::expansions(&self.client)
+            .await?
+            .iter()
+            .map(|e| e.version)
+            .collect();
         for row in applied.iter().rev().filter(|r| r.version > floor) {
             let label = format!("{:04}_{}", row.version, row.name);
+            if expanded.contains(&row.version) {
+                return Err(MigrateError::Rollback(format!(
+                    "{label} is an expand/contract migration: `migrate abort` undoes it while it is expanded; once completed, write a new migration"
+                )));
+            }
             let down = row.down_sql.as_deref().ok_or_else(|| {
                 MigrateError::Rollback(format!("{label} was applied without a down migration"))
             })?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::MigrateError;
+use super::expand::ExpandSpec;
 use crate::config::parse_duration;
 
 /// A batched backfill: the migration's one statement runs once per key range, `$1` (inclusive)
@@ -102,6 +103,8 @@ pub struct Migration {
     pub directives: Directives,
     /// The down file's text, if there is one.
     pub down_sql: Option<String>,
+    /// An expand/contract migration (`NNNN_slug.toml`): its operations instead of statements.
+    pub expand: Option<ExpandSpec>,
 }
 
 impl Migration {
@@ -166,6 +169,7 @@ pub fn down_migration(version: i64, name: &str, sql: &str) -> Result<Migration, 
         statements,
         directives,
         down_sql: None,
+        expand: None,
     })
 }
 
@@ -227,9 +231,13 @@ fn parse_directives(label: &str, sql: &str) -> Result<Directives, MigrateError> 
     Ok(directives)
 }
 
-/// `(version, slug, is_down)` of a migration file name.
+/// `(version, slug, is_down)` of a migration file name (`.sql`, or `.toml` for an
+/// expand/contract migration).
 fn file_name_parts(name: &str) -> Option<(i64, String, bool)> {
-    let stem = name.strip_suffix(".sql")?;
+    let stem = name.strip_suffix(".sql").or_else(|| {
+        name.strip_suffix(".toml")
+            .filter(|s| s.rsplit_once('.').is_none_or(|(_, last)| last != "down"))
+    })?;
     let (stem, down) = match stem.strip_suffix(".down") {
         Some(s) => (s, true),
         None => (stem, false),
@@ -262,7 +270,7 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let is_sql = path.extension().is_some_and(|e| e == "sql");
+        let is_sql = path.extension().is_some_and(|e| e == "sql" || e == "toml");
         if !is_sql || !path.is_file() {
             continue;
         }
@@ -292,6 +300,16 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
             Some((down, _)) => Some(read(down)?),
             None => None,
         };
+        if path.extension().is_some_and(|e| e == "toml") {
+            migrations.push(expand_migration(
+                version,
+                name,
+                path,
+                sql,
+                down_sql.is_some(),
+            )?);
+            continue;
+        }
         let statements = split(&label, &sql)?;
         let directives = parse_directives(&label, &sql)?;
         if directives.backfill.is_some()
@@ -314,9 +332,46 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
             path,
             sql,
             down_sql,
+            expand: None,
         });
     }
     Ok(migrations)
+}
+
+/// An expand/contract migration read from its TOML file; it has no down file (`migrate abort`
+/// undoes it).
+fn expand_migration(
+    version: i64,
+    name: String,
+    path: PathBuf,
+    text: String,
+    has_down: bool,
+) -> Result<Migration, MigrateError> {
+    let label = format!("{version:04}_{name}");
+    if has_down {
+        return Err(MigrateError::Directive {
+            migration: label,
+            line: 1,
+            message: "an expand/contract migration has no down file: `migrate abort` undoes it"
+                .into(),
+        });
+    }
+    let spec = ExpandSpec::parse(&text).map_err(|message| MigrateError::Directive {
+        migration: label,
+        line: 1,
+        message,
+    })?;
+    Ok(Migration {
+        version,
+        name,
+        path,
+        checksum: checksum(&text),
+        sql: text,
+        statements: Vec::new(),
+        directives: Directives::default(),
+        down_sql: None,
+        expand: Some(spec),
+    })
 }
 
 /// Creates `NNNN_slug.sql` and `NNNN_slug.down.sql` with the next free number; returns the up

@@ -11,6 +11,7 @@ mod cli;
 mod console;
 mod copy;
 mod crash;
+mod expand;
 mod failures;
 mod fleet;
 mod fuzz;

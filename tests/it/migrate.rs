@@ -35,7 +35,7 @@ impl Dir {
         dir
     }
 
-    fn write(&self, name: &str, sql: &str) {
+    pub(crate) fn write(&self, name: &str, sql: &str) {
         std::fs::write(self.0.join(name), sql).unwrap();
     }
 }

@@ -23,6 +23,8 @@ pub struct SidecarRow {
     pub host: String,
     /// Its version.
     pub version: String,
+    /// The schema version its clients are served (`schema_version`), if any.
+    pub schema_version: Option<i64>,
     /// Seconds since its last heartbeat, by the database's clock.
     pub heartbeat_age_seconds: f64,
     /// Whether it counts as live (heartbeat younger than the stale limit).
@@ -108,9 +110,11 @@ pub async fn sidecars(url: &str, stale_after: Duration) -> Result<Vec<SidecarRow
 async fn list(client: &Client, stale_after: Duration) -> Result<Vec<SidecarRow>, FleetError> {
     let rows = client
         .query(
+            // Through to_jsonb, so that a registry made before schema_version existed reads too.
             "SELECT id, host, version,
-                    extract(epoch FROM now() - last_heartbeat)::float8 AS age
-               FROM pgsidecar.sidecars ORDER BY age, id",
+                    extract(epoch FROM now() - last_heartbeat)::float8 AS age,
+                    (to_jsonb(s) ->> 'schema_version')::bigint AS schema_version
+               FROM pgsidecar.sidecars s ORDER BY age, id",
             &[],
         )
         .await?;
@@ -122,6 +126,7 @@ async fn list(client: &Client, stale_after: Duration) -> Result<Vec<SidecarRow>,
                 id: row.get("id"),
                 host: row.get("host"),
                 version: row.get("version"),
+                schema_version: row.get("schema_version"),
                 heartbeat_age_seconds: age,
                 live: age < stale_after.as_secs_f64(),
             }

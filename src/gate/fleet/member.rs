@@ -11,8 +11,8 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use super::authority::Authority;
 use super::{
-    ACK_CHANNEL, Ack, CONTROL_CHANNEL, MAX_ACK_STRAGGLERS, REGISTRY_DDL, Refusal, Request,
-    ensure_table,
+    ACK_CHANNEL, Ack, CONTROL_CHANNEL, MAX_ACK_STRAGGLERS, REGISTRY_DDL, REGISTRY_UPGRADE_DDL,
+    Refusal, Request, ensure_table,
 };
 use crate::gate::{Gate, PauseError, PauseOptions, Scope, Stragglers};
 
@@ -33,6 +33,9 @@ pub struct FleetSettings {
     pub max_pause_hold: Duration,
     /// Longest pause deadline it accepts.
     pub max_pause_deadline: Duration,
+    /// The schema version its clients are served, registered so that `migrate complete` knows
+    /// whether the old version is still in use.
+    pub schema_version: Option<i64>,
 }
 
 /// What the fleet asks of a sidecar beyond its gate.
@@ -118,17 +121,7 @@ impl Member {
     async fn session(&self) -> Result<(), tokio_postgres::Error> {
         let (client, mut requests) = self.connect().await?;
         ensure_table(&client, "pgsidecar.sidecars", REGISTRY_DDL).await?;
-        client
-            .execute(
-                "INSERT INTO pgsidecar.sidecars (id, host, version) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET host = $2, version = $3, last_heartbeat = now()",
-                &[
-                    &self.settings.id,
-                    &self.settings.host,
-                    &env!("CARGO_PKG_VERSION"),
-                ],
-            )
-            .await?;
+        self.register(&client).await?;
         client
             .batch_execute(&format!("LISTEN {CONTROL_CHANNEL}"))
             .await?;
@@ -305,6 +298,45 @@ impl Member {
             stragglers: Vec::new(),
         };
         tokio::spawn(async move { acknowledge(&client, ack).await });
+    }
+
+    /// Registers (or re-registers) this sidecar. A registry made by an older pgsidecar gets the
+    /// `schema_version` column when this role may add it; otherwise a sidecar that serves no
+    /// schema version registers without it, and one that serves a version fails loudly, since
+    /// `migrate complete` could not see what it serves.
+    async fn register(&self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        match self.upsert(client).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) => {
+                match client.batch_execute(REGISTRY_UPGRADE_DDL).await {
+                    Ok(()) => self.upsert(client).await.map(|_| ()),
+                    Err(upgrade) if self.settings.schema_version.is_none() => {
+                        tracing::warn!(error = %upgrade, "the fleet registry has no schema_version column and this role cannot add it; registering without");
+                        client
+                            .execute(
+                                "INSERT INTO pgsidecar.sidecars (id, host, version) VALUES ($1, $2, $3)
+                                 ON CONFLICT (id) DO UPDATE SET host = $2, version = $3, last_heartbeat = now()",
+                                &[&self.settings.id, &self.settings.host, &env!("CARGO_PKG_VERSION")],
+                            )
+                            .await
+                            .map(|_| ())
+                    }
+                    Err(upgrade) => Err(upgrade),
+                }
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn upsert(&self, client: &Client) -> Result<u64, tokio_postgres::Error> {
+        let s = &self.settings;
+        client
+            .execute(
+                "INSERT INTO pgsidecar.sidecars (id, host, version, schema_version) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET host = $2, version = $3, schema_version = $4,
+                     last_heartbeat = now()",
+                &[&s.id, &s.host, &env!("CARGO_PKG_VERSION"), &s.schema_version],
+            )
+            .await
     }
 
     async fn deregister(&self) {

@@ -35,8 +35,13 @@ CREATE TABLE IF NOT EXISTS pgsidecar.sidecars (
     host text NOT NULL,
     version text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),
-    last_heartbeat timestamptz NOT NULL DEFAULT now()
+    last_heartbeat timestamptz NOT NULL DEFAULT now(),
+    schema_version bigint
 )";
+
+/// Adds the column a registry made by an older pgsidecar lacks (run only when it is missing).
+pub const REGISTRY_UPGRADE_DDL: &str =
+    "ALTER TABLE pgsidecar.sidecars ADD COLUMN IF NOT EXISTS schema_version bigint";
 
 /// A request on the control channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
