@@ -105,6 +105,7 @@ pub struct Metrics {
     clients_refused: Family<ReasonLabels, Counter>,
     client_timeouts: Family<ReasonLabels, Counter>,
     spans_exported: Counter,
+    schema_version: Gauge,
     spans_dropped: Family<ReasonLabels, Counter>,
     health_status: Family<CheckLabels, Gauge>,
     health_value: Family<CheckLabels, Gauge<f64, AtomicU64>>,
@@ -146,6 +147,7 @@ impl Metrics {
             clients_refused: Family::default(),
             client_timeouts: Family::default(),
             spans_exported: Counter::default(),
+            schema_version: Gauge::default(),
             spans_dropped: Family::default(),
             health_status: Family::default(),
             health_value: Family::default(),
@@ -290,7 +292,17 @@ impl Metrics {
         self.health_value.get_or_create(&labels).set(value);
     }
 
+    /// Records the schema version this sidecar's clients are served (`schema_version`).
+    pub fn serve_schema_version(&self, version: i64) {
+        self.schema_version.set(version);
+    }
+
     fn register_traffic(&self, registry: &mut Registry) {
+        registry.register(
+            "schema_version",
+            "The migration version whose schema this sidecar's clients are served (0: none)",
+            self.schema_version.clone(),
+        );
         registry.register(
             "queries",
             "Queries (simple Query messages and extended batches with an Execute) completed",

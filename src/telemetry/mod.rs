@@ -30,6 +30,9 @@ impl Telemetry {
     /// [`TracingError`] when the OTLP exporter cannot be set up.
     pub fn start(config: &Config) -> Result<Self, TracingError> {
         let metrics = Arc::new(Metrics::new());
+        if let Some(version) = config.schema_version {
+            metrics.serve_schema_version(version);
+        }
         let tracer = QueryTracer::start(
             &config.telemetry,
             (&config.upstream.host, config.upstream.port),

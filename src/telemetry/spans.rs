@@ -250,16 +250,21 @@ impl QueryTracer {
         database: &str,
         user: &str,
         application_name: &str,
+        schema_version: Option<i64>,
     ) -> Vec<KeyValue> {
         let shared = |s: &str| StringValue::from(Arc::<str>::from(s));
-        vec![
+        let mut attributes = vec![
             KeyValue::new("db.system.name", "postgresql"),
             KeyValue::new("db.namespace", shared(database)),
             KeyValue::new("server.address", self.server_address.clone()),
             KeyValue::new("server.port", self.server_port),
             KeyValue::new("pgsidecar.pool", shared(&format!("{database}/{user}"))),
             KeyValue::new("pgsidecar.application_name", shared(application_name)),
-        ]
+        ];
+        if let Some(version) = schema_version {
+            attributes.push(KeyValue::new("pgsidecar.schema_version", version));
+        }
+        attributes
     }
 
     /// Records `query` as a span if the sampler keeps it.

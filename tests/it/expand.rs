@@ -14,7 +14,10 @@ use tokio_postgres::Client;
 
 use crate::gate::send_signal;
 use crate::migrate::Dir;
-use crate::support::{ProxyProcess, cluster, direct, fresh_database, pg_program};
+use crate::support::{
+    ProxyProcess, cluster, connect, direct, fresh_database, http_get, overrides, pg_program,
+    start_proxy_with,
+};
 
 const ROWS: i64 = 100_000;
 
@@ -581,4 +584,70 @@ async fn a_backfill_waits_while_a_replica_does_not_replay() {
         0
     );
     drop(replica);
+}
+
+async fn search_path(client: &Client) -> String {
+    client
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_serves_its_schema_version_in_both_pool_modes_unless_the_client_sets_its_own() {
+    let db = fresh_database().await;
+    for mode in ["transaction", "session"] {
+        let mut o = overrides(mode, 2);
+        o.schema_version = Some("v0007".into());
+        o.admin_users = Some("postgres".into());
+        let proxy = start_proxy_with(&o, None).await;
+        let served = proxy.connect(&db).await.unwrap();
+        assert_eq!(
+            search_path(&served).await,
+            "app_v0007, \"$user\", public",
+            "{mode}"
+        );
+        served
+            .batch_execute("SET search_path = mine")
+            .await
+            .unwrap();
+        assert_eq!(
+            search_path(&served).await,
+            "mine",
+            "{mode}: the client's SET wins"
+        );
+        if mode == "transaction" {
+            // In session mode the client owns its server session, and RESET there goes back to
+            // the server's default (documented).
+            served.batch_execute("RESET search_path").await.unwrap();
+            assert_eq!(
+                search_path(&served).await,
+                "app_v0007, \"$user\", public",
+                "RESET goes back to the version's path"
+            );
+        }
+        let own = connect(&format!("{}?options=-csearch_path%3Down", proxy.url(&db)))
+            .await
+            .unwrap();
+        assert_eq!(
+            search_path(&own).await,
+            "own",
+            "{mode}: a startup setting wins"
+        );
+
+        let admin = proxy.connect("pgsidecar").await.unwrap();
+        let config = admin.simple_query("SHOW CONFIG").await.unwrap();
+        let shown = config.iter().any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(row)
+                if row.get(0) == Some("schema_version") && row.get(1) == Some("0007"))
+        });
+        assert!(shown, "SHOW CONFIG names the served version");
+        let admin_http = proxy.admin().await;
+        let metrics = http_get(admin_http.addr, "/metrics").await.body;
+        assert!(
+            metrics.lines().any(|l| l == "pgsidecar_schema_version 7"),
+            "{metrics}"
+        );
+    }
 }

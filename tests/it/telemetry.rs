@@ -22,6 +22,7 @@ async fn traced_proxy(collector: &Collector, sampler: &str, arg: &str) -> TestPr
     o.traces_sampler = Some(sampler.into());
     o.traces_sampler_arg = Some(arg.into());
     o.slow_query_threshold = Some("200ms".into());
+    o.schema_version = Some("3".into());
     start_proxy_with(&o, None).await
 }
 
@@ -61,6 +62,7 @@ fn check_child_span(child: &Span, db: &str) {
         ("server.port", port.as_str()),
         ("pgsidecar.pool", &format!("{db}/postgres")),
         ("pgsidecar.application_name", "span-test"),
+        ("pgsidecar.schema_version", "3"),
     ] {
         assert_eq!(attribute(child, key).as_deref(), Some(value), "{key}");
     }

@@ -404,7 +404,12 @@ impl Session {
                         .map_or("", String::as_str);
                     if self.span_attributes.as_ref().is_none_or(|(a, _)| a != app) {
                         let key = self.pool.key();
-                        let attributes = tracer.session_attributes(&key.database, &key.user, app);
+                        let attributes = tracer.session_attributes(
+                            &key.database,
+                            &key.user,
+                            app,
+                            self.ctx.config().schema_version,
+                        );
                         self.span_attributes = Some((app.to_owned(), attributes));
                     }
                     let session = self.span_attributes.as_ref().map_or(&[][..], |(_, a)| a);
