@@ -199,12 +199,12 @@ fn alter_table(cmd: &pg_query::protobuf::AlterTableCmd, validated_before: bool) 
         AlterTableType::AtAlterColumnType => Some(rule(
             "ALTER COLUMN TYPE rewrites the table (unless the change is binary-coercible, e.g. widening a varchar)",
             "ACCESS EXCLUSIVE for the rewrite: blocks reads and writes",
-            "add a column of the new type, backfill it in batches, switch the application, then drop the old one",
+            "an expand/contract migration (NNNN_slug.toml, kind = \"alter_column\" with type, up and down): both application versions keep working, and `migrate complete` drops the old column once no sidecar serves the old version",
         )),
         AlterTableType::AtDropColumn => Some(rule(
             "DROP COLUMN breaks every running query and prepared statement that still uses the column",
             "ACCESS EXCLUSIVE (brief, but queued behind every running query)",
-            "first deploy code that no longer reads or writes the column, then drop it in a step declared blocking",
+            "an expand/contract migration (NNNN_slug.toml, kind = \"drop_column\"): the new version stops seeing it at once, `migrate complete` drops it once no sidecar serves the old version",
         )),
         AlterTableType::AtSetLogged
         | AlterTableType::AtSetUnLogged
@@ -270,14 +270,18 @@ fn check(stmt: &NodeEnum, in_transaction: bool, validated_before: bool) -> Vec<R
                 _ => None,
             })
             .collect(),
-        NodeEnum::RenameStmt(rename)
-            if rename.rename_type == ObjectType::ObjectTable as i32
-                || rename.rename_type == ObjectType::ObjectColumn as i32 =>
-        {
+        NodeEnum::RenameStmt(rename) if rename.rename_type == ObjectType::ObjectColumn as i32 => {
             vec![rule(
-                "RENAME of a table or column the running application uses",
+                "RENAME of a column the running application uses",
                 "ACCESS EXCLUSIVE (brief), and every running query that names the old name breaks",
-                "expand and contract: add the new name (column or view), switch the application, drop the old name later",
+                "an expand/contract migration (NNNN_slug.toml, kind = \"rename_column\"): each application version sees its own name through its version's schema until `migrate complete`",
+            )]
+        }
+        NodeEnum::RenameStmt(rename) if rename.rename_type == ObjectType::ObjectTable as i32 => {
+            vec![rule(
+                "RENAME of a table the running application uses",
+                "ACCESS EXCLUSIVE (brief), and every running query that names the old name breaks",
+                "expand and contract: add the new name as a view, switch the application, drop the old name later",
             )]
         }
         NodeEnum::VacuumStmt(vacuum) if has_option(&vacuum.options, "full") => vec![rule(
@@ -441,6 +445,25 @@ mod tests {
             },
             down_sql: None,
             expand: None,
+        }
+    }
+
+    #[test]
+    fn a_column_rename_or_retype_written_as_ddl_points_to_the_expand_contract_form() {
+        for sql in [
+            "ALTER TABLE t RENAME COLUMN a TO b",
+            "ALTER TABLE t ALTER COLUMN a TYPE bigint",
+            "ALTER TABLE t DROP COLUMN a",
+        ] {
+            let findings = lint(&migration(sql, false));
+            assert_eq!(findings.len(), 1, "{sql}");
+            assert!(
+                findings[0]
+                    .advice
+                    .contains("expand/contract migration (NNNN_slug.toml"),
+                "{sql}: {}",
+                findings[0].advice
+            );
         }
     }
 

@@ -651,3 +651,58 @@ async fn a_sidecar_serves_its_schema_version_in_both_pool_modes_unless_the_clien
         );
     }
 }
+
+fn cli(dir: &Dir, db: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .arg("migrate")
+        .args(args)
+        .args(["--dir", dir.0.to_str().unwrap()])
+        .args(["--database-url", &cluster().url(db)])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_linter_passes_the_expand_form_and_flags_the_same_change_as_ddl() {
+    let db = fresh_database().await;
+    let dir = setup(&db).await;
+    let lint = cli(&dir, &db, &["lint"]);
+    let text = String::from_utf8_lossy(&lint.stdout);
+    assert!(lint.status.success(), "{text}");
+    assert!(text.contains("2 migration(s), 0 finding(s)"), "{text}");
+
+    let applied = cli(&dir, &db, &["apply", "--no-backup", "--reason", "test"]);
+    assert!(applied.status.success(), "{applied:?}");
+    let status = String::from_utf8_lossy(&cli(&dir, &db, &["status"]).stdout).into_owned();
+    assert!(
+        status.contains("EXPANDED: app_v0001 and app_v0002 both work"),
+        "{status}"
+    );
+
+    dir.write(
+        "0003_rename_as_ddl.sql",
+        "ALTER TABLE orders RENAME COLUMN note TO memo;",
+    );
+    let lint = cli(&dir, &db, &["lint"]);
+    let text = String::from_utf8_lossy(&lint.stdout);
+    assert_eq!(lint.status.code(), Some(1), "{text}");
+    assert!(text.contains("kind = \"rename_column\""), "{text}");
+    std::fs::remove_file(dir.0.join("0003_rename_as_ddl.sql")).unwrap();
+
+    // Nothing else applies while an expansion is open.
+    dir.write(
+        "0003_index.sql",
+        "-- pgsidecar:no-transaction\nCREATE INDEX CONCURRENTLY orders_note ON orders (note);",
+    );
+    let refused = cli(&dir, &db, &["apply", "--no-backup", "--reason", "test"]);
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("0002_amount_in_cents is expanded and not completed"),
+        "{text}"
+    );
+    let rollback = cli(&dir, &db, &["rollback", "--no-backup", "--reason", "test"]);
+    let text = String::from_utf8_lossy(&rollback.stderr);
+    assert!(text.contains("`migrate abort` undoes it"), "{text}");
+}
