@@ -593,12 +593,16 @@ async fn apply(migrator: &Migrator, url: &str, args: &ApplyArgs) -> Result<(), M
                 .iter()
                 .map(|(phase, s)| format!("{phase} {s:.3} s"))
                 .collect();
+            let held: Vec<String> = e
+                .held_ms
+                .iter()
+                .map(|(step, ms)| format!("{step} {ms} ms"))
+                .collect();
             println!(
-                "    expanded: {}; {} row(s) backfilled; longest transaction {} ms ({})",
+                "    expanded: {}; {} row(s) backfilled; locks held at most: {}",
                 phases.join(", "),
                 e.backfill_rows,
-                e.longest_transaction.0,
-                e.longest_transaction.1
+                held.join(", ")
             );
             if e.throttled_seconds > 0.0 {
                 println!(

@@ -283,8 +283,9 @@ async fn two_app_versions_write_through_a_rename_and_retype_without_a_failed_tra
     let mut old_sidecar = sidecar(&url, "app-v1", "0001");
     wait_for_sidecars(&db, 1).await;
     let old_load = start_load(&old_sidecar, &db, OLD_APP).await;
+    old_load.run_for(300).await;
     let old_load_started = Instant::now();
-    old_load.run_for(500).await;
+    old_load.run_for(1000).await;
 
     let migrator = Migrator::open(&url, &dir.0).await.unwrap();
     let expand_started = Instant::now();
@@ -301,8 +302,10 @@ async fn two_app_versions_write_through_a_rename_and_retype_without_a_failed_tra
     let new_sidecar = sidecar(&url, "app-v2", "v0002");
     wait_for_sidecars(&db, 2).await;
     let new_load = start_load(&new_sidecar, &db, NEW_APP).await;
+    new_load.run_for(300).await;
     let new_load_started = Instant::now();
-    new_load.run_for(500).await;
+    new_load.run_for(1000).await;
+    let new_baseline_ended = Instant::now();
 
     // Rows of either version read the same through both versions' views.
     let direct_client = direct(&db).await;
@@ -371,7 +374,7 @@ async fn two_app_versions_write_through_a_rename_and_retype_without_a_failed_tra
         expanded,
         p99(&old_tally, (old_load_started, expand_started)),
         p99(&old_tally, (expand_started, expand_ended)),
-        p99(&new_tally, (new_load_started, complete_started)),
+        p99(&new_tally, (new_load_started, new_baseline_ended)),
         p99(
             &new_tally,
             (

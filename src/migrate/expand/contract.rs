@@ -141,6 +141,7 @@ impl Migrator {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        let waited = started.elapsed();
         let mut tx = Transactions::new(&self.client, options, expansion.label());
         let client = &self.client;
         let begin = tx.begin();
@@ -162,13 +163,16 @@ impl Migrator {
             }
         })
         .await?;
+        let telling = Instant::now();
         self.tell_fleet(options).await;
         Ok(format!(
-            "completed {} in {:.3} s (contract transaction {} ms, lock retries {})",
+            "completed {} in {:.3} s (checking the fleet {:.3} s, contract transaction {} ms, lock retries {}; the fleet acknowledged the schema change in {:.3} s)",
             expansion.label(),
             started.elapsed().as_secs_f64(),
-            tx.longest.0.as_millis(),
-            tx.lock_retries
+            waited.as_secs_f64(),
+            tx.held.get("contract").map_or(0, Duration::as_millis),
+            tx.lock_retries,
+            telling.elapsed().as_secs_f64()
         ))
     }
 

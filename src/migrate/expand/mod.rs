@@ -10,6 +10,7 @@ mod rewrite;
 mod run;
 pub mod spec;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -155,16 +156,16 @@ fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Runs transactions of an expansion with the runner's timeouts, retrying lock timeouts with
-/// backoff like every other migration step, and keeps the longest one (the longest time its
-/// locks were held).
+/// backoff like every other migration step, and keeps how long each kind of step held its
+/// locks (a transaction holds its locks until it commits).
 pub(crate) struct Transactions<'a> {
     client: &'a Client,
     options: &'a ApplyOptions,
     label: String,
     /// Lock timeouts retried.
     pub(crate) lock_retries: u32,
-    /// The longest committed transaction, and what it was.
-    pub(crate) longest: (Duration, String),
+    /// The longest committed transaction of each step.
+    pub(crate) held: BTreeMap<String, Duration>,
 }
 
 impl<'a> Transactions<'a> {
@@ -174,7 +175,7 @@ impl<'a> Transactions<'a> {
             options,
             label,
             lock_retries: 0,
-            longest: (Duration::ZERO, String::new()),
+            held: BTreeMap::new(),
         }
     }
 
@@ -205,9 +206,8 @@ impl<'a> Transactions<'a> {
                 Ok(()) => {
                     let held = started.elapsed();
                     tracing::info!(migration = %self.label, step = what, held_ms = held.as_millis(), "committed");
-                    if held > self.longest.0 {
-                        self.longest = (held, what.to_owned());
-                    }
+                    let longest = self.held.entry(what.to_owned()).or_default();
+                    *longest = (*longest).max(held);
                     return Ok(());
                 }
                 Err(e) => {

@@ -32,9 +32,11 @@ pub struct ExpandReport {
     pub throttle_reasons: Vec<String>,
     /// Lock timeouts retried.
     pub lock_retries: u32,
-    /// The longest transaction, in milliseconds, and which step it was: the longest time an
-    /// expansion's locks were held.
-    pub longest_transaction: (u128, String),
+    /// The longest transaction of each step, in milliseconds: how long its locks were held.
+    /// `setup`, `add constraint NOT VALID` and `version schemas` take brief ACCESS EXCLUSIVE
+    /// locks; a `backfill batch` holds row locks only; `validate constraint` holds SHARE
+    /// UPDATE EXCLUSIVE, which blocks no reads or writes.
+    pub held_ms: BTreeMap<String, u128>,
 }
 
 /// An expansion being applied.
@@ -103,8 +105,12 @@ impl<'a> ExpandRun<'a> {
                 .insert("finish".into(), clock.elapsed().as_secs_f64());
         }
         self.report.lock_retries = self.tx.lock_retries;
-        self.report.longest_transaction =
-            (self.tx.longest.0.as_millis(), self.tx.longest.1.clone());
+        self.report.held_ms = self
+            .tx
+            .held
+            .iter()
+            .map(|(step, held)| (step.clone(), held.as_millis()))
+            .collect();
         Ok(self.report)
     }
 
