@@ -121,9 +121,10 @@ impl Proxy {
     /// at the drain deadline are closed (their transactions roll back). Returns when no
     /// session is left.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut member = None;
         if let Some(fleet) = &self.ctx.config().fleet {
             let side: Arc<dyn FleetSide> = Arc::clone(&self.ctx) as _;
-            run_member(
+            member = Some(run_member(
                 Arc::clone(&self.ctx.gate),
                 side,
                 FleetSettings {
@@ -136,7 +137,7 @@ impl Proxy {
                     max_pause_deadline: self.ctx.config().control.max_pause_deadline,
                     schema_version: self.ctx.config().schema_version,
                 },
-            );
+            ));
             if !fleet.health_interval.is_zero() {
                 let metrics = Arc::clone(&self.ctx.telemetry.metrics);
                 let checks = health::monitor::spawn(
@@ -195,6 +196,16 @@ impl Proxy {
             wait_for_sessions(&self.ctx, Instant::now() + ABORT_GRACE).await;
         }
         self.ctx.pools.close_all().await;
+        // The member leaves the fleet registry when the drain starts; the process must not end
+        // before it has, or the registry lists a gone sidecar as live until its heartbeat is
+        // stale (and `migrate complete` waits for it).
+        if let Some(member) = member
+            && tokio::time::timeout(DEREGISTER_GRACE, member)
+                .await
+                .is_err()
+        {
+            tracing::warn!("leaving the fleet registry took too long; its row goes stale instead");
+        }
     }
 }
 
@@ -224,6 +235,9 @@ async fn accept_clients(
 
 /// How long a refused connection is kept to let the client read why.
 const CLOSE_LINGER: Duration = Duration::from_millis(250);
+
+/// How long the fleet member gets to leave the registry once sessions are gone.
+const DEREGISTER_GRACE: Duration = Duration::from_secs(5);
 
 /// How long sessions that were told to end get to close before the pools are closed under them.
 const ABORT_GRACE: Duration = Duration::from_secs(2);

@@ -273,6 +273,41 @@ async fn assert_final_shape(db: &str, written: i64, hash_before: &str) {
     assert_eq!(old_schema_left, 0);
 }
 
+/// Rows of either version read the same through both versions' views.
+async fn assert_both_versions_agree(db: &str) {
+    let mismatched: i64 = direct(db)
+        .await
+        .query_one(
+            "SELECT count(*) FROM app_v0001.orders o FULL JOIN app_v0002.orders n USING (id)
+              WHERE o.id IS NULL OR n.id IS NULL
+                 OR n.amount_cents IS DISTINCT FROM o.amount::bigint * 100
+                 OR n.memo IS DISTINCT FROM o.note",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mismatched, 0, "both versions see the same rows");
+}
+
+/// SIGTERM, then the process ends once drained, having left the registry.
+async fn drain(sidecar: &mut ProxyProcess, db: &str, id: &str) {
+    let pid = i32::try_from(sidecar.child.id().unwrap()).unwrap();
+    assert_eq!(send_signal(pid, "TERM"), 0);
+    let _ = tokio::time::timeout(Duration::from_secs(30), sidecar.child.wait())
+        .await
+        .expect("the sidecar drains");
+    let registered = number(
+        db,
+        &format!("SELECT count(*) FROM pgsidecar.sidecars WHERE id = '{id}'"),
+    )
+    .await;
+    assert_eq!(
+        registered, 0,
+        "a drained sidecar has left the registry before its process ends"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_app_versions_write_through_a_rename_and_retype_without_a_failed_transaction() {
     let db = fresh_database().await;
@@ -307,20 +342,7 @@ async fn two_app_versions_write_through_a_rename_and_retype_without_a_failed_tra
     new_load.run_for(1000).await;
     let new_baseline_ended = Instant::now();
 
-    // Rows of either version read the same through both versions' views.
-    let direct_client = direct(&db).await;
-    let mismatched: i64 = direct_client
-        .query_one(
-            "SELECT count(*) FROM app_v0001.orders o FULL JOIN app_v0002.orders n USING (id)
-              WHERE o.id IS NULL OR n.id IS NULL
-                 OR n.amount_cents IS DISTINCT FROM o.amount::bigint * 100
-                 OR n.memo IS DISTINCT FROM o.note",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mismatched, 0, "both versions see the same rows");
+    assert_both_versions_agree(&db).await;
 
     let refused = migrator
         .complete(&options(), &CompleteOptions::default())
@@ -335,11 +357,7 @@ async fn two_app_versions_write_through_a_rename_and_retype_without_a_failed_tra
     );
 
     let old_tally = old_load.finish().await;
-    let pid = i32::try_from(old_sidecar.child.id().unwrap()).unwrap();
-    assert_eq!(send_signal(pid, "TERM"), 0);
-    let _ = tokio::time::timeout(Duration::from_secs(30), old_sidecar.child.wait())
-        .await
-        .expect("the old sidecar drains");
+    drain(&mut old_sidecar, &db, "app-v1").await;
     let complete_started = Instant::now();
     let done = migrator
         .complete(
