@@ -403,6 +403,77 @@ async fn two_app_versions_write_through_a_rename_and_retype_without_a_failed_tra
     );
 }
 
+/// An index and a UNIQUE constraint on the column the expansion retypes.
+async fn index_amount(db: &str) {
+    direct(db)
+        .await
+        .batch_execute(
+            "CREATE INDEX orders_amount_idx ON orders (amount) WHERE amount > 10;
+             ALTER TABLE orders ADD CONSTRAINT orders_note_amount_key UNIQUE (note, amount);",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_and_unique_constraints_of_a_retyped_column_follow_it() {
+    let db = fresh_database().await;
+    let url = cluster().url(&db);
+    let dir = setup(&db).await;
+    index_amount(&db).await;
+    let migrator = Migrator::open(&url, &dir.0).await.unwrap();
+    let report = migrator.apply(&options()).await.unwrap();
+    assert!(
+        report.applied[0]
+            .expand
+            .as_ref()
+            .unwrap()
+            .phase_seconds
+            .contains_key("indexes"),
+        "{report:?}"
+    );
+    migrator
+        .complete(&options(), &CompleteOptions::default())
+        .await
+        .unwrap();
+    let client = direct(&db).await;
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'orders' ORDER BY indexname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "CREATE INDEX orders_amount_idx ON public.orders USING btree (amount_cents) WHERE (amount_cents > 10)",
+            "CREATE UNIQUE INDEX orders_note_amount_key ON public.orders USING btree (memo, amount_cents)",
+            "CREATE UNIQUE INDEX orders_pkey ON public.orders USING btree (id)",
+        ]
+    );
+    let constraint: String = client
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'orders_note_amount_key'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(constraint, "UNIQUE (memo, amount_cents)");
+    let duplicate = client
+        .execute(
+            "INSERT INTO orders (amount_cents, memo) VALUES (500, 'n5')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(crate::support::sqlstate(&duplicate), "23505");
+}
+
 /// The schema as `pg_dump --schema-only` prints it, without pgsidecar's own tables.
 fn catalog(db: &str) -> String {
     let output = std::process::Command::new(pg_program("pg_dump"))
@@ -431,6 +502,7 @@ async fn abort_leaves_the_catalog_exactly_as_before_and_the_expansion_can_run_ag
     let db = fresh_database().await;
     let url = cluster().url(&db);
     let dir = setup(&db).await;
+    index_amount(&db).await;
     let before = catalog(&db);
     let migrator = Migrator::open(&url, &dir.0).await.unwrap();
     migrator.apply(&options()).await.unwrap();

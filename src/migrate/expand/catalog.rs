@@ -28,6 +28,18 @@ pub struct Dependent {
     /// It goes away with the column (an index or constraint of this table), rather than
     /// stopping a DROP COLUMN (a view, another table's foreign key).
     pub dropped_with_column: bool,
+    /// The index it is, or that backs it (a UNIQUE or PRIMARY KEY constraint): one an
+    /// expansion can build again on the new column.
+    pub index: Option<String>,
+}
+
+/// An index of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    /// `pg_get_indexdef`.
+    pub definition: String,
+    /// The UNIQUE (`u`) or PRIMARY KEY (`p`) constraint it backs: its name and kind.
+    pub constraint: Option<(String, String)>,
 }
 
 /// One table, as an expansion sees it.
@@ -41,6 +53,8 @@ pub struct TableFacts {
     pub dependents: BTreeMap<String, Vec<Dependent>>,
     /// `(role or PUBLIC, privilege)` granted on the table, the owner included.
     pub grants: Vec<(String, String)>,
+    /// Its indexes, by name.
+    pub indexes: BTreeMap<String, Index>,
 }
 
 impl TableFacts {
@@ -72,7 +86,17 @@ pub async fn table_facts(
     if !exists {
         return Ok(None);
     }
-    let columns = client
+    Ok(Some(TableFacts {
+        columns: columns(client, &qualified).await?,
+        key: key(client, &qualified).await?,
+        dependents: dependents(client, &qualified).await?,
+        grants: grants(client, &qualified).await?,
+        indexes: indexes(client, &qualified).await?,
+    }))
+}
+
+async fn columns(client: &Client, qualified: &str) -> Result<Vec<Column>, tokio_postgres::Error> {
+    Ok(client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                     pg_get_expr(d.adbin, d.adrelid)
@@ -90,8 +114,11 @@ pub async fn table_facts(
             not_null: row.get(2),
             default: row.get(3),
         })
-        .collect();
-    let key = client
+        .collect())
+}
+
+async fn key(client: &Client, qualified: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(client
         .query_opt(
             "SELECT a.attname::text
                FROM pg_index i
@@ -101,7 +128,13 @@ pub async fn table_facts(
             &[&qualified],
         )
         .await?
-        .map(|row| row.get(0));
+        .map(|row| row.get(0)))
+}
+
+async fn dependents(
+    client: &Client,
+    qualified: &str,
+) -> Result<BTreeMap<String, Vec<Dependent>>, tokio_postgres::Error> {
     let mut dependents: BTreeMap<String, Vec<Dependent>> = BTreeMap::new();
     for row in client
         .query(
@@ -110,7 +143,11 @@ pub async fn table_facts(
                     c.conname::text,
                     c.contype::text,
                     (d.classid = 'pg_class'::regclass
-                      OR (d.classid = 'pg_constraint'::regclass AND c.conrelid = d.refobjid))
+                      OR (d.classid = 'pg_constraint'::regclass AND c.conrelid = d.refobjid)),
+                    CASE WHEN d.classid = 'pg_class'::regclass
+                         THEN (SELECT relname::text FROM pg_class WHERE oid = d.objid AND relkind = 'i')
+                         WHEN c.contype IN ('u', 'p')
+                         THEN (SELECT relname::text FROM pg_class WHERE oid = c.conindid) END
                FROM pg_depend d
                JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
                LEFT JOIN pg_constraint c ON d.classid = 'pg_constraint'::regclass AND c.oid = d.objid
@@ -135,9 +172,17 @@ pub async fn table_facts(
                     .get::<_, Option<String>>(2)
                     .filter(|_| contype.as_deref() == Some("c")),
                 dropped_with_column: own.unwrap_or(false),
+                index: row.get(5),
             });
     }
-    let grants = client
+    Ok(dependents)
+}
+
+async fn grants(
+    client: &Client,
+    qualified: &str,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    Ok(client
         .query(
             "SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
                     g.privilege_type
@@ -150,11 +195,37 @@ pub async fn table_facts(
         .await?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    Ok(Some(TableFacts {
-        columns,
-        key,
-        dependents,
-        grants,
-    }))
+        .collect())
+}
+
+async fn indexes(
+    client: &Client,
+    qualified: &str,
+) -> Result<BTreeMap<String, Index>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT ic.relname::text, pg_get_indexdef(i.indexrelid), con.conname::text, con.contype::text
+               FROM pg_index i
+               JOIN pg_class ic ON ic.oid = i.indexrelid
+               LEFT JOIN pg_constraint con
+                      ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+                     AND con.contype IN ('u', 'p')
+              WHERE i.indrelid = $1::text::regclass",
+            &[&qualified],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let constraint = row
+                .get::<_, Option<String>>(2)
+                .zip(row.get::<_, Option<String>>(3));
+            (
+                row.get(0),
+                Index {
+                    definition: row.get(1),
+                    constraint,
+                },
+            )
+        })
+        .collect())
 }

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS pgsidecar.expansions (
     backfill_position bigint,
     backfill_rows bigint NOT NULL DEFAULT 0,
     finish_done integer NOT NULL DEFAULT 0,
+    indexes_done integer NOT NULL DEFAULT 0,
     started_at timestamptz NOT NULL DEFAULT now(),
     expanded_at timestamptz,
     completed_at timestamptz
@@ -83,6 +84,8 @@ pub struct Expansion {
     pub backfill_rows: i64,
     /// Finishing statements done.
     pub finish_done: i32,
+    /// Indexes built again on the shadow columns.
+    pub indexes_done: i32,
 }
 
 impl Expansion {
@@ -112,7 +115,7 @@ pub async fn expansions(client: &Client) -> Result<Vec<Expansion>, MigrateError>
     let rows = client
         .query(
             "SELECT version, name, phase, plan, backfill_step, backfill_position, backfill_rows,
-                    finish_done
+                    finish_done, indexes_done
                FROM pgsidecar.expansions ORDER BY version",
             &[],
         )
@@ -135,6 +138,7 @@ pub async fn expansions(client: &Client) -> Result<Vec<Expansion>, MigrateError>
                 backfill_position: row.get(5),
                 backfill_rows: row.get(6),
                 finish_done: row.get(7),
+                indexes_done: row.get(8),
             })
         })
         .collect()

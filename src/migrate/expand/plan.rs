@@ -34,6 +34,16 @@ pub struct BackfillStep {
     pub statement: String,
 }
 
+/// An index of a changed column built again on its shadow column, concurrently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStep {
+    /// The new index, qualified and quoted (dropped first when a build is resumed: an
+    /// interrupted concurrent build leaves an INVALID index).
+    pub name: String,
+    /// `CREATE INDEX CONCURRENTLY …`.
+    pub create: String,
+}
+
 /// Everything an expansion runs, in order, and what undoes or finishes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpandPlan {
@@ -45,6 +55,9 @@ pub struct ExpandPlan {
     pub setup: Vec<String>,
     /// Batched backfills of the shadow columns.
     pub backfills: Vec<BackfillStep>,
+    /// Indexes of changed columns, built again on their shadows after the backfill, each
+    /// outside a transaction.
+    pub indexes: Vec<IndexStep>,
     /// Constraints added NOT VALID, validated, then the version schemas: each its own
     /// transaction, so that no validation scan runs under a strong lock.
     pub finish: Vec<String>,
@@ -84,6 +97,9 @@ struct TableChange {
     defaults: BTreeMap<String, String>,
     /// CHECK constraints of old columns that the new version does without.
     dropped_checks: BTreeSet<String>,
+    /// Indexes (and the UNIQUE / PRIMARY KEY constraints they back) of replaced columns,
+    /// built again on the shadow columns.
+    carried: BTreeSet<String>,
 }
 
 fn q(identifier: &str) -> String {
@@ -217,21 +233,26 @@ impl TableChange {
 
     /// A replaced column must not take anything with it when `complete` drops it; a dropped
     /// one may take its own indexes and constraints, but nothing that would stop the drop.
-    fn check_dependents(&self, table: &str, facts: &TableFacts) -> Result<(), String> {
+    fn check_dependents(&mut self, table: &str, facts: &TableFacts) -> Result<(), String> {
         for column in self.hidden.keys() {
             let replaced = self.replaced.contains_key(column);
             for dependent in facts.dependents.get(column).into_iter().flatten() {
                 let allowed = if replaced {
-                    dependent
-                        .check
-                        .as_ref()
-                        .is_some_and(|c| self.dropped_checks.contains(c))
+                    if let Some(index) = &dependent.index {
+                        self.carried.insert(index.clone());
+                        true
+                    } else {
+                        dependent
+                            .check
+                            .as_ref()
+                            .is_some_and(|c| self.dropped_checks.contains(c))
+                    }
                 } else {
                     dependent.dropped_with_column
                 };
                 if !allowed {
                     return Err(format!(
-                        "{table}.{column} is used by {}; `complete` would drop it with the column. Move it off the column first (or, for a CHECK of a changed column, name it in drop_check and give the new column its check)",
+                        "{table}.{column} is used by {}; `complete` would drop it with the column. Move it off the column first (or, for a CHECK of a changed column, name it in drop_check and give the new column its check; indexes, UNIQUE and PRIMARY KEY constraints are built again on the new column)",
                         dependent.description
                     ));
                 }
@@ -343,6 +364,7 @@ impl ExpandPlan {
             new_schema: new_schema.clone(),
             setup: Vec::new(),
             backfills: Vec::new(),
+            indexes: Vec::new(),
             finish: Vec::new(),
             contract: Vec::new(),
             abort: Vec::new(),
@@ -406,6 +428,7 @@ impl ExpandPlan {
         }
         self.backfill(&qualified, table, &change, facts)?;
         self.constraints(&qualified, table, &change)?;
+        let carried = self.carry_indexes(&spec.schema, &qualified, &change, facts)?;
         if !input.old_views.contains(table) {
             let old_columns: Vec<String> = facts.columns.iter().map(|c| q(&c.name)).collect();
             let _ = write!(
@@ -462,7 +485,64 @@ impl ExpandPlan {
         pieces
             .contract_columns
             .extend(Self::contract_columns(&qualified, &change));
+        pieces.contract_columns.extend(carried);
         Ok(())
+    }
+
+    /// Builds each carried index again on the shadow columns; returns what `complete` does to
+    /// give it (or its constraint) the old name once the old column and its index are gone.
+    fn carry_indexes(
+        &mut self,
+        schema: &str,
+        qualified: &str,
+        change: &TableChange,
+        facts: &TableFacts,
+    ) -> Result<Vec<String>, String> {
+        let shadows: BTreeMap<String, String> = change
+            .replaced
+            .iter()
+            .map(|(old, &i)| (old.clone(), q(&change.shadows[i].physical)))
+            .collect();
+        let mut contract = Vec::new();
+        for name in &change.carried {
+            let index = facts
+                .indexes
+                .get(name)
+                .ok_or_else(|| format!("index {name} vanished from the catalog"))?;
+            let using = index
+                .definition
+                .find(" USING ")
+                .ok_or_else(|| format!("cannot read the definition of index {name}"))?;
+            let unique = if index.definition.starts_with("CREATE UNIQUE") {
+                "UNIQUE "
+            } else {
+                ""
+            };
+            let shadow: String = format!("{SHADOW_PREFIX}{name}").chars().take(63).collect();
+            self.indexes.push(IndexStep {
+                name: format!("{}.{}", q(schema), q(&shadow)),
+                create: format!(
+                    "CREATE {unique}INDEX CONCURRENTLY {} ON {qualified} {}",
+                    q(&shadow),
+                    bind(&index.definition[using + 1..], &shadows)?
+                ),
+            });
+            contract.push(match &index.constraint {
+                Some((constraint, kind)) => format!(
+                    "ALTER TABLE {qualified} ADD CONSTRAINT {} {} USING INDEX {}",
+                    q(constraint),
+                    if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" },
+                    q(&shadow)
+                ),
+                None => format!(
+                    "ALTER INDEX {}.{} RENAME TO {}",
+                    q(schema),
+                    q(&shadow),
+                    q(name)
+                ),
+            });
+        }
+        Ok(contract)
     }
 
     /// Shadow columns, the sync trigger, and how `complete` and `abort` remove them.
@@ -659,7 +739,7 @@ impl ExpandPlan {
 
 #[cfg(test)]
 mod tests {
-    use super::super::catalog::Dependent;
+    use super::super::catalog::{Dependent, Index};
     use super::*;
 
     fn column(name: &str, data_type: &str, not_null: bool) -> Column {
@@ -681,6 +761,7 @@ mod tests {
             key: Some("id".into()),
             dependents: BTreeMap::new(),
             grants: vec![("app".into(), "SELECT".into())],
+            indexes: BTreeMap::new(),
         }
     }
 
@@ -814,18 +895,76 @@ to = "memo"
     }
 
     #[test]
-    fn a_changed_column_that_an_index_uses_is_refused() {
+    fn a_changed_column_that_a_view_uses_is_refused() {
         let mut facts = orders();
         facts.dependents.insert(
             "amount".into(),
             vec![Dependent {
-                description: "index orders_amount_idx".into(),
+                description: "rule _RETURN on view order_totals".into(),
                 check: None,
-                dropped_with_column: true,
+                dropped_with_column: false,
+                index: None,
             }],
         );
         let err = plan_for(RETYPE, facts).unwrap_err();
-        assert!(err.contains("index orders_amount_idx"), "{err}");
+        assert!(err.contains("view order_totals"), "{err}");
+    }
+
+    #[test]
+    fn indexes_of_a_changed_column_are_built_again_on_its_shadow() {
+        let mut facts = orders();
+        facts.dependents.insert(
+            "amount".into(),
+            vec![
+                Dependent {
+                    description: "index orders_amount_idx".into(),
+                    check: None,
+                    dropped_with_column: true,
+                    index: Some("orders_amount_idx".into()),
+                },
+                Dependent {
+                    description: "constraint orders_amount_key on table orders".into(),
+                    check: None,
+                    dropped_with_column: true,
+                    index: Some("orders_amount_key".into()),
+                },
+            ],
+        );
+        facts.indexes.insert(
+            "orders_amount_idx".into(),
+            Index {
+                definition: "CREATE INDEX orders_amount_idx ON public.orders USING btree (amount DESC) WHERE (amount > 0)".into(),
+                constraint: None,
+            },
+        );
+        facts.indexes.insert(
+            "orders_amount_key".into(),
+            Index {
+                definition: "CREATE UNIQUE INDEX orders_amount_key ON public.orders USING btree (amount, note)".into(),
+                constraint: Some(("orders_amount_key".into(), "u".into())),
+            },
+        );
+        let plan = plan_for(RETYPE, facts).unwrap();
+        assert_eq!(
+            plan.indexes[0].create,
+            "CREATE INDEX CONCURRENTLY \"_pgs_orders_amount_idx\" ON \"public\".\"orders\" USING btree (\"_pgs_amount_cents\" DESC) WHERE (\"_pgs_amount_cents\" > 0)"
+        );
+        assert_eq!(
+            plan.indexes[1].create,
+            "CREATE UNIQUE INDEX CONCURRENTLY \"_pgs_orders_amount_key\" ON \"public\".\"orders\" USING btree (\"_pgs_amount_cents\", note)"
+        );
+        let contract = plan.contract.join("\n");
+        assert!(contract.contains(
+            "ALTER INDEX \"public\".\"_pgs_orders_amount_idx\" RENAME TO \"orders_amount_idx\""
+        ));
+        assert!(contract.contains(
+            "ADD CONSTRAINT \"orders_amount_key\" UNIQUE USING INDEX \"_pgs_orders_amount_key\""
+        ));
+        assert!(
+            contract.find("DROP COLUMN \"amount\"").unwrap()
+                < contract.find("USING INDEX").unwrap(),
+            "the old index goes with the old column before the new one takes its name"
+        );
     }
 
     #[test]

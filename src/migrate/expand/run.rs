@@ -99,6 +99,11 @@ impl<'a> ExpandRun<'a> {
         }
         if expansion.phase == Phase::Finishing {
             let clock = Instant::now();
+            self.build_indexes(&expansion).await?;
+            self.report
+                .phase_seconds
+                .insert("indexes".into(), clock.elapsed().as_secs_f64());
+            let clock = Instant::now();
             self.finish(&expansion, started).await?;
             self.report
                 .phase_seconds
@@ -159,6 +164,7 @@ impl<'a> ExpandRun<'a> {
             backfill_position: None,
             backfill_rows: 0,
             finish_done: 0,
+            indexes_done: 0,
         })
     }
 
@@ -345,6 +351,53 @@ impl<'a> ExpandRun<'a> {
             )
             .await
             .map_err(|e| self.db(&e))?;
+        Ok(())
+    }
+
+    /// Each index of a changed column built again on its shadow, concurrently and outside a
+    /// transaction, with the concurrent-build wait budget; a build not recorded as done is
+    /// dropped first, since a killed one leaves an INVALID index behind.
+    async fn build_indexes(&mut self, expansion: &Expansion) -> Result<(), MigrateError> {
+        let client = &self.migrator.client;
+        let version = self.migration.version;
+        let done = usize::try_from(expansion.indexes_done).unwrap_or(0);
+        for (index, step) in expansion.plan.indexes.iter().enumerate().skip(done) {
+            let clock = Instant::now();
+            let next = i32::try_from(index + 1).unwrap_or(i32::MAX);
+            let result = async {
+                client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'",
+                        self.options.concurrent_wait.as_millis(),
+                        self.options.statement_timeout.as_millis()
+                    ))
+                    .await?;
+                client
+                    .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", step.name))
+                    .await?;
+                client.batch_execute(&step.create).await?;
+                client
+                    .execute(
+                        "UPDATE pgsidecar.expansions SET indexes_done = $2 WHERE version = $1",
+                        &[&version, &next],
+                    )
+                    .await?;
+                client
+                    .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                    .await
+            }
+            .await;
+            if let Err(e) = result {
+                let _ = client
+                    .batch_execute(&format!(
+                        "RESET lock_timeout; RESET statement_timeout; DROP INDEX CONCURRENTLY IF EXISTS {}",
+                        step.name
+                    ))
+                    .await;
+                return Err(self.db(&e));
+            }
+            tracing::info!(migration = %self.migration.label(), index = %step.name, seconds = clock.elapsed().as_secs_f64(), "index built on the new column");
+        }
         Ok(())
     }
 
