@@ -4,6 +4,7 @@
 //! once no live sidecar serves the old version any more; `migrate abort` undoes an expansion.
 
 pub mod catalog;
+mod change;
 mod contract;
 pub mod plan;
 mod rewrite;
