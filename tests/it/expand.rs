@@ -799,3 +799,61 @@ async fn the_linter_passes_the_expand_form_and_flags_the_same_change_as_ddl() {
     let text = String::from_utf8_lossy(&rollback.stderr);
     assert!(text.contains("`migrate abort` undoes it"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expansion_killed_during_its_backfill_resumes_where_it_stopped() {
+    let db = fresh_database().await;
+    let dir = setup(&db).await;
+    // Small batches with a rest: the runner is still backfilling when it is killed.
+    dir.write(
+        "0002_amount_in_cents.toml",
+        &EXPAND
+            .replace("batch = 5000", "batch = 500")
+            .replace("pause = \"1ms\"", "pause = \"20ms\""),
+    );
+    let mut runner = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["migrate", "apply", "--dir", dir.0.to_str().unwrap()])
+        .args(["--database-url", &cluster().url(&db)])
+        .args(["--no-backup", "--reason", "test", "--ignore-health"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = direct(&db).await;
+    let mut done = 0;
+    for _ in 0..600 {
+        done = client
+            .query_opt(
+                "SELECT backfill_rows FROM pgsidecar.expansions WHERE version = 2",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |row| row.get::<_, i64>(0));
+        if done >= 5000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done >= 5000, "the backfill got going");
+    runner.kill().await.unwrap();
+    runner.wait().await.unwrap();
+    let expansion = expand::open_expansion(&client).await.unwrap().unwrap();
+    assert_eq!(expansion.phase, Phase::Backfilling);
+    assert!(expansion.backfill_position.is_some());
+
+    let output = cli(&dir, &db, &["apply", "--no-backup", "--reason", "test"]);
+    assert!(output.status.success(), "{output:?}");
+    let expansion = expand::open_expansion(&client).await.unwrap().unwrap();
+    assert_eq!(expansion.phase, Phase::Expanded);
+    assert_eq!(
+        expansion.backfill_rows, ROWS,
+        "every row backfilled exactly once across the two runs"
+    );
+    assert_eq!(
+        number(&db, "SELECT count(*) FROM app_v0002.orders o JOIN app_v0001.orders p USING (id) WHERE o.amount_cents IS DISTINCT FROM p.amount::bigint * 100").await,
+        0
+    );
+}
