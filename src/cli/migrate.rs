@@ -540,10 +540,21 @@ async fn plan(migrator: &Migrator, to: Option<i64>) -> Result<(), MigrateError> 
         } else {
             String::new()
         };
-        println!(
-            "{}: {} statement(s), {kind}{resume}",
-            step.migration, step.statements
-        );
+        if step.operations.is_empty() {
+            println!(
+                "{}: {} statement(s), {kind}{resume}",
+                step.migration, step.statements
+            );
+        } else {
+            println!(
+                "{}: expand/contract, {} operation(s); apply expands, `migrate complete` contracts",
+                step.migration,
+                step.operations.len()
+            );
+            for op in &step.operations {
+                println!("    {op}");
+            }
+        }
         if let Some(reason) = &step.blocking {
             println!("    declared blocking: {reason}");
         }

@@ -96,6 +96,8 @@ pub struct PlannedStep {
     pub blocking: Option<String>,
     /// What the linter found.
     pub findings: Vec<Finding>,
+    /// An expand/contract migration's operations, one line each.
+    pub operations: Vec<String>,
 }
 
 /// What one applied migration did.
@@ -279,6 +281,11 @@ impl Migrator {
                     statements: m.statements.len(),
                     blocking: m.directives.blocking.clone(),
                     findings,
+                    operations: m
+                        .expand
+                        .as_ref()
+                        .map(|spec| spec.operations.iter().map(ToString::to_string).collect())
+                        .unwrap_or_default(),
                 })
             })
             .collect())
@@ -476,6 +483,7 @@ impl Migrator {
                 statements: m.statements.len(),
                 blocking: m.directives.blocking.clone(),
                 findings: lint(m),
+                operations: Vec::new(),
             })
             .collect();
         Self::vet(&plan, options, "rollback")?;

@@ -765,6 +765,13 @@ async fn the_linter_passes_the_expand_form_and_flags_the_same_change_as_ddl() {
     assert!(lint.status.success(), "{text}");
     assert!(text.contains("2 migration(s), 0 finding(s)"), "{text}");
 
+    let plan = String::from_utf8_lossy(&cli(&dir, &db, &["plan"]).stdout).into_owned();
+    assert!(
+        plan.contains("0002_amount_in_cents: expand/contract, 2 operation(s)")
+            && plan.contains("alter_column orders.amount → amount_cents as bigint")
+            && plan.contains("rename_column orders.note → memo"),
+        "{plan}"
+    );
     let applied = cli(&dir, &db, &["apply", "--no-backup", "--reason", "test"]);
     assert!(applied.status.success(), "{applied:?}");
     let status = String::from_utf8_lossy(&cli(&dir, &db, &["status"]).stdout).into_owned();

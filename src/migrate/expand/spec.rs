@@ -139,6 +139,39 @@ impl Operation {
     }
 }
 
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RenameColumn { table, from, to } => {
+                write!(f, "rename_column {table}.{from} → {to}")
+            }
+            Self::AlterColumn {
+                table,
+                column,
+                rename,
+                data_type,
+                ..
+            } => {
+                write!(f, "alter_column {table}.{column}")?;
+                if let Some(rename) = rename {
+                    write!(f, " → {rename}")?;
+                }
+                if let Some(data_type) = data_type {
+                    write!(f, " as {data_type}")?;
+                }
+                Ok(())
+            }
+            Self::AddColumn {
+                table,
+                column,
+                data_type,
+                ..
+            } => write!(f, "add_column {table}.{column} {data_type}"),
+            Self::DropColumn { table, column, .. } => write!(f, "drop_column {table}.{column}"),
+        }
+    }
+}
+
 /// A plain lower-case identifier that never needs quoting and leaves room for the shadow
 /// prefix; anything else is refused rather than quoted, so that the generated SQL is what the
 /// file says.
