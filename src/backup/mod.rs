@@ -92,8 +92,9 @@ async fn digest_tables(client: &tokio_postgres::Client) -> Result<Vec<TableDiges
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname)
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg\\\\_%'
+              WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_%'
                 AND format('%I.%I', n.nspname, c.relname) <> 'pgsidecar.backups'
               ORDER BY 1",
             &[],

@@ -180,3 +180,45 @@ async fn the_planner_uses_the_indexes_and_hnsw_recall_holds() {
     eprintln!("HNSW recall@10 over {queries} queries on 2,000 chunks: {recall:.3}");
     assert!(recall >= 0.9, "recall@10 {recall}");
 }
+
+/// A backup of the retrieval schema with real `vector` data restores with the same content
+/// hashes, and those hashes see a change to one embedding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_vector_data_restores_with_matching_hashes() {
+    let db = fresh_database().await;
+    let url = cluster().url(&db);
+    let migrator = Migrator::open(&url, migrations()).await.unwrap();
+    migrator.apply(&ApplyOptions::default()).await.unwrap();
+    let client = crate::support::direct(&db).await;
+    load(&client).await;
+    let dump =
+        std::env::temp_dir().join(format!("pgsidecar-it-vectors-{}.dump", std::process::id()));
+    let manifest = pgsidecar::backup::create(&url, &dump).await.unwrap();
+    let chunks = |m: &pgsidecar::backup::Manifest| {
+        m.tables
+            .iter()
+            .find(|t| t.table == "public.chunks")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(chunks(&manifest).rows, 2000);
+    let report = pgsidecar::backup::verify(&dump, &cluster().url("postgres"), Some(&url))
+        .await
+        .unwrap();
+    assert_eq!(report.tables_checked, manifest.tables.len());
+
+    client
+        .batch_execute(
+            "UPDATE chunks SET embedding = embedding + array_fill(0.0001::real, ARRAY[3072])::vector WHERE id = (SELECT min(id) FROM chunks)",
+        )
+        .await
+        .unwrap();
+    let changed = pgsidecar::backup::create(&url, &dump).await.unwrap();
+    assert_ne!(
+        chunks(&changed).hash,
+        chunks(&manifest).hash,
+        "the content hash covers the embeddings"
+    );
+    let _ = std::fs::remove_file(&dump);
+    let _ = std::fs::remove_file(pgsidecar::backup::manifest_path(&dump));
+}
