@@ -47,7 +47,7 @@ async fn load(client: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
     let loaded = source::load(migrations()).unwrap();
-    assert_eq!(loaded.len(), 3);
+    assert_eq!(loaded.len(), 4);
     let findings: Vec<_> = loaded.iter().flat_map(lint::lint).collect();
     assert!(findings.is_empty(), "{findings:#?}");
     let db = fresh_database().await;
@@ -61,7 +61,7 @@ async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
             .unwrap()
             .applied
             .len(),
-        3
+        4
     );
     let undone = migrator
         .rollback(
@@ -75,7 +75,7 @@ async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
         )
         .await
         .unwrap();
-    assert_eq!(undone.len(), 3);
+    assert_eq!(undone.len(), 4);
     let client = direct(&db).await;
     let left: i64 = client
         .query_one(
@@ -93,7 +93,7 @@ async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
             .unwrap()
             .applied
             .len(),
-        3
+        4
     );
 }
 
@@ -221,4 +221,110 @@ async fn a_backup_of_vector_data_restores_with_matching_hashes() {
     );
     let _ = std::fs::remove_file(&dump);
     let _ = std::fs::remove_file(pgsidecar::backup::manifest_path(&dump));
+}
+
+/// `retrieval.search` against exact answers: the exact path returns exactly the nearest chunks
+/// that pass the filter, the ANN path holds its recall, and the path follows the filter's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_function_matches_exact_answers_and_picks_its_path_by_the_filter() {
+    let db = fresh_database().await;
+    let migrator = Migrator::open(&cluster().url(&db), migrations())
+        .await
+        .unwrap();
+    migrator.apply(&ApplyOptions::default()).await.unwrap();
+    let client = direct(&db).await;
+    load(&client).await;
+    let search = |tenant: &'static str, filter: Option<&'static str>, exact_below: i32, q: i64| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(
+                    "SELECT s.chunk_id, s.path FROM retrieval.search($1, 'docs',
+                         (SELECT embedding FROM chunks WHERE id = $2), $3::text::jsonb, 10, $4) s",
+                    &[&tenant, &q, &filter, &exact_below],
+                )
+                .await
+                .unwrap();
+            let path: Option<String> = rows.first().map(|r| r.get(1));
+            (
+                rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
+                path,
+            )
+        }
+    };
+    let exact = |tenant: &'static str, filter: Option<&'static str>, q: i64| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT c.id FROM chunks c
+                      WHERE c.tenant = $1 AND c.collection = 'docs'
+                        AND ($3::text IS NULL OR c.document_id IN
+                             (SELECT id FROM documents WHERE metadata @> $3::text::jsonb))
+                      ORDER BY c.embedding <=> (SELECT embedding FROM chunks WHERE id = $2)
+                      LIMIT 10",
+                    &[&tenant, &q, &filter],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let index_scans = || async {
+        direct(&db)
+            .await
+            .query_one(
+                "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'chunks_embedding_hnsw'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let scans_before = index_scans().await;
+    let mut recall = 0.0;
+    let queries: Vec<i64> = (0..10).map(|i| 40 + i * 150).collect();
+    for &q in &queries {
+        let (small, path) = search("small", None, 1000, q).await;
+        assert_eq!(path.as_deref(), Some("exact"));
+        assert_eq!(small, exact("small", None, q).await);
+        let filter = Some(r#"{"lang": "de"}"#);
+        let (german, path) = search("big", filter, 1000, q).await;
+        assert_eq!(path.as_deref(), Some("exact"));
+        assert_eq!(german, exact("big", filter, q).await);
+        assert_eq!(german.len(), 2, "two German documents have chunks");
+        let (forced_exact, path) = search("big", None, 5000, q).await;
+        assert_eq!(path.as_deref(), Some("exact"));
+        let truth = exact("big", None, q).await;
+        assert_eq!(forced_exact, truth);
+        let (ann, path) = search("big", None, 1000, q).await;
+        assert_eq!(
+            path.as_deref(),
+            Some("ann"),
+            "1,970 chunks pass: the graph walk"
+        );
+        assert_eq!(ann.len(), 10);
+        #[allow(clippy::cast_precision_loss)]
+        let found = ann.iter().filter(|id| truth.contains(id)).count() as f64;
+        recall += found / 10.0;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let recall = recall / queries.len() as f64;
+    assert!(recall >= 0.95, "ANN recall@10 {recall}");
+    drop(client);
+    // Statistics reach the shared counters when the session is idle or ends.
+    let mut scans = scans_before;
+    for _ in 0..100 {
+        scans = index_scans().await;
+        if scans >= scans_before + 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        scans >= scans_before + 10,
+        "the ANN path walks the HNSW index ({scans_before} -> {scans} scans)"
+    );
 }

@@ -1,0 +1,2 @@
+DROP FUNCTION retrieval.search(text, text, vector, jsonb, integer, integer, integer);
+DROP SCHEMA retrieval;
