@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pgsidecar::backup::{self, BackupError, Manifest};
 
-use crate::support::{cluster, direct, fresh_database};
+use crate::support::{cluster, direct, fresh_database, wait_until};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -189,18 +189,6 @@ fn tool_wrappers(tools: &[(&str, String)]) -> PathBuf {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     dir
-}
-
-/// Polls `done` every 20 ms for up to 30 s.
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !done().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

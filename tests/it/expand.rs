@@ -16,7 +16,7 @@ use crate::gate::send_signal;
 use crate::migrate::Dir;
 use crate::support::{
     ProxyProcess, cluster, connect, direct, fresh_database, http_get, overrides, pg_program,
-    start_proxy_with,
+    start_proxy_with, wait_until,
 };
 
 const ROWS: i64 = 100_000;
@@ -201,20 +201,16 @@ fn p99(tally: &Tally, window: (Instant, Instant)) -> Option<Duration> {
 /// Waits until `n` sidecars are registered and live.
 async fn wait_for_sidecars(db: &str, n: i64) {
     let client = direct(db).await;
-    for _ in 0..600 {
-        let live: i64 = client
+    wait_until("the sidecars register", async || {
+        client
             .query_one(
                 "SELECT count(*) FROM pgsidecar.sidecars WHERE last_heartbeat > now() - interval '1 second'",
                 &[],
             )
             .await
-            .map_or(0, |row| row.get(0));
-        if live == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{n} sidecars never registered");
+            .is_ok_and(|row| row.get::<_, i64>(0) == n)
+    })
+    .await;
 }
 
 async fn setup(db: &str) -> Dir {
@@ -525,12 +521,11 @@ async fn abort_leaves_the_catalog_exactly_as_before_and_the_expansion_can_run_ag
 
     let mut after_sidecar = options();
     after_sidecar.stale_after = Duration::from_millis(300);
-    for _ in 0..100 {
-        if migrator.abort(&after_sidecar).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "the abort goes through once the sidecar is stale",
+        async || migrator.abort(&after_sidecar).await.is_ok(),
+    )
+    .await;
     assert_eq!(catalog(&db), before, "abort restores the catalog");
     assert!(
         expand::open_expansion(migrator.client())
@@ -620,12 +615,10 @@ async fn a_backfill_waits_while_a_replica_does_not_replay() {
         .batch_execute("CREATE TABLE ballast AS SELECT i, repeat('x', 200) AS pad FROM generate_series(1, 60000) i")
         .await
         .unwrap();
-    for _ in 0..600 {
-        if primary_lag_bytes().await > 8.0 * 1024.0 * 1024.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the paused replica is 8 MiB behind", async || {
+        primary_lag_bytes().await > 8.0 * 1024.0 * 1024.0
+    })
+    .await;
 
     let mut runner = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
         .args(["migrate", "apply", "--dir", dir.0.to_str().unwrap()])
@@ -828,9 +821,8 @@ async fn an_expansion_killed_during_its_backfill_resumes_where_it_stopped() {
         .spawn()
         .unwrap();
     let client = direct(&db).await;
-    let mut done = 0;
-    for _ in 0..600 {
-        done = client
+    wait_until("the backfill gets going", async || {
+        client
             .query_opt(
                 "SELECT backfill_rows FROM pgsidecar.expansions WHERE version = 2",
                 &[],
@@ -838,13 +830,9 @@ async fn an_expansion_killed_during_its_backfill_resumes_where_it_stopped() {
             .await
             .ok()
             .flatten()
-            .map_or(0, |row| row.get::<_, i64>(0));
-        if done >= 5000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(done >= 5000, "the backfill got going");
+            .is_some_and(|row| row.get::<_, i64>(0) >= 5000)
+    })
+    .await;
     runner.kill().await.unwrap();
     runner.wait().await.unwrap();
     let expansion = expand::open_expansion(&client).await.unwrap().unwrap();

@@ -7,7 +7,7 @@ use std::path::Path;
 use pgsidecar::migrate::{ApplyOptions, Migrator, lint, source};
 use tokio_postgres::Client;
 
-use crate::support::{cluster, direct, fresh_database};
+use crate::support::{cluster, direct, fresh_database, wait_until};
 
 fn migrations() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
@@ -315,16 +315,8 @@ async fn the_search_function_matches_exact_answers_and_picks_its_path_by_the_fil
     assert!(recall >= 0.95, "ANN recall@10 {recall}");
     drop(client);
     // Statistics reach the shared counters when the session is idle or ends.
-    let mut scans = scans_before;
-    for _ in 0..100 {
-        scans = index_scans().await;
-        if scans >= scans_before + 10 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(
-        scans >= scans_before + 10,
-        "the ANN path walks the HNSW index ({scans_before} -> {scans} scans)"
-    );
+    wait_until("the HNSW index scans are counted", async || {
+        index_scans().await >= scans_before + 10
+    })
+    .await;
 }

@@ -382,3 +382,15 @@ impl ProxyProcess {
         panic!("the pgsidecar binary does not accept connections");
     }
 }
+
+/// Polls `done` every 20 ms for up to 30 s.
+pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
