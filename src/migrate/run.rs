@@ -13,7 +13,7 @@ use super::concurrent;
 use super::history::{self, Record};
 use super::runner::{ApplyOptions, Migrator};
 use super::source::{Backfill, Migration};
-use super::throttle::{Throttle, progress};
+use super::throttle::{Throttle, key_fraction, progress};
 use crate::gate::fleet::{self, FleetError, FleetPause};
 
 fn millis(d: Duration) -> u128 {
@@ -25,8 +25,15 @@ fn millis_since(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
-fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+/// A statement that gave up waiting for a lock (55P03): tried again after [`lock_retry_wait`].
+pub(super) fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// The backoff before lock-timeout retry number `retry` (1-based): 400 ms doubling, at most
+/// 6.4 s.
+pub(super) fn lock_retry_wait(retry: u32) -> Duration {
+    Duration::from_millis(200 * 2u64.pow(retry.min(5)))
 }
 
 /// One migration being applied.
@@ -135,7 +142,7 @@ impl<'a> Run<'a> {
             return false;
         }
         self.lock_retries += 1;
-        let wait = Duration::from_millis(200 * 2u64.pow(self.lock_retries.min(5)));
+        let wait = lock_retry_wait(self.lock_retries);
         tracing::warn!(migration = %self.migration.label(), retry = self.lock_retries, ?wait, "lock timeout; retrying");
         tokio::time::sleep(wait).await;
         true
@@ -490,8 +497,7 @@ impl<'a> Run<'a> {
             throttle.wait(self.client()).await.map_err(db)?;
             if told.elapsed() >= Duration::from_secs(2) {
                 told = Instant::now();
-                #[allow(clippy::cast_precision_loss)]
-                let fraction = (position - start) as f64 / ((last - start + 1).max(1)) as f64;
+                let fraction = key_fraction(start, position, last);
                 tracing::info!(migration = %label, "backfill: {}", progress(self.backfill_rows, started.elapsed(), fraction));
             }
             let end = position

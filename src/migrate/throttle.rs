@@ -145,8 +145,17 @@ fn precision_loss_free(bytes: u64) -> f64 {
     bytes as f64
 }
 
+/// How far a backfill that started at key `start` and walks to `last` (inclusive) is when its
+/// next batch starts at `next`.
+#[must_use]
+pub fn key_fraction(start: i64, next: i64, last: i64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let fraction = (next - start) as f64 / (last - start + 1).max(1) as f64;
+    fraction.clamp(0.0, 1.0)
+}
+
 /// A backfill's progress line: rows done, rate and the time left, from how far through its key
-/// range it is.
+/// range it is ([`key_fraction`]).
 #[must_use]
 pub fn progress(rows: u64, elapsed: Duration, done_fraction: f64) -> String {
     let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
@@ -175,5 +184,7 @@ mod tests {
             "5000 rows, 500 rows/s, 25.0 % of the key range, about 30 s left"
         );
         assert!(progress(0, Duration::ZERO, 0.0).ends_with("unknown left"));
+        assert!((key_fraction(1, 26, 100) - 0.25).abs() < 1e-9);
+        assert!((key_fraction(5, 5, 5)).abs() < 1e-9);
     }
 }

@@ -23,6 +23,7 @@ pub(crate) use run::ExpandRun;
 pub use spec::ExpandSpec;
 
 use super::MigrateError;
+use super::run::{is_lock_timeout, lock_retry_wait};
 use super::runner::ApplyOptions;
 
 /// Creates the expansions table if it is missing.
@@ -156,10 +157,6 @@ pub async fn open_expansion(client: &Client) -> Result<Option<Expansion>, Migrat
         .find(|e| e.phase != Phase::Completed))
 }
 
-fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-}
-
 /// Runs transactions of an expansion with the runner's timeouts, retrying lock timeouts with
 /// backoff like every other migration step, and keeps how long each kind of step held its
 /// locks (a transaction holds its locks until it commits).
@@ -219,7 +216,7 @@ impl<'a> Transactions<'a> {
                     let _ = self.client.batch_execute("ROLLBACK").await;
                     if is_lock_timeout(&e) && self.lock_retries < self.options.lock_retries {
                         self.lock_retries += 1;
-                        let wait = Duration::from_millis(200 * 2u64.pow(self.lock_retries.min(5)));
+                        let wait = lock_retry_wait(self.lock_retries);
                         tracing::warn!(migration = %self.label, step = what, retry = self.lock_retries, ?wait, "lock timeout; retrying");
                         tokio::time::sleep(wait).await;
                         continue;

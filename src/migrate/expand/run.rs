@@ -17,7 +17,7 @@ use crate::migrate::MigrateError;
 use crate::migrate::history::{self, Record};
 use crate::migrate::runner::{ApplyOptions, Migrator};
 use crate::migrate::source::Migration;
-use crate::migrate::throttle::{Throttle, progress};
+use crate::migrate::throttle::{Throttle, key_fraction, progress};
 
 /// What an expand did, phase by phase.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -337,8 +337,7 @@ impl<'a> ExpandRun<'a> {
             position = end;
             if told.elapsed() >= Duration::from_secs(2) {
                 told = Instant::now();
-                #[allow(clippy::cast_precision_loss)]
-                let fraction = (position - start) as f64 / ((last - start + 1).max(1)) as f64;
+                let fraction = key_fraction(start, position, last);
                 tracing::info!(migration = %self.migration.label(), table = %step.table, "backfill: {}", progress(rows_here, clock.elapsed(), fraction));
             }
             tokio::time::sleep(self.spec.pause).await;
