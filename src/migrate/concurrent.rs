@@ -95,12 +95,15 @@ impl BuildWatch {
     }
 }
 
-/// The build's progress and, one row each, the sessions blocking it.
+/// The build's progress and, one row each, the sessions blocking it (`blocker` NULL when none
+/// does: `format` would otherwise turn the missing session into a blank description).
 const WATCH_SQL: &str = "
 SELECT p.phase, p.blocks_done, p.blocks_total,
-       format('pid %s (%s, in transaction for %s s): %s', a.pid, a.state,
-              round(extract(epoch FROM now() - a.xact_start)::numeric, 1),
-              left(a.query, 200)) AS blocker
+       CASE WHEN a.pid IS NOT NULL THEN
+           format('pid %s (%s, in transaction for %s s): %s', a.pid, a.state,
+                  round(extract(epoch FROM now() - a.xact_start)::numeric, 1),
+                  left(a.query, 200))
+       END AS blocker
   FROM pg_stat_progress_create_index p
   LEFT JOIN LATERAL unnest(pg_blocking_pids(p.pid)) AS b(pid) ON true
   LEFT JOIN pg_stat_activity a ON a.pid = b.pid
