@@ -13,19 +13,21 @@ fn migrations() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
 }
 
-/// 30,000 documents, 0.1 % of them in German; the first 2,000 have one chunk each, with
-/// embeddings around 30 cluster centres (a centre plus two of 500 noise vectors, added in
+/// 30,000 documents, 0.1 % of them in German and half of them marked `half`; the first 2,000
+/// have one chunk each, with embeddings around 30 cluster centres (a centre plus two of 500 noise vectors, added in
 /// pgvector's C code so loading is quick); one small tenant.
 async fn load(client: &Client) {
     client
         .batch_execute(
-            "CREATE TEMP TABLE centres AS
+            "SELECT setseed(0.42);
+             CREATE TEMP TABLE centres AS
                  SELECT c, array_agg(random() - 0.5) AS v FROM generate_series(1, 30) c,
                         generate_series(1, 3072) GROUP BY c;
              INSERT INTO documents (tenant, collection, source_uri, title, metadata, content_hash)
                   SELECT CASE WHEN g <= 30 THEN 'small' ELSE 'big' END, 'docs', 'https://example.com/' || g,
                          'doc ' || g,
-                         jsonb_build_object('lang', CASE WHEN g % 1000 = 0 THEN 'de' ELSE 'en' END, 'n', g),
+                         jsonb_build_object('lang', CASE WHEN g % 1000 = 0 THEN 'de' ELSE 'en' END, 'n', g,
+                                            'half', g % 2 = 0),
                          md5(g::text)
                     FROM generate_series(1, 30000) g;
              CREATE TEMP TABLE noise AS
@@ -47,7 +49,7 @@ async fn load(client: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
     let loaded = source::load(migrations()).unwrap();
-    assert_eq!(loaded.len(), 4);
+    assert_eq!(loaded.len(), 5);
     let findings: Vec<_> = loaded.iter().flat_map(lint::lint).collect();
     assert!(findings.is_empty(), "{findings:#?}");
     let db = fresh_database().await;
@@ -61,7 +63,7 @@ async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
             .unwrap()
             .applied
             .len(),
-        4
+        5
     );
     let undone = migrator
         .rollback(
@@ -75,7 +77,7 @@ async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
         )
         .await
         .unwrap();
-    assert_eq!(undone.len(), 4);
+    assert_eq!(undone.len(), 5);
     let client = direct(&db).await;
     let left: i64 = client
         .query_one(
@@ -93,7 +95,7 @@ async fn the_schema_lints_clean_applies_rolls_back_and_applies_again() {
             .unwrap()
             .applied
             .len(),
-        4
+        5
     );
 }
 
@@ -223,8 +225,58 @@ async fn a_backup_of_vector_data_restores_with_matching_hashes() {
     let _ = std::fs::remove_file(pgsidecar::backup::manifest_path(&dump));
 }
 
+/// `retrieval.search`'s chunk ids and the path it took, for the chunk `q`'s embedding.
+async fn search(
+    client: &Client,
+    tenant: &str,
+    filter: Option<&str>,
+    exact_below: i32,
+    q: i64,
+) -> (Vec<i64>, Option<String>) {
+    let rows = client
+        .query(
+            "SELECT s.chunk_id, s.path FROM retrieval.search($1, 'docs',
+                 (SELECT embedding FROM chunks WHERE id = $2), $3::text::jsonb, 10, $4) s",
+            &[&tenant, &q, &filter, &exact_below],
+        )
+        .await
+        .unwrap();
+    let path = rows.first().map(|r| r.get(1));
+    (rows.iter().map(|r| r.get::<_, i64>(0)).collect(), path)
+}
+
+/// The exact top 10 among the chunks that pass the tenant and metadata filter.
+async fn exact(client: &Client, tenant: &str, filter: Option<&str>, q: i64) -> Vec<i64> {
+    client
+        .query(
+            "SELECT c.id FROM chunks c
+              WHERE c.tenant = $1 AND c.collection = 'docs'
+                AND ($3::text IS NULL OR c.document_id IN
+                     (SELECT id FROM documents WHERE metadata @> $3::text::jsonb))
+              ORDER BY c.embedding <=> (SELECT embedding FROM chunks WHERE id = $2)
+              LIMIT 10",
+            &[&tenant, &q, &filter],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .collect()
+}
+
+/// The share of `truth` (a top 10) that `found` holds.
+fn recall(found: &[i64], truth: &[i64]) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let hits = found.iter().filter(|id| truth.contains(id)).count() as f64;
+    hits / 10.0
+}
+
+/// The index `retrieval.search` walks on its ANN path (migration 0003).
+const SEARCH_INDEX: &str = "chunks_embedding_hnsw";
+
 /// `retrieval.search` against exact answers: the exact path returns exactly the nearest chunks
-/// that pass the filter, the ANN path holds its recall, and the path follows the filter's size.
+/// that pass the filter, the ANN path holds its recall with and without a metadata filter and
+/// returns only chunks that pass it, and the path follows the filter's size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_search_function_matches_exact_answers_and_picks_its_path_by_the_filter() {
     let db = fresh_database().await;
@@ -234,89 +286,86 @@ async fn the_search_function_matches_exact_answers_and_picks_its_path_by_the_fil
     migrator.apply(&ApplyOptions::default()).await.unwrap();
     let client = direct(&db).await;
     load(&client).await;
-    let search = |tenant: &'static str, filter: Option<&'static str>, exact_below: i32, q: i64| {
-        let client = &client;
-        async move {
-            let rows = client
-                .query(
-                    "SELECT s.chunk_id, s.path FROM retrieval.search($1, 'docs',
-                         (SELECT embedding FROM chunks WHERE id = $2), $3::text::jsonb, 10, $4) s",
-                    &[&tenant, &q, &filter, &exact_below],
-                )
-                .await
-                .unwrap();
-            let path: Option<String> = rows.first().map(|r| r.get(1));
-            (
-                rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
-                path,
-            )
-        }
-    };
-    let exact = |tenant: &'static str, filter: Option<&'static str>, q: i64| {
-        let client = &client;
-        async move {
-            client
-                .query(
-                    "SELECT c.id FROM chunks c
-                      WHERE c.tenant = $1 AND c.collection = 'docs'
-                        AND ($3::text IS NULL OR c.document_id IN
-                             (SELECT id FROM documents WHERE metadata @> $3::text::jsonb))
-                      ORDER BY c.embedding <=> (SELECT embedding FROM chunks WHERE id = $2)
-                      LIMIT 10",
-                    &[&tenant, &q, &filter],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, i64>(0))
-                .collect::<Vec<_>>()
-        }
-    };
     let index_scans = || async {
         direct(&db)
             .await
             .query_one(
-                "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'chunks_embedding_hnsw'",
-                &[],
+                "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1",
+                &[&SEARCH_INDEX],
             )
             .await
             .unwrap()
             .get::<_, i64>(0)
     };
+    let german = Some(r#"{"lang": "de"}"#);
+    let half = Some(r#"{"half": true}"#);
     let scans_before = index_scans().await;
-    let mut recall = 0.0;
+    let (mut unfiltered_recall, mut filtered_recall) = (0.0, 0.0);
     let queries: Vec<i64> = (0..10).map(|i| 40 + i * 150).collect();
     for &q in &queries {
-        let (small, path) = search("small", None, 1000, q).await;
+        let (small, path) = search(&client, "small", None, 1000, q).await;
         assert_eq!(path.as_deref(), Some("exact"));
-        assert_eq!(small, exact("small", None, q).await);
-        let filter = Some(r#"{"lang": "de"}"#);
-        let (german, path) = search("big", filter, 1000, q).await;
+        assert_eq!(small, exact(&client, "small", None, q).await);
+        let (few, path) = search(&client, "big", german, 1000, q).await;
         assert_eq!(path.as_deref(), Some("exact"));
-        assert_eq!(german, exact("big", filter, q).await);
-        assert_eq!(german.len(), 2, "two German documents have chunks");
-        let (forced_exact, path) = search("big", None, 5000, q).await;
+        assert_eq!(few, exact(&client, "big", german, q).await);
+        assert_eq!(few.len(), 2, "two German documents have chunks");
+        let (walked, path) = search(&client, "big", german, 1, q).await;
+        assert_eq!(path.as_deref(), Some("ann"));
+        assert_eq!(
+            walked, few,
+            "the walk goes on until it has found the two German chunks"
+        );
+        let (forced_exact, path) = search(&client, "big", None, 5000, q).await;
         assert_eq!(path.as_deref(), Some("exact"));
-        let truth = exact("big", None, q).await;
+        let truth = exact(&client, "big", None, q).await;
         assert_eq!(forced_exact, truth);
-        let (ann, path) = search("big", None, 1000, q).await;
+        let (ann, path) = search(&client, "big", None, 1000, q).await;
         assert_eq!(
             path.as_deref(),
             Some("ann"),
             "1,970 chunks pass: the graph walk"
         );
         assert_eq!(ann.len(), 10);
-        #[allow(clippy::cast_precision_loss)]
-        let found = ann.iter().filter(|id| truth.contains(id)).count() as f64;
-        recall += found / 10.0;
+        unfiltered_recall += recall(&ann, &truth);
+        let (halves, path) = search(&client, "big", half, 100, q).await;
+        assert_eq!(path.as_deref(), Some("ann"), "~985 chunks pass");
+        let half_truth = exact(&client, "big", half, q).await;
+        assert_eq!(halves.len(), 10);
+        filtered_recall += recall(&halves, &half_truth);
+        let outside: i64 = client
+            .query_one(
+                "SELECT count(*) FROM chunks c JOIN documents d ON d.id = c.document_id
+                  WHERE c.id = ANY($1) AND NOT d.metadata @> '{\"half\": true}'",
+                &[&halves],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            outside, 0,
+            "the walk returns only chunks that pass the filter"
+        );
     }
     #[allow(clippy::cast_precision_loss)]
-    let recall = recall / queries.len() as f64;
-    assert!(recall >= 0.95, "ANN recall@10 {recall}");
+    let queries = queries.len() as f64;
+    eprintln!(
+        "retrieval.search recall@10: {:.3} unfiltered, {:.3} with a 50 % filter",
+        unfiltered_recall / queries,
+        filtered_recall / queries
+    );
+    assert!(
+        unfiltered_recall / queries >= 0.95,
+        "ANN recall@10 {unfiltered_recall}"
+    );
+    assert!(
+        filtered_recall / queries >= 0.95,
+        "filtered ANN recall@10 {filtered_recall}"
+    );
     drop(client);
     // Statistics reach the shared counters when the session is idle or ends.
     wait_until("the HNSW index scans are counted", async || {
-        index_scans().await >= scans_before + 10
+        index_scans().await >= scans_before + 30
     })
     .await;
 }
