@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod cli;
 use pgsidecar::admin::AdminServer;
-use pgsidecar::config::{Config, Overrides};
+use pgsidecar::config::{Config, ConfigSource, Overrides};
 use pgsidecar::frontend::{Proxy, ProxyContext};
 use tokio::sync::watch;
 
@@ -224,19 +224,6 @@ fn otel_traces_disabled() -> bool {
     is("OTEL_SDK_DISABLED", "true") || is("OTEL_TRACES_EXPORTER", "none")
 }
 
-/// Where the configuration comes from, kept to reload it on SIGHUP: the file is read again,
-/// the flags and environment captured at start apply on top as before.
-struct ConfigSource {
-    path: Option<PathBuf>,
-    overrides: Overrides,
-}
-
-impl ConfigSource {
-    fn load(&self) -> Result<Config, pgsidecar::config::ConfigError> {
-        Config::load(self.path.as_deref(), &self.overrides)
-    }
-}
-
 impl ProxyArgs {
     fn source(self) -> ConfigSource {
         let overrides = Overrides {
@@ -353,9 +340,9 @@ fn init_logging(tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
         .init();
 }
 
-/// Reloads the configuration on every SIGHUP; a file that does not validate is refused and the
-/// running configuration stays.
-fn reload_on_sighup(ctx: Arc<ProxyContext>, source: ConfigSource) {
+/// Reloads the configuration on every SIGHUP; a file that does not validate is refused (and
+/// logged) and the running configuration stays.
+fn reload_on_sighup(ctx: Arc<ProxyContext>) {
     tokio::spawn(async move {
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
@@ -363,10 +350,7 @@ fn reload_on_sighup(ctx: Arc<ProxyContext>, source: ConfigSource) {
             return;
         };
         while hangup.recv().await.is_some() {
-            match source.load() {
-                Ok(config) => ctx.reload(config),
-                Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
-            }
+            let _ = ctx.reload_from_source();
         }
     });
 }
@@ -382,7 +366,8 @@ async fn run_proxy(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     );
     tracing::info!(listen = %proxy.local_addr()?, upstream = %format!("{}:{}", config.upstream.host, config.upstream.port), "pgsidecar proxy ready");
     let shutdown = shutdown_on_signal();
-    reload_on_sighup(Arc::clone(&ctx), source);
+    ctx.keep_source(source);
+    reload_on_sighup(Arc::clone(&ctx));
     let admin_stop = watch::Sender::new(false);
     if let Some(addr) = config.admin_listen {
         let admin = AdminServer::bind(addr, proxy.context())

@@ -252,7 +252,7 @@ fn show_config(ctx: &ProxyContext) -> Table {
     table
 }
 
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "SHOW POOLS",
     "SHOW CLIENTS",
     "SHOW SERVERS",
@@ -263,6 +263,7 @@ const COMMANDS: [&str; 10] = [
     "PAUSE [db]",
     "RESUME [db]",
     "SHUTDOWN WAIT",
+    "RELOAD",
 ];
 
 /// What the console sends back for a command that succeeded.
@@ -336,6 +337,10 @@ async fn answer(ctx: &ProxyContext, sql: &str) -> Result<Reply, (&'static str, S
                 ))
             }
         }
+        ["RELOAD"] => match ctx.reload_from_source() {
+            Ok(_) => Ok(Reply::Tag("RELOAD")),
+            Err(e) => Err((sqlstate::CONFIG_FILE_ERROR, e.to_string())),
+        },
         ["SHUTDOWN", "WAIT"] => {
             ctx.gate
                 .drain(std::time::Instant::now() + ctx.config().drain_timeout);

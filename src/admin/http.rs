@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -96,11 +96,24 @@ async fn healthz() -> &'static str {
 /// How long `/readyz` waits for the upstream to accept a TCP connection.
 const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Ready when the upstream accepts connections: a sidecar whose database is unreachable
-/// should be taken out of rotation rather than hand out errors.
-async fn readyz(State(ctx): State<Arc<ProxyContext>>) -> (StatusCode, String) {
+/// Ready while this sidecar takes new clients (it is not draining). A database outage alone
+/// leaves it ready: the database is shared by every pod of a Service, so failing readiness on it
+/// would remove all of them at once, and the clients already get the pool's own errors
+/// (`acquire_timeout`). `GET /readyz?upstream` also requires the upstream to accept a TCP
+/// connection, for deployments that prefer a pod out of rotation to an error.
+async fn readyz(
+    State(ctx): State<Arc<ProxyContext>>,
+    RawQuery(query): RawQuery,
+) -> (StatusCode, String) {
     if ctx.gate.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
+    }
+    let wants_upstream = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some("upstream"))
+    });
+    if !wants_upstream {
+        return (StatusCode::OK, "ready\n".to_owned());
     }
     let upstream = &ctx.config().upstream;
     let address = (upstream.host.as_str(), upstream.port);
@@ -226,7 +239,7 @@ async fn require_token(
         (None, _) => (
             StatusCode::FORBIDDEN,
             "no_token_configured",
-            "the gate endpoints are off: no admin token is configured (admin_token_file or PGSIDECAR_ADMIN_TOKEN)",
+            "the endpoints that change traffic (gate, reload) are off: no admin token is configured (admin_token_file or PGSIDECAR_ADMIN_TOKEN)",
         ),
         (Some(_), None) => (
             StatusCode::UNAUTHORIZED,
@@ -341,6 +354,22 @@ async fn gate_drain(State(ctx): State<Arc<ProxyContext>>, body: Bytes) -> JsonRe
     }
 }
 
+/// Reads the configuration file again (`POST /v1/reload`), as SIGHUP does, for containers
+/// where nothing can send a signal. 200 with the keys the file could not change (fixed by a flag
+/// or an environment variable at start); 422 with the reason when the file does not validate.
+async fn reload(State(ctx): State<Arc<ProxyContext>>) -> JsonReply {
+    match ctx.reload_from_source() {
+        Ok(pinned) => reply(
+            StatusCode::OK,
+            json!({ "reloaded": true, "pinned_by_flags_or_environment": pinned }),
+        ),
+        Err(e) => reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({ "reloaded": false, "error": e.to_string() }),
+        ),
+    }
+}
+
 /// A bound admin listener.
 pub struct AdminServer {
     listener: TcpListener,
@@ -376,6 +405,7 @@ impl AdminServer {
             .route("/v1/gate/pause", post(gate_pause))
             .route("/v1/gate/resume", post(gate_resume))
             .route("/v1/gate/drain", post(gate_drain))
+            .route("/v1/reload", post(reload))
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(&self.ctx),
                 require_token,

@@ -144,6 +144,48 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// The keys set here that a reload would otherwise take from the file (what the listeners,
+    /// the TLS identity and the telemetry pipeline read is fixed until a restart anyway).
+    pub(super) fn reloadable_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("upstream", &self.upstream),
+            ("auth", &self.auth),
+            ("auth_query", &self.auth_query),
+            ("auth_user", &self.auth_user),
+            ("auth_failure_delay", &self.auth_failure_delay),
+            ("server_tls_mode", &self.server_tls_mode),
+            ("server_ca", &self.server_ca),
+            ("pool_mode", &self.pool_mode),
+            ("pool_size", &self.pool_size),
+            ("min_idle", &self.min_idle),
+            ("acquire_timeout", &self.acquire_timeout),
+            ("query_wait_notify", &self.query_wait_notify),
+            ("server_idle_timeout", &self.server_idle_timeout),
+            ("server_lifetime", &self.server_lifetime),
+            ("server_connect_timeout", &self.server_connect_timeout),
+            ("max_prepared_statements", &self.max_prepared_statements),
+            ("client_idle_timeout", &self.client_idle_timeout),
+            ("idle_transaction_timeout", &self.idle_transaction_timeout),
+            ("query_timeout", &self.query_timeout),
+            ("transaction_timeout", &self.transaction_timeout),
+            ("max_db_connections", &self.max_db_connections),
+            ("max_user_connections", &self.max_user_connections),
+            ("client_login_timeout", &self.client_login_timeout),
+            ("max_client_conn", &self.max_client_conn),
+            ("max_message_size", &self.max_message_size),
+            ("drain_timeout", &self.drain_timeout),
+            ("schema_version", &self.schema_version),
+            ("health_interval", &self.health_interval),
+            ("max_pause_hold", &self.max_pause_hold),
+            ("max_pause_deadline", &self.max_pause_deadline),
+            ("admin_users", &self.admin_users),
+            ("admin_token_file", &self.admin_token_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.is_some().then_some(key))
+        .collect()
+    }
+
     pub(super) fn apply(&self, file: &mut FileConfig) {
         fn set(slot: &mut Option<Scalar>, value: Option<&String>) {
             if let Some(value) = value {

@@ -6,6 +6,7 @@ mod control;
 mod file;
 mod security;
 mod show;
+mod source;
 mod telemetry_file;
 mod values;
 
@@ -24,6 +25,7 @@ use file::FileConfig;
 pub use file::Overrides;
 pub use security::{AuthQuery, ExtraListener, TlsSettings};
 pub use show::Setting;
+pub use source::ConfigSource;
 pub use values::{parse_duration, parse_size};
 
 use crate::auth::Secret;

@@ -16,7 +16,7 @@ mod statements;
 mod tracker;
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 pub use cancel::{CancelRegistry, CancelSlot, ClientInfo};
 pub use listener::{Proxy, StartError};
@@ -24,7 +24,7 @@ pub use params::{ClientParams, parse_options};
 pub use session::SessionError;
 
 use crate::backend::PoolRegistry;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ConfigSource};
 use crate::gate::fleet::FleetSide;
 use crate::gate::{
     self, Gate, PauseError, PauseOptions, PauseReport, Scope, Straggler, Stragglers,
@@ -51,6 +51,19 @@ pub struct ProxyContext {
     pub started: std::time::SystemTime,
     /// Pause, drain and resume.
     pub gate: Arc<Gate>,
+    /// Where a reload reads the configuration from; unset for a proxy built in code.
+    source: OnceLock<ConfigSource>,
+}
+
+/// Why a reload left the running configuration in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The proxy was built from a configuration value, not from a file and flags.
+    #[error("this proxy has no configuration source to reload from")]
+    NoSource,
+    /// The file no longer validates.
+    #[error("reload refused, the running configuration stays: {0}")]
+    Invalid(#[from] ConfigError),
 }
 
 impl ProxyContext {
@@ -76,6 +89,7 @@ impl ProxyContext {
             telemetry,
             started: std::time::SystemTime::now(),
             gate: Arc::new(Gate::default()),
+            source: OnceLock::new(),
         }))
     }
 
@@ -112,6 +126,34 @@ impl ProxyContext {
         self.pools.reconfigure(Arc::clone(&config));
         *self.config.write().expect("config lock") = config;
         tracing::info!("configuration reloaded");
+    }
+
+    /// Remembers where the configuration came from, so that [`Self::reload_from_source`] can
+    /// read it again. The first source given stays.
+    pub fn keep_source(&self, source: ConfigSource) {
+        let _ = self.source.set(source);
+    }
+
+    /// Reads the configuration file again and applies it, as SIGHUP, the console's `RELOAD`
+    /// and `POST /v1/reload` do. Returns the keys whose file values did not apply because a
+    /// flag or an environment variable set them at start (also logged as a warning).
+    ///
+    /// # Errors
+    /// [`ReloadError`]; the running configuration then stays as it was.
+    pub fn reload_from_source(&self) -> Result<Vec<&'static str>, ReloadError> {
+        let source = self.source.get().ok_or(ReloadError::NoSource)?;
+        let config = source.load().inspect_err(|e| {
+            tracing::error!("reload refused, the running configuration stays: {e}");
+        })?;
+        let pinned = source.pinned_keys();
+        if !pinned.is_empty() {
+            tracing::warn!(
+                keys = ?pinned,
+                "set by a flag or environment variable at start: the file's values for these keys do not apply until a restart"
+            );
+        }
+        self.reload(config);
+        Ok(pinned)
     }
 
     /// Pauses as `options` say, reporting and ending this proxy's transactions in the way.

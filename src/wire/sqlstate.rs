@@ -34,3 +34,5 @@ pub const TRANSACTION_TIMEOUT: &str = "25P04";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 /// `query_timeout` fired: the query was cancelled.
 pub const QUERY_CANCELED: &str = "57014";
+/// A reload whose configuration file does not validate (PostgreSQL's config_file_error).
+pub const CONFIG_FILE_ERROR: &str = "F0000";

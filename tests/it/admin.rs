@@ -43,13 +43,18 @@ async fn health_and_status_report_pools_and_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_fails_while_the_upstream_is_unreachable() {
+async fn readyz_checks_the_upstream_only_when_asked() {
     let mut o = overrides("transaction", 1);
     // Nothing listens on port 1.
     o.upstream = Some("postgres://postgres@127.0.0.1:1".into());
     let proxy = start_proxy_with(&o, None).await;
     let admin = proxy.admin().await;
-    let (code, body) = get(admin.addr, "/readyz").await;
+    // A database outage must not take every pod of a Service out of rotation by default.
+    assert_eq!(
+        get(admin.addr, "/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+    let (code, body) = get(admin.addr, "/readyz?upstream").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("127.0.0.1:1 unreachable"), "{body}");
     assert_eq!(get(admin.addr, "/healthz").await.0, 200);

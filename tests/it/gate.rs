@@ -458,3 +458,57 @@ async fn sighup_resizes_the_pool_under_load() {
     assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
     let _ = std::fs::remove_file(&config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_by_console_and_admin_endpoint_reads_the_file_again() {
+    let db = fresh_database().await;
+    let mut o = overrides("transaction", 2);
+    o.pool_size = None;
+    o.admin_users = Some("postgres".into());
+    o.admin_token = Some(TOKEN.into());
+    let proxy = start_proxy_with(&o, Some("pool_size = 2\n")).await;
+    let path = proxy.config_path.clone().unwrap();
+    let admin = proxy.admin().await;
+    let admin_port = admin.addr.port();
+    let app = proxy.connect(&db).await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    let pool_size = || async { pool_status(admin_port).await.unwrap()["pool_size"].clone() };
+    assert_eq!(pool_size().await, 2);
+
+    // The console's RELOAD, for admin users.
+    let console = connect(&proxy.url("pgsidecar")).await.unwrap();
+    std::fs::write(&path, "pool_size = 5\n").unwrap();
+    console.simple_query("RELOAD").await.unwrap();
+    assert_eq!(pool_size().await, 5);
+
+    // The HTTP endpoint changes traffic, so it needs the admin token.
+    std::fs::write(&path, "pool_size = 3\n").unwrap();
+    let (code, _) = post_as(admin.addr, "/v1/reload", "", None).await;
+    assert_eq!(code, 401);
+    assert_eq!(pool_size().await, 5);
+    let (code, reply) = post(admin.addr, "/v1/reload", "").await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["reloaded"], true);
+    // Keys fixed by flags or environment at start are named: the file cannot change them.
+    let pinned = reply["pinned_by_flags_or_environment"].as_array().unwrap();
+    assert!(pinned.contains(&"pool_mode".into()), "{reply}");
+    assert!(pinned.contains(&"upstream".into()), "{reply}");
+    assert!(!pinned.contains(&"pool_size".into()), "{reply}");
+    assert_eq!(pool_size().await, 3);
+
+    // A file that does not validate is refused by both, with the reason; the size stays.
+    std::fs::write(&path, "pool_size = 0\n").unwrap();
+    let error = console.simple_query("RELOAD").await.unwrap_err();
+    let error = error.as_db_error().expect("a server error");
+    assert_eq!(error.code().code(), "F0000");
+    assert!(error.message().contains("pool_size"), "{}", error.message());
+    let (code, reply) = post(admin.addr, "/v1/reload", "").await;
+    assert_eq!(code, 422, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("pool_size"),
+        "{reply}"
+    );
+    assert_eq!(pool_size().await, 3);
+    app.simple_query("SELECT 1").await.unwrap();
+    let _ = std::fs::remove_file(&path);
+}

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pgsidecar::config::{Config, Overrides};
+use pgsidecar::config::{Config, ConfigSource, Overrides};
 use pgsidecar::dev::{LocalCluster, free_port};
 use pgsidecar::frontend::Proxy;
 use pgsidecar::pgbin::pg_bindir;
@@ -176,6 +176,8 @@ pub struct TestProxy {
     pub extra_ports: Vec<u16>,
     /// The proxy's shared state, for the admin side.
     pub ctx: std::sync::Arc<pgsidecar::frontend::ProxyContext>,
+    /// The configuration file it was started with, which a reload reads again.
+    pub config_path: Option<std::path::PathBuf>,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -231,12 +233,17 @@ pub async fn start_proxy_with(overrides: &Overrides, file: Option<&str>) -> Test
         .map(std::net::SocketAddr::port)
         .collect();
     let ctx = proxy.context();
+    ctx.keep_source(ConfigSource {
+        path: path.clone(),
+        overrides: overrides.clone(),
+    });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(proxy.run(rx));
     TestProxy {
         port,
         extra_ports,
         ctx,
+        config_path: path,
         _shutdown: tx,
     }
 }
