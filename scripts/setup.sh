@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what pgsidecar and its test suite need on Debian 12: PostgreSQL 15 (server, server-dev,
 # contrib with pgbench), pgvector 0.8.0 built from Debian's trixie source package, PgBouncer for the
-# benchmarks, libclang for the pg_query parser bindings, and the Python packages the tests drive. Idempotent: a second run only checks.
+# benchmarks, libclang for the pg_query parser bindings, debootstrap for the container tests' base
+# image, and the Python packages the tests drive (psycopg, kubernetes-validate with the Kubernetes
+# schemas for offline validation). kubectl (for `kubectl kustomize`) and Docker must already be
+# on the machine. Idempotent: a second run only checks.
 set -euo pipefail
 
 PG_MAJOR=15
@@ -14,7 +17,7 @@ log() { printf '[setup] %s\n' "$*"; }
 
 need_pkgs=()
 for pkg in postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} postgresql-contrib postgresql-server-dev-${PG_MAJOR} \
-           pgbouncer build-essential dpkg-dev python3-pip libclang1-14 libclang-common-14-dev; do
+           pgbouncer build-essential dpkg-dev python3-pip libclang1-14 libclang-common-14-dev debootstrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -54,4 +57,11 @@ if ! "$venv/bin/python" -c 'import psycopg' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.2,<4'
 fi
-log "ready: PostgreSQL ${PG_MAJOR}, pgvector ${PGVECTOR_VERSION}, pgbench, pgbouncer, psycopg"
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  log "installing kubernetes-validate into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+for tool in kubectl docker; do
+  command -v "$tool" >/dev/null || log "warning: $tool is missing; the deployment tests need it"
+done
+log "ready: PostgreSQL ${PG_MAJOR}, pgvector ${PGVECTOR_VERSION}, pgbench, pgbouncer, psycopg, kubernetes-validate"

@@ -151,6 +151,7 @@ async fn metrics(State(ctx): State<Arc<ProxyContext>>) -> impl IntoResponse {
             },
         );
     }
+    metrics.set_paused_scopes(ctx.gate.status().paused.len());
     (
         [(
             header::CONTENT_TYPE,

@@ -30,7 +30,7 @@ enum BackupAction {
         /// The dump (its manifest is FILE.manifest.json).
         file: PathBuf,
         /// A server where a scratch database may be created (and is dropped afterwards).
-        #[arg(long)]
+        #[arg(long, env = "PGSIDECAR_SCRATCH_URL")]
         scratch_url: String,
         /// The source database, to record the verification for `migrate apply`'s policy.
         #[arg(long, env = "DATABASE_URL")]

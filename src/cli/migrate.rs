@@ -153,8 +153,9 @@ pub struct ApplyArgs {
     /// Where --backup writes the dump (and its manifest beside it).
     #[arg(long)]
     backup_output: Option<PathBuf>,
-    /// A server where the backup's verification restores into a scratch database.
-    #[arg(long)]
+    /// A server where the backup's verification restores into a scratch database (in the
+    /// environment, it stays out of the process list).
+    #[arg(long, env = "PGSIDECAR_SCRATCH_URL")]
     scratch_url: Option<String>,
     /// Go ahead without a verified backup; --reason is required and recorded in the history.
     #[arg(long, requires = "reason", conflicts_with = "backup")]

@@ -106,6 +106,7 @@ pub struct Metrics {
     client_timeouts: Family<ReasonLabels, Counter>,
     spans_exported: Counter,
     schema_version: Gauge,
+    paused_scopes: Gauge,
     spans_dropped: Family<ReasonLabels, Counter>,
     health_status: Family<CheckLabels, Gauge>,
     health_value: Family<CheckLabels, Gauge<f64, AtomicU64>>,
@@ -148,6 +149,7 @@ impl Metrics {
             client_timeouts: Family::default(),
             spans_exported: Counter::default(),
             schema_version: Gauge::default(),
+            paused_scopes: Gauge::default(),
             spans_dropped: Family::default(),
             health_status: Family::default(),
             health_value: Family::default(),
@@ -297,7 +299,19 @@ impl Metrics {
         self.schema_version.set(version);
     }
 
+    /// Records how many scopes the gate holds paused (or is pausing), read at scrape time so
+    /// that an alert can fire on a pause held too long.
+    pub fn set_paused_scopes(&self, scopes: usize) {
+        self.paused_scopes
+            .set(i64::try_from(scopes).unwrap_or(i64::MAX));
+    }
+
     fn register_traffic(&self, registry: &mut Registry) {
+        registry.register(
+            "gate_paused_scopes",
+            "Scopes (a database, or * for all) this sidecar holds paused or is pausing now",
+            self.paused_scopes.clone(),
+        );
         registry.register(
             "schema_version",
             "The migration version whose schema this sidecar's clients are served (0: none)",

@@ -289,6 +289,12 @@ async fn http_and_console_controls() {
     let status: serde_json::Value =
         serde_json::from_str(&http_get(admin.addr, "/v1/status").await.body).unwrap();
     assert_eq!(status["gate"]["paused"][&db], "paused");
+    // A pause held too long is alerted on from this gauge.
+    let metrics = http_get(admin.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains("\npgsidecar_gate_paused_scopes 1\n"),
+        "{metrics}"
+    );
     let (code, reply) = post(
         admin.addr,
         "/v1/gate/resume",
