@@ -109,7 +109,7 @@ async fn show_commands_report_pools_clients_servers_and_stats() {
     let error = admin.simple_query("DROP TABLE x").await.unwrap_err();
     assert_eq!(error.code().unwrap().code(), "42601");
     // Still usable after an error; extended protocol is refused, not fatal.
-    assert_eq!(show(&admin, "SHOW HELP").await.len(), 10);
+    assert_eq!(show(&admin, "SHOW HELP").await.len(), 11);
     let error = admin.query("SHOW POOLS", &[]).await.unwrap_err();
     assert_eq!(error.code().unwrap().code(), "0A000");
     assert_eq!(show(&admin, "SHOW VERSION").await.len(), 1);
