@@ -19,7 +19,7 @@ ARG PG_MAJOR
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates postgresql-client-${PG_MAJOR} \
- && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin pgsidecar
 # The document-retrieval schema pgsidecar ships, for `migrate apply --dir /usr/share/pgsidecar/migrations`.
 COPY migrations /usr/share/pgsidecar/migrations
@@ -40,7 +40,7 @@ COPY target/docker/pgsidecar /usr/local/bin/pgsidecar
 FROM ${BUILD_BASE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libclang-dev clang \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \

@@ -6,7 +6,7 @@ FROM ${BASE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       postgresql-15 python3-psycopg \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY vector.so /usr/lib/postgresql/15/lib/
 COPY extension/ /usr/share/postgresql/15/extension/
 COPY app.py /usr/local/bin/app.py
