@@ -200,6 +200,17 @@ impl ServerParams {
         }
     }
 
+    /// `name` spelled as the server reports it (`timezone` -> `TimeZone`): setting names are
+    /// case-insensitive, and SQL lowercases them, so a name from a statement is matched to the
+    /// reported one before it is compared or stored.
+    #[must_use]
+    pub fn canonical(&self, name: &str) -> String {
+        self.reported
+            .keys()
+            .find(|n| n.eq_ignore_ascii_case(name))
+            .map_or_else(|| name.to_owned(), Clone::clone)
+    }
+
     /// Records a `RESET name`: that setting is back to its login default.
     pub fn forget(&mut self, name: &str) {
         self.applied.remove(name);

@@ -103,18 +103,20 @@ impl ClientParams {
 
     /// Records a ParameterStatus the client's own statements caused.
     pub fn observe(&mut self, name: &str, value: &str) {
+        forget_any_case(&mut self.wanted, name);
         self.wanted.insert(name.to_owned(), value.to_owned());
     }
 
-    /// `RESET name`: back to the startup value, or the server default.
+    /// `RESET name`: back to the startup value, or the server default. Setting names are
+    /// case-insensitive: `RESET timezone` restores a startup `TimeZone`.
     pub fn reset(&mut self, name: &str) {
-        match self.startup.get(name) {
-            Some(value) => {
-                self.wanted.insert(name.to_owned(), value.clone());
-            }
-            None => {
-                self.wanted.remove(name);
-            }
+        forget_any_case(&mut self.wanted, name);
+        if let Some((startup_name, value)) = self
+            .startup
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            self.wanted.insert(startup_name.clone(), value.clone());
         }
     }
 
@@ -138,6 +140,12 @@ impl ClientParams {
     }
 }
 
+/// Removes `name` from `settings` whatever the case it was stored in (PostgreSQL's setting
+/// names are case-insensitive; startup packets and SQL spell them differently).
+fn forget_any_case(settings: &mut BTreeMap<String, String>, name: &str) {
+    settings.retain(|n, _| !n.eq_ignore_ascii_case(name));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +163,32 @@ mod tests {
             ]
         );
         assert!(parse_options("-d 5").is_err());
+    }
+
+    #[test]
+    fn reset_restores_the_startup_value_whatever_the_case_of_the_name() {
+        let mut startup = BTreeMap::new();
+        startup.insert("TimeZone".to_owned(), "Asia/Tokyo".to_owned());
+        let mut client = ClientParams::from_startup(&startup).unwrap();
+        client.observe("timezone", "UTC");
+        assert_eq!(
+            client.wanted().len(),
+            1,
+            "one entry per setting: {:?}",
+            client.wanted()
+        );
+        client.reset("timezone");
+        assert_eq!(
+            client.wanted().get("TimeZone").map(String::as_str),
+            Some("Asia/Tokyo")
+        );
+        assert_eq!(client.wanted().len(), 1);
+        client.observe("datestyle", "German");
+        client.reset("DateStyle");
+        assert!(
+            !client.wanted().contains_key("datestyle"),
+            "no startup value: the server's default"
+        );
     }
 
     #[test]

@@ -221,6 +221,18 @@ impl Relay<'_> {
         }
     }
 
+    /// A client that owns its server session (session mode) still has its statements' effects
+    /// noted, so that `RESET`, `RESET ALL` and `DISCARD ALL` bring it back to the settings of its
+    /// own startup packet rather than to those the server connection was opened with.
+    fn note_own_session_effects(&mut self, tag: u8, body: &[u8]) -> Result<(), WireError> {
+        match tag {
+            b'Q' => self.note_effects(take_cstr(body)?.0),
+            b'P' => self.note_effects(ParseMessage::decode(body)?.query()),
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Answers a lone `DEALLOCATE` / `DISCARD ALL` from the client's own view of its session:
     /// the server connection, shared with others, is left alone. Returns the command tag.
     fn answer_locally(&mut self, sql: &str) -> Option<&'static str> {
@@ -324,6 +336,9 @@ impl Relay<'_> {
             let replaced = if self.rename && matches!(header.tag, b'P' | b'B' | b'D' | b'C') {
                 self.rewrite_client(header.tag, body, &mut scratch, now)?
             } else {
+                if !self.rename {
+                    self.note_own_session_effects(header.tag, body)?;
+                }
                 self.account_plain(header.tag, body, now);
                 false
             };

@@ -703,16 +703,14 @@ async fn a_sidecar_serves_its_schema_version_in_both_pool_modes_unless_the_clien
             "mine",
             "{mode}: the client's SET wins"
         );
-        if mode == "transaction" {
-            // In session mode the client owns its server session, and RESET there goes back to
-            // the server's default (documented).
-            served.batch_execute("RESET search_path").await.unwrap();
-            assert_eq!(
-                search_path(&served).await,
-                "app_v0007, \"$user\", public",
-                "RESET goes back to the version's path"
-            );
-        }
+        // In both modes RESET returns to the session's start, the version's path, not to
+        // the server connection's default.
+        served.batch_execute("RESET search_path").await.unwrap();
+        assert_eq!(
+            search_path(&served).await,
+            "app_v0007, \"$user\", public",
+            "{mode}: RESET goes back to the version's path"
+        );
         let own = connect(&format!("{}?options=-csearch_path%3Down", proxy.url(&db)))
             .await
             .unwrap();

@@ -1,9 +1,10 @@
 //! Session state in transaction mode: settings follow their client, state that cannot move pins
-//! the client, and DEALLOCATE / DISCARD ALL touch only the client's own view.
+//! the client, and DEALLOCATE / DISCARD ALL touch only the client's own view. In both modes RESET,
+//! RESET ALL and DISCARD ALL return a client to its own startup settings.
 
 use std::collections::HashSet;
 
-use crate::support::{fresh_database, sqlstate, start_proxy};
+use crate::support::{connect, fresh_database, sqlstate, start_proxy};
 
 async fn setting(client: &tokio_postgres::Client, name: &str) -> String {
     client
@@ -316,4 +317,80 @@ async fn a_setting_the_server_refuses_later_is_dropped_not_fatal() {
     client.simple_query("SELECT 1").await.unwrap();
     let pool = &proxy.ctx.pools.all()[0];
     assert_eq!(pool.metrics().settings_dropped(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_returns_to_the_clients_startup_settings_not_the_connections() {
+    let db = fresh_database().await;
+    for mode in ["session", "transaction"] {
+        // One server connection, opened by a client with settings of its own.
+        let proxy = start_proxy(mode, 1).await;
+        let opener = connect(&format!(
+            "{}?options=-cTimeZone%3DAsia/Tokyo%20-cDateStyle%3DSQL,DMY",
+            proxy.url(&db)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(setting(&opener, "TimeZone").await, "Asia/Tokyo", "{mode}");
+        drop(opener);
+
+        let client = connect(&format!(
+            "{}?options=-cTimeZone%3DAmerica/New_York&application_name=resetter",
+            proxy.url(&db)
+        ))
+        .await
+        .unwrap();
+        let server_default = "ISO, MDY";
+        assert_eq!(
+            setting(&client, "DateStyle").await,
+            server_default,
+            "{mode}"
+        );
+        client
+            .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'German'")
+            .await
+            .unwrap();
+        client.batch_execute("RESET TimeZone").await.unwrap();
+        assert_eq!(
+            setting(&client, "TimeZone").await,
+            "America/New_York",
+            "{mode}: RESET x"
+        );
+        assert_eq!(setting(&client, "DateStyle").await, "German, DMY", "{mode}");
+        client.batch_execute("RESET DateStyle").await.unwrap();
+        assert_eq!(
+            setting(&client, "DateStyle").await,
+            server_default,
+            "{mode}: RESET of a setting the client never gave returns to the server's default, not the opener's"
+        );
+
+        client
+            .batch_execute("SET TimeZone = 'UTC'; SET application_name = 'other'")
+            .await
+            .unwrap();
+        client.batch_execute("RESET ALL").await.unwrap();
+        assert_eq!(
+            setting(&client, "TimeZone").await,
+            "America/New_York",
+            "{mode}: RESET ALL"
+        );
+        assert_eq!(
+            setting(&client, "application_name").await,
+            "resetter",
+            "{mode}: RESET ALL"
+        );
+
+        client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+        client.batch_execute("DISCARD ALL").await.unwrap();
+        assert_eq!(
+            setting(&client, "TimeZone").await,
+            "America/New_York",
+            "{mode}: DISCARD ALL"
+        );
+        assert_eq!(
+            setting(&client, "DateStyle").await,
+            server_default,
+            "{mode}: DISCARD ALL"
+        );
+    }
 }

@@ -52,11 +52,13 @@ impl Session {
             match effect {
                 Effect::Pin(reason) => self.pin(reason),
                 Effect::Set(name) => {
+                    let name = server.params.canonical(&name);
                     if !changed.contains(&name) {
                         changed.push(name);
                     }
                 }
                 Effect::Reset(name) => {
+                    let name = server.params.canonical(&name);
                     changed.retain(|n| *n != name);
                     self.params.reset(&name);
                     server.params.forget(&name);
