@@ -143,8 +143,10 @@ impl ProxyContext {
     pub fn reload_from_source(&self) -> Result<Vec<&'static str>, ReloadError> {
         let source = self.source.get().ok_or(ReloadError::NoSource)?;
         let config = source.load().inspect_err(|e| {
+            self.telemetry.metrics.config_reload(false);
             tracing::error!("reload refused, the running configuration stays: {e}");
         })?;
+        self.telemetry.metrics.config_reload(true);
         let pinned = source.pinned_keys();
         if !pinned.is_empty() {
             tracing::warn!(

@@ -46,6 +46,11 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -112,6 +117,7 @@ pub struct Metrics {
     health_value: Family<CheckLabels, Gauge<f64, AtomicU64>>,
     login_failures: Family<SourceLabels, Counter>,
     control_refused: Family<RefusalLabels, Counter>,
+    config_reloads: Family<ResultLabels, Counter>,
     login_failure_sources: std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>,
 }
 
@@ -155,6 +161,7 @@ impl Metrics {
             health_value: Family::default(),
             login_failures: Family::default(),
             control_refused: Family::default(),
+            config_reloads: Family::default(),
             login_failure_sources: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
@@ -232,6 +239,11 @@ impl Metrics {
             self.control_refused.clone(),
         );
         registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, RELOAD, POST /v1/reload) by result: applied, or refused because the file did not validate",
+            self.config_reloads.clone(),
+        );
+        registry.register(
             "database_health_status",
             "Result of each database health check the sidecar runs (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
             self.health_status.clone(),
@@ -262,6 +274,14 @@ impl Metrics {
         drop(sources);
         self.login_failures
             .get_or_create(&SourceLabels { source: label })
+            .inc();
+    }
+
+    /// Counts a configuration reload, applied or refused.
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::support::{
     ProxyProcess, TestProxy, connect, direct, fresh_database, http_get, overrides, sqlstate,
-    start_proxy_with,
+    start_proxy_with, wait_until,
 };
 
 /// The admin token the test proxies require for the gate endpoints.
@@ -455,10 +455,17 @@ async fn sighup_resizes_the_pool_under_load() {
         p["pool_size"] == 3 && p["server_connections"].as_u64() <= Some(3)
     })
     .await;
-    // A file that does not validate is refused; the running size stays.
+    // A file that does not validate is refused (and counted); the running size stays.
     std::fs::write(&config, "pool_size = 0\n").unwrap();
     assert_eq!(send_signal(pid, "HUP"), 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_until("the refused reload to be counted", async || {
+        http_get(admin, "/metrics")
+            .await
+            .body
+            .contains("pgsidecar_config_reloads_total{result=\"refused\"} 1\n")
+    })
+    .await;
     assert_eq!(pool_status(admin_port).await.unwrap()["pool_size"], 3);
     let committed = stop_writers(tasks, &stop).await;
     assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
@@ -515,6 +522,13 @@ async fn reload_by_console_and_admin_endpoint_reads_the_file_again() {
         "{reply}"
     );
     assert_eq!(pool_size().await, 3);
+    let metrics = http_get(admin.addr, "/metrics").await.body;
+    for line in [
+        "pgsidecar_config_reloads_total{result=\"applied\"} 2\n",
+        "pgsidecar_config_reloads_total{result=\"refused\"} 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     app.simple_query("SELECT 1").await.unwrap();
     let _ = std::fs::remove_file(&path);
 }
