@@ -99,10 +99,8 @@ fn kubernetes_manifests_render_validate_and_log_the_app_in() {
     let ops_verifier = "SCRAM-SHA-256$4096:BUJ9G7Z1Gno4ImOFan971A==";
     let app_verifier = "SCRAM-SHA-256$4096:HwygHnvHcgAw1lSXl+/4vQ==";
     assert!(text.contains(app_verifier) && text.contains(ops_verifier));
-    let (ok, out) = policy_check(&{
-        std::fs::write(&broken, text.replacen(app_verifier, ops_verifier, 1)).unwrap();
-        broken.clone()
-    });
+    std::fs::write(&broken, text.replacen(app_verifier, ops_verifier, 1)).unwrap();
+    let (ok, out) = policy_check(&broken);
     assert!(!ok && out.contains("the app would not log in"), "{out}");
     for file in [base, example, broken] {
         let _ = std::fs::remove_file(file);
