@@ -296,6 +296,16 @@ impl LocalCluster {
             .map(|_| ())
     }
 
+    /// Promotes a replica to a primary and waits until it takes writes.
+    ///
+    /// # Errors
+    /// [`DevError`] if `pg_ctl promote` fails.
+    pub fn promote(&self) -> Result<(), DevError> {
+        let data = self.data_dir().display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-w", "-t", "60", "promote"])
+            .map(|_| ())
+    }
+
     /// A URL for the superuser over TCP.
     #[must_use]
     pub fn url(&self, database: &str) -> String {

@@ -364,7 +364,7 @@ async fn run_proxy(config: Config, source: ConfigSource) -> anyhow::Result<()> {
             .as_ref()
             .map(pgsidecar::telemetry::QueryTracer::tracer),
     );
-    tracing::info!(listen = %proxy.local_addr()?, upstream = %format!("{}:{}", config.upstream.host, config.upstream.port), "pgsidecar proxy ready");
+    tracing::info!(listen = %proxy.local_addr()?, upstream = %config.upstream.addresses(), "pgsidecar proxy ready");
     let shutdown = shutdown_on_signal();
     ctx.keep_source(source);
     reload_on_sighup(Arc::clone(&ctx));

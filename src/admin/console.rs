@@ -1,5 +1,5 @@
 //! The admin console: `psql -d pgsidecar` on the proxy's own port, for the users in
-//! `admin_users`. It answers `SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|VERSION|HELP`, `PAUSE [db]`,
+//! `admin_users`. It answers `SHOW POOLS|HOSTS|CLIENTS|SERVERS|STATS|CONFIG|VERSION|HELP`, `PAUSE [db]`,
 //! `RESUME [db]` and `SHUTDOWN WAIT` over the simple query protocol, with PgBouncer's column names wherever the meaning is the same, so existing
 //! habits and scripts carry over.
 
@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
+use crate::backend::{HostState, ServerPool};
 use crate::frontend::ProxyContext;
 use crate::gate::{DEFAULT_MAX_HOLD, DEFAULT_PAUSE_DEADLINE, PauseError, PauseOptions, Scope};
 use crate::tls::PgStream;
@@ -86,6 +87,43 @@ fn ago(elapsed: Duration) -> SystemTime {
     SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH)
 }
 
+/// Pools by database, user and host, as listed.
+fn sorted_pools(ctx: &ProxyContext) -> Vec<Arc<ServerPool>> {
+    let mut pools = ctx.pools.all();
+    pools.sort_by(|a, b| (a.key(), a.host()).cmp(&(b.key(), b.host())));
+    pools
+}
+
+/// The upstream hosts: role as configured and as found, replay lag, and whether each takes
+/// new transactions.
+fn show_hosts(ctx: &ProxyContext) -> Table {
+    let mut table = Table::new(&[
+        ("host", TEXT),
+        ("configured_role", TEXT),
+        ("state", TEXT),
+        ("in_rotation", TEXT),
+        ("lag_bytes", INT8),
+        ("lag_seconds", TEXT),
+        ("state_since", TEXT),
+        ("last_error", TEXT),
+    ]);
+    for host in ctx.pools.topology().hosts() {
+        let in_rotation = matches!(host.state, HostState::Primary)
+            || (host.state == HostState::Replica && !host.lagging);
+        table.row(vec![
+            text(&host.address),
+            text(host.configured),
+            text(host.state.name()),
+            text(if in_rotation { "yes" } else { "no" }),
+            host.lag_bytes.map(|b| b.to_string()),
+            host.lag_seconds.map(|s| format!("{s:.3}")),
+            text(timestamp(ago(host.since.elapsed()))),
+            host.last_probe.and_then(Result::err),
+        ]);
+    }
+    table
+}
+
 fn show_pools(ctx: &ProxyContext) -> Table {
     let mut table = Table::new(&[
         ("database", TEXT),
@@ -95,10 +133,10 @@ fn show_pools(ctx: &ProxyContext) -> Table {
         ("sv_active", INT8),
         ("sv_idle", INT8),
         ("pool_mode", TEXT),
+        ("host", TEXT),
+        ("role", TEXT),
     ]);
-    let mut pools = ctx.pools.all();
-    pools.sort_by(|a, b| a.key().cmp(b.key()));
-    for pool in pools {
+    for pool in sorted_pools(ctx) {
         let usage = pool.usage();
         let clients = pool.metrics().totals().clients;
         table.row(vec![
@@ -109,6 +147,8 @@ fn show_pools(ctx: &ProxyContext) -> Table {
             text(usage.size.saturating_sub(usage.available)),
             text(usage.available),
             text(pool.mode()),
+            text(pool.address()),
+            text(pool.host_state().name()),
         ]);
     }
     table
@@ -214,10 +254,9 @@ fn show_stats(ctx: &ProxyContext) -> Table {
         ("total_sent", INT8),
         ("total_query_time", INT8),
         ("total_wait_time", INT8),
+        ("host", TEXT),
     ]);
-    let mut pools = ctx.pools.all();
-    pools.sort_by(|a, b| a.key().cmp(b.key()));
-    for pool in pools {
+    for pool in sorted_pools(ctx) {
         let totals = pool.metrics().totals();
         table.row(vec![
             text(&pool.key().database),
@@ -229,6 +268,7 @@ fn show_stats(ctx: &ProxyContext) -> Table {
             text(totals.sent_bytes),
             text(totals.query_micros),
             text(totals.wait_micros),
+            text(pool.address()),
         ]);
     }
     table
@@ -252,8 +292,9 @@ fn show_config(ctx: &ProxyContext) -> Table {
     table
 }
 
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "SHOW POOLS",
+    "SHOW HOSTS",
     "SHOW CLIENTS",
     "SHOW SERVERS",
     "SHOW STATS",
@@ -362,6 +403,7 @@ fn show(ctx: &ProxyContext, sql: &str) -> Result<Reply, (&'static str, String)> 
     let table = match words.as_slice() {
         [] => return Ok(Reply::Empty),
         ["SHOW", "POOLS"] => show_pools(ctx),
+        ["SHOW", "HOSTS"] => show_hosts(ctx),
         ["SHOW", "CLIENTS"] => show_clients(ctx),
         ["SHOW", "SERVERS"] => show_servers(ctx),
         ["SHOW", "STATS"] => show_stats(ctx),

@@ -33,6 +33,10 @@ pub struct PoolStatus {
     pub database: String,
     /// Client-facing user.
     pub user: String,
+    /// `host:port` of the upstream host its connections go to.
+    pub host: String,
+    /// What that host is now: `primary`, `replica`, `down`, `fenced`, `unknown`.
+    pub role: String,
     /// `transaction` or `session`.
     pub mode: String,
     /// Configured maximum of server connections.
@@ -56,6 +60,25 @@ pub struct Status {
     pub gate: GateStatus,
     /// Every pool created so far.
     pub pools: Vec<PoolStatus>,
+    /// The upstream hosts, as routing sees them.
+    pub hosts: Vec<HostReport>,
+}
+
+/// One upstream host in `GET /v1/status`.
+#[derive(Debug, Serialize)]
+pub struct HostReport {
+    /// `host:port`.
+    pub host: String,
+    /// The role configured: `primary`, `replica` or `auto`.
+    pub configured_role: String,
+    /// What it is now: `primary`, `replica`, `down`, `fenced`, `unknown`.
+    pub state: String,
+    /// Replicas: out of the rotation for lag.
+    pub lagging: bool,
+    /// Replicas: WAL bytes behind the primary.
+    pub lag_bytes: Option<u64>,
+    /// Replicas: seconds behind.
+    pub lag_seconds: Option<f64>,
 }
 
 impl Status {
@@ -71,6 +94,8 @@ impl Status {
                 PoolStatus {
                     database: pool.key().database.clone(),
                     user: pool.key().user.clone(),
+                    host: pool.address().to_owned(),
+                    role: pool.host_state().name().to_owned(),
                     mode: pool.mode().to_string(),
                     pool_size: pool.settings().size,
                     server_connections: usage.size,
@@ -80,11 +105,25 @@ impl Status {
                 }
             })
             .collect();
-        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        pools.sort_by(|a, b| (&a.database, &a.user, &a.host).cmp(&(&b.database, &b.user, &b.host)));
         Self {
             clients: ctx.clients.load(Ordering::Relaxed),
             gate: ctx.gate.status(),
             pools,
+            hosts: ctx
+                .pools
+                .topology()
+                .hosts()
+                .into_iter()
+                .map(|host| HostReport {
+                    host: host.address,
+                    configured_role: host.configured.to_string(),
+                    state: host.state.name().to_owned(),
+                    lagging: host.lagging,
+                    lag_bytes: host.lag_bytes,
+                    lag_seconds: host.lag_seconds,
+                })
+                .collect(),
         }
     }
 }
@@ -115,22 +154,28 @@ async fn readyz(
     if !wants_upstream {
         return (StatusCode::OK, "ready\n".to_owned());
     }
-    let upstream = &ctx.config().upstream;
-    let address = (upstream.host.as_str(), upstream.port);
-    match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(address)).await {
+    let topology = ctx.pools.topology();
+    if topology.is_watched() {
+        // Several hosts: the watcher already knows whether one takes writes.
+        return match topology.primary() {
+            Some(_) => (StatusCode::OK, "ready\n".to_owned()),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no upstream host is a usable primary now\n".to_owned(),
+            ),
+        };
+    }
+    let address = ctx.config().upstream.hosts[0].address();
+    match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(address.as_str())).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "upstream {}:{} unreachable: {e}\n",
-                upstream.host, upstream.port
-            ),
+            format!("upstream {address} unreachable: {e}\n"),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "upstream {}:{} did not accept a connection within {UPSTREAM_PROBE_TIMEOUT:?}\n",
-                upstream.host, upstream.port
+                "upstream {address} did not accept a connection within {UPSTREAM_PROBE_TIMEOUT:?}\n"
             ),
         ),
     }

@@ -42,4 +42,20 @@ impl BackendError {
             _ => crate::wire::sqlstate::CONNECTION_EXCEPTION,
         }
     }
+
+    /// Whether the host itself is unavailable (refused, unreachable, shutting down or starting
+    /// up, too slow to answer), as opposed to a login or setting it refused: routing then tries
+    /// another host instead of failing the client.
+    #[must_use]
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Io(_) | Self::Timeout(_) | Self::Wire(WireError::Io(_) | WireError::Closed) => {
+                true
+            }
+            // cannot_connect_now (starting up, shutting down, in recovery without hot standby)
+            // and admin_shutdown.
+            Self::Server(fields) => matches!(fields.code.as_str(), "57P03" | "57P01"),
+            _ => false,
+        }
+    }
 }

@@ -3,12 +3,15 @@
 
 mod error;
 mod greeting;
+mod host_watch;
 mod limits;
 mod login;
 mod params;
 mod pool;
 mod prepared;
+mod registry;
 mod server;
+mod topology;
 
 pub use error::BackendError;
 pub use greeting::Greeting;
@@ -17,6 +20,8 @@ pub use login::LoginTarget;
 pub use params::{
     FIXED_PARAMS_SQL, FixedParams, SESSION_AUTHORIZATION, ServerParams, is_parameter_name,
 };
-pub use pool::{AcquireError, Checkout, PoolKey, PoolRegistry, ServerPool};
+pub use pool::{AcquireError, Checkout, PoolKey, ServerPool};
 pub use prepared::{KnownStatements, PreparedSet};
+pub use registry::{Intent, PoolRegistry};
 pub use server::{CancelTarget, ServerConn};
+pub use topology::{HostState, HostStatus, Topology};

@@ -1,21 +1,21 @@
-//! Bounded pools of server connections per (database, user), built on deadpool, and the checkout
-//! guard that decides whether a connection goes back or is closed.
+//! Bounded pools of server connections per (database, user, upstream host), built on deadpool,
+//! and the checkout guard that decides whether a connection goes back or is closed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
 use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
 use super::limits::{self, ConnectionCap};
+use super::topology::{HostState, Topology};
 use super::{
     BackendError, CancelTarget, FIXED_PARAMS_SQL, FixedParams, Greeting, KnownStatements,
     LoginTarget, ServerConn,
 };
 use crate::auth::ScramKeys;
-use crate::config::{Config, PoolMode, PoolSettings};
-use crate::telemetry::{Metrics, PoolMetrics};
+use crate::config::{PoolMode, PoolSettings};
+use crate::telemetry::PoolMetrics;
 
 /// Identifies a pool: the database and user a client logged in with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +44,9 @@ pub struct ServerManager {
     greeting: Greeting,
     /// Caps across pools (`max_db_connections`, `max_user_connections`) this pool is under.
     caps: Vec<Arc<ConnectionCap>>,
+    /// The upstream's hosts, and which of them this pool's connections go to.
+    topology: Arc<Topology>,
+    host: usize,
 }
 
 impl ServerManager {
@@ -88,6 +91,7 @@ impl managed::Manager for ServerManager {
         self.greeting.learn_login(&conn.params.reported);
         conn.params.fixed = self.fixed_params(&mut conn).await?;
         conn.permits = permits;
+        conn.epoch = self.topology.epoch(self.host);
         Ok(conn)
     }
 
@@ -101,6 +105,8 @@ impl managed::Manager for ServerManager {
             "server_lifetime reached"
         } else if metrics.last_used() > settings.server_idle_timeout {
             "server_idle_timeout reached"
+        } else if conn.epoch != self.topology.epoch(self.host) {
+            "the host changed role since the connection was opened"
         } else if !conn.is_idle_and_open() {
             "server connection closed or not idle"
         } else {
@@ -124,12 +130,25 @@ pub enum AcquireError {
     /// The pool is shutting down.
     #[error("pool {0} is closed")]
     Closed(String),
+    /// No upstream host could take the transaction for the whole acquire timeout (no primary
+    /// during a failover, no usable replica with `routing.fallback = "wait"`).
+    #[error("no {wanted} available for {database} within {waited:?}")]
+    NoHost {
+        /// `primary` or `replica`.
+        wanted: &'static str,
+        /// The database.
+        database: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
 }
 
 /// One bounded pool and the settings it was built with.
 #[derive(Debug)]
 pub struct ServerPool {
     key: PoolKey,
+    /// `host:port` of the upstream host its connections go to.
+    address: String,
     /// Fixed for the pool's life: sessions depend on it.
     mode: PoolMode,
     pool: Pool<ServerManager>,
@@ -137,14 +156,28 @@ pub struct ServerPool {
     metrics: PoolMetrics,
 }
 
+/// Where a new pool's connections go and what they count against.
+pub(super) struct PoolPlace {
+    pub target: LoginTarget,
+    pub caps: Vec<Arc<ConnectionCap>>,
+    pub topology: Arc<Topology>,
+    pub host: usize,
+}
+
 impl ServerPool {
-    fn new(
+    pub(super) fn new(
         key: PoolKey,
-        target: LoginTarget,
+        place: PoolPlace,
         settings: PoolSettings,
         metrics: PoolMetrics,
-        caps: Vec<Arc<ConnectionCap>>,
     ) -> Arc<Self> {
+        let PoolPlace {
+            target,
+            caps,
+            topology,
+            host,
+        } = place;
+        let address = target.address.clone();
         let mode = settings.mode;
         let size = settings.size;
         let pool = Pool::builder(ServerManager {
@@ -153,6 +186,8 @@ impl ServerPool {
             fixed: OnceLock::new(),
             greeting: Greeting::default(),
             caps,
+            topology,
+            host,
         })
         .max_size(size)
         .queue_mode(QueueMode::Lifo)
@@ -161,6 +196,7 @@ impl ServerPool {
         .expect("a runtime is set, so the pool builds");
         let pool = Arc::new(Self {
             key,
+            address,
             mode,
             pool,
             known: KnownStatements::default(),
@@ -188,6 +224,25 @@ impl ServerPool {
     #[must_use]
     pub fn key(&self) -> &PoolKey {
         &self.key
+    }
+
+    /// `host:port` of the upstream host this pool's connections go to.
+    #[must_use]
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The index of its upstream host.
+    #[must_use]
+    pub fn host(&self) -> usize {
+        self.pool.manager().host
+    }
+
+    /// What its upstream host is now.
+    #[must_use]
+    pub fn host_state(&self) -> HostState {
+        let manager = self.pool.manager();
+        manager.topology.state(manager.host)
     }
 
     /// Statements known to parse on this pool's server.
@@ -308,9 +363,12 @@ impl ServerPool {
 
     async fn evict_expired(&self) {
         let settings = self.settings();
-        let expired = self.pool.retain(|_, metrics| {
+        let manager = self.pool.manager();
+        let epoch = manager.topology.epoch(manager.host);
+        let expired = self.pool.retain(|conn, metrics| {
             metrics.last_used() < settings.server_idle_timeout
                 && metrics.age() < settings.server_lifetime
+                && conn.epoch == epoch
         });
         for mut conn in expired.removed {
             conn.close().await;
@@ -318,6 +376,9 @@ impl ServerPool {
     }
 
     async fn top_up_idle(&self) {
+        if !matches!(self.host_state(), HostState::Primary | HostState::Replica) {
+            return;
+        }
         let status = self.pool.status();
         let missing = self.settings().min_idle.saturating_sub(status.available);
         let room = status.max_size.saturating_sub(status.size);
@@ -436,139 +497,6 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         if let Some(object) = self.object.take() {
             drop(Object::take(object));
-        }
-    }
-}
-
-/// All pools of one proxy, created on first use of a (database, user).
-#[derive(Debug)]
-pub struct PoolRegistry {
-    config: RwLock<Arc<Config>>,
-    metrics: Arc<Metrics>,
-    pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
-    /// Caps across pools, by `database:NAME` / `user:NAME`, created with their first pool.
-    caps: Mutex<HashMap<String, Arc<ConnectionCap>>>,
-}
-
-impl PoolRegistry {
-    /// An empty registry for `config`, whose pools report into `metrics`.
-    #[must_use]
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            config: RwLock::new(config),
-            metrics,
-            pools: Mutex::new(HashMap::new()),
-            caps: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The caps a new pool for `key` falls under. A cap's size is the one configured when its
-    /// first pool was created.
-    fn caps_for(&self, config: &Config, key: &PoolKey) -> Vec<Arc<ConnectionCap>> {
-        let wanted = [
-            config.pool_for(&key.database).max_db_connections.map(|n| {
-                (
-                    format!("database:{}", key.database),
-                    format!("max_db_connections for database \"{}\"", key.database),
-                    n,
-                )
-            }),
-            config.max_user_connections.map(|n| {
-                (
-                    format!("user:{}", key.user),
-                    format!("max_user_connections for user \"{}\"", key.user),
-                    n,
-                )
-            }),
-        ];
-        let mut caps = self.caps.lock().expect("pool caps lock");
-        wanted
-            .into_iter()
-            .flatten()
-            .map(|(id, name, limit)| {
-                Arc::clone(
-                    caps.entry(id)
-                        .or_insert_with(|| Arc::new(ConnectionCap::new(name, limit))),
-                )
-            })
-            .collect()
-    }
-
-    fn target(config: &Config, key: &PoolKey) -> LoginTarget {
-        let upstream = &config.upstream;
-        LoginTarget {
-            address: format!("{}:{}", upstream.host, upstream.port),
-            host: upstream.host.clone(),
-            tls: config.tls.server.clone(),
-            scram_keys: None,
-            user: upstream.user.clone().unwrap_or_else(|| key.user.clone()),
-            database: upstream
-                .database
-                .clone()
-                .unwrap_or_else(|| key.database.clone()),
-            password: upstream.password.clone().or_else(|| {
-                config
-                    .users
-                    .get(&key.user)
-                    .and_then(|u| u.server_password.clone())
-            }),
-        }
-    }
-
-    /// Applies a reloaded configuration to every pool and to pools created from now on.
-    ///
-    /// # Panics
-    /// If a registry lock was poisoned.
-    pub fn reconfigure(&self, config: Arc<Config>) {
-        for pool in self.all() {
-            let key = pool.key();
-            pool.reconfigure(
-                config.pool_for(&key.database).clone(),
-                Self::target(&config, key),
-            );
-        }
-        *self.config.write().expect("pool registry lock") = config;
-    }
-
-    /// The pool for `key`, created if needed.
-    ///
-    /// # Panics
-    /// If the registry's lock was poisoned by a panic elsewhere.
-    pub fn get(&self, key: &PoolKey) -> Arc<ServerPool> {
-        let mut pools = self.pools.lock().expect("pool registry lock");
-        if let Some(pool) = pools.get(key) {
-            return Arc::clone(pool);
-        }
-        let config = Arc::clone(&self.config.read().expect("pool registry lock"));
-        let pool = ServerPool::new(
-            key.clone(),
-            Self::target(&config, key),
-            config.pool_for(&key.database).clone(),
-            self.metrics.pool(&key.database, &key.user),
-            self.caps_for(&config, key),
-        );
-        pools.insert(key.clone(), Arc::clone(&pool));
-        pool
-    }
-
-    /// Every pool, for reporting.
-    ///
-    /// # Panics
-    /// If the registry's lock was poisoned.
-    #[must_use]
-    pub fn all(&self) -> Vec<Arc<ServerPool>> {
-        self.pools
-            .lock()
-            .expect("pool registry lock")
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Closes every pool.
-    pub async fn close_all(&self) {
-        for pool in self.all() {
-            pool.close().await;
         }
     }
 }

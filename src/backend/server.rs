@@ -91,6 +91,8 @@ pub struct ServerConn {
     cancel: CancelTarget,
     /// Permits of the connection caps it counts against, released when it closes.
     pub(super) permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// The state epoch of its host when it was opened (see `Topology::epoch`).
+    pub(super) epoch: u64,
 }
 
 impl ServerConn {
@@ -162,6 +164,7 @@ impl ServerConn {
             prepared: PreparedSet::new(max_prepared),
             cancel: CancelTarget { addr, pid, secret },
             permits: Vec::new(),
+            epoch: 0,
         })
     }
 

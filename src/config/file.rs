@@ -11,11 +11,12 @@ use serde::Deserialize;
 use super::control::{ControlFile, FleetFile};
 use super::security::{ListenerFile, SecurityFile, UserFile};
 use super::telemetry_file::TelemetryFile;
+use super::upstream::RoutingFile;
 use super::values::Scalar;
 use super::values::{UserList, field, optional_duration, ranged, socket_addr};
 use super::{
-    AuthMethod, Config, ConfigError, PoolMode, PoolSettings, SessionTimeouts, Upstream, invalid,
-    parse_duration, parse_size,
+    AuthMethod, Config, ConfigError, PoolMode, PoolSettings, RoutingSettings, SessionTimeouts,
+    Upstream, invalid, parse_duration, parse_size,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +73,8 @@ pub(super) struct FileConfig {
     admin_token: Option<String>,
     #[serde(default)]
     telemetry: TelemetryFile,
+    #[serde(default)]
+    routing: RoutingFile,
     #[serde(flatten)]
     pool: PoolFile,
     #[serde(default)]
@@ -313,7 +316,8 @@ impl FileConfig {
 
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
         let (fleet, control) = self.control_plane()?;
-        let upstream = self.upstream()?;
+        let (upstream, routing) = self.upstream_and_routing()?;
+        let max_message_size = self.max_message_size()?;
         let (max_client_conn, max_user_connections) = self.connection_limits()?;
         let pool = self.pool.validate("", &default_pool())?;
         let mut databases = BTreeMap::new();
@@ -326,6 +330,12 @@ impl FileConfig {
         let mut users = BTreeMap::new();
         for (name, file) in self.users {
             users.insert(name.clone(), file.validate(&format!("users.{name}."))?);
+        }
+        if upstream.hosts.len() > 1 && routing.monitor_user.is_none() && upstream.user.is_none() {
+            return Err(invalid(
+                "routing.monitor_user",
+                "several upstream hosts are watched for their role and lag: name the role that logs in to check them (or put a user in the upstream URL)",
+            ));
         }
         let auth = field(
             "auth",
@@ -380,6 +390,7 @@ impl FileConfig {
             )?,
             admin_listen,
             upstream,
+            routing,
             auth,
             auth_query: security.auth_query,
             auth_failure_delay: security.auth_failure_delay,
@@ -396,19 +407,7 @@ impl FileConfig {
             )?,
             max_client_conn,
             max_user_connections,
-            max_message_size: field(
-                "max_message_size",
-                self.max_message_size.as_ref(),
-                64 * 1024 * 1024,
-                |s| {
-                    let n = parse_size(s)?;
-                    if (1024..=1024 * 1024 * 1024).contains(&n) {
-                        Ok(n)
-                    } else {
-                        Err(format!("must be between 1KiB and 1024MiB, got {n} bytes"))
-                    }
-                },
-            )?,
+            max_message_size,
         })
     }
 }
@@ -592,6 +591,35 @@ impl FileConfig {
         ))
     }
 
+    fn max_message_size(&self) -> Result<usize, ConfigError> {
+        field(
+            "max_message_size",
+            self.max_message_size.as_ref(),
+            64 * 1024 * 1024,
+            |s| {
+                let n = parse_size(s)?;
+                if (1024..=1024 * 1024 * 1024).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(format!("must be between 1KiB and 1024MiB, got {n} bytes"))
+                }
+            },
+        )
+    }
+
+    /// The upstream's hosts with the roles `[routing]` gives them, and the routing settings.
+    fn upstream_and_routing(&self) -> Result<(Upstream, RoutingSettings), ConfigError> {
+        let mut upstream = self.upstream()?;
+        let routing = self.routing.validate(&mut upstream)?;
+        if upstream.hosts.len() > 1 && routing.monitor_user.is_none() && upstream.user.is_none() {
+            return Err(invalid(
+                "routing.monitor_user",
+                "several upstream hosts are watched for their role and lag: name the role that logs in to check them (or put a user in the upstream URL)",
+            ));
+        }
+        Ok((upstream, routing))
+    }
+
     fn upstream(&self) -> Result<Upstream, ConfigError> {
         match &self.upstream {
             Some(url) => Upstream::parse(&url.text()).map_err(|m| invalid("upstream", m)),
@@ -654,7 +682,7 @@ mod tests {
         assert_eq!(config.pool.size, 7);
         assert_eq!(config.pool_for("big").size, 50);
         assert_eq!(config.pool_for("other").size, 7);
-        assert_eq!(config.upstream.port, 5433);
+        assert_eq!(config.upstream.hosts[0].port, 5433);
         assert_eq!(config.upstream.database.as_deref(), Some("app"));
         assert_eq!(config.listen, default_listen());
     }
@@ -686,7 +714,7 @@ mod tests {
             ..Overrides::default()
         };
         let config = load_str("auth = \"trust\"\n", &overrides).unwrap();
-        assert_eq!(config.upstream.host, "h");
+        assert_eq!(config.upstream.hosts[0].host, "h");
         assert_eq!(config.upstream.user, None);
     }
 

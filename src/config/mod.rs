@@ -8,6 +8,7 @@ mod security;
 mod show;
 mod source;
 mod telemetry_file;
+mod upstream;
 mod values;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ pub use file::Overrides;
 pub use security::{AuthQuery, ExtraListener, TlsSettings};
 pub use show::Setting;
 pub use source::ConfigSource;
+pub use upstream::{Balance, HostRole, ReadFallback, RoutingSettings, Upstream, UpstreamHost};
 pub use values::{parse_duration, parse_size};
 
 use crate::auth::Secret;
@@ -133,63 +135,6 @@ impl fmt::Display for AuthMethod {
             Self::Password => "password",
             Self::Md5 => "md5",
             Self::ScramSha256 => "scram-sha-256",
-        })
-    }
-}
-
-/// The PostgreSQL server the proxy fronts. Missing user or database mean "the client's own".
-#[derive(Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Fixed server-side user, if any.
-    pub user: Option<String>,
-    /// Fixed server-side database, if any.
-    pub database: Option<String>,
-    /// Password for the server-side login, if the URL carries one.
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("database", &self.database)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-impl Upstream {
-    /// Parses a `postgres://` URL or a libpq key/value string.
-    ///
-    /// # Errors
-    /// A message saying what is wrong; the caller adds the key.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let parsed = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
-        let host = match parsed.get_hosts() {
-            [] => "127.0.0.1".to_owned(),
-            [tokio_postgres::config::Host::Tcp(host)] => host.clone(),
-            [_] => return Err("Unix-socket upstreams are not supported; use a TCP host".to_owned()),
-            _ => return Err("exactly one upstream host is supported".to_owned()),
-        };
-        let port = match parsed.get_ports() {
-            [] => 5432,
-            [port] => *port,
-            _ => return Err("exactly one upstream port is supported".to_owned()),
-        };
-        Ok(Self {
-            host,
-            port,
-            user: parsed.get_user().map(str::to_owned),
-            database: parsed.get_dbname().map(str::to_owned),
-            password: parsed
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
         })
     }
 }
@@ -411,8 +356,10 @@ pub struct Config {
     pub extra_listeners: Vec<ExtraListener>,
     /// Admin HTTP listener, if enabled.
     pub admin_listen: Option<SocketAddr>,
-    /// The server fronted.
+    /// The servers fronted.
     pub upstream: Upstream,
+    /// How transactions are routed over the upstream's hosts.
+    pub routing: RoutingSettings,
     /// Client authentication.
     pub auth: AuthMethod,
     /// Users looked up in the upstream when the file does not list them.

@@ -54,10 +54,7 @@ impl Config {
                 "admin_listen",
                 self.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
             ),
-            (
-                "upstream",
-                format!("{}:{}", self.upstream.host, self.upstream.port),
-            ),
+            ("upstream", self.upstream.addresses()),
         ];
         values.extend(self.security_values());
         values.extend(self.pool_and_limit_values());

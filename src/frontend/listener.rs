@@ -17,7 +17,7 @@ use super::session::Session;
 use super::{ADMIN_DATABASE, ProxyContext};
 use crate::admin::console;
 use crate::auth::ScramKeys;
-use crate::backend::{PoolKey, ServerPool};
+use crate::backend::{Intent, PoolKey, ServerPool};
 use crate::config::Config;
 use crate::gate::fleet::{FleetSettings, FleetSide, run_member};
 use crate::health;
@@ -339,6 +339,11 @@ async fn start_session(
     local: Option<SocketAddr>,
     counted: ClientCount,
 ) {
+    // A read alias shares its database's pools, gate and pause (it is listed under the database
+    // it stands for); its transactions go to
+    // replicas.
+    let config = ctx.config();
+    let (database, reads_only) = config.routing.resolve(&login.database);
     let info = ClientInfo {
         application_name: login
             .params
@@ -347,22 +352,37 @@ async fn start_session(
             .cloned()
             .unwrap_or_default(),
         user: login.user.clone(),
-        database: login.database.clone(),
+        database: database.to_owned(),
         peer,
         local,
         connected_at: SystemTime::now(),
         tls: stream.tls_description(),
     };
-    let pool = ctx.pools.get(&PoolKey {
-        database: login.database,
-        user: login.user,
-    });
+    let intent = if reads_only {
+        Intent::Read
+    } else {
+        Intent::Write
+    };
+    let pool = ctx.pools.get_for(
+        &PoolKey {
+            database: database.to_owned(),
+            user: login.user,
+        },
+        intent,
+    );
     if let Some(keys) = login.scram_keys {
         pool.offer_scram_keys(keys);
     }
     let in_pool = PoolClient::new(Arc::clone(&pool));
     let cancel = ctx.cancels.issue(info);
-    let mut session = Session::new(Arc::clone(&ctx), stream, pool, login.params, cancel);
+    let mut session = Session::new(
+        Arc::clone(&ctx),
+        stream,
+        pool,
+        login.params,
+        cancel,
+        reads_only,
+    );
     let held = match session.greet().await {
         Ok(held) => held,
         Err(e) => {

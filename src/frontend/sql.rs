@@ -261,6 +261,41 @@ pub fn classify(sql: &str) -> Classified {
     classified
 }
 
+/// Whether a query string starts a transaction declared read-only: `BEGIN READ ONLY` or
+/// `START TRANSACTION ... READ ONLY` (any isolation level beside it), or a bare `BEGIN`
+/// followed, in the same string, by `SET TRANSACTION READ ONLY`. Routing to a replica relies
+/// on the declaration alone: PostgreSQL then refuses any write in the transaction itself.
+#[must_use]
+pub fn declares_read_only(sql: &str) -> bool {
+    let tokens = lex(sql);
+    let mut statements = tokens
+        .split(|t| *t == Token::Semicolon)
+        .filter(|s| !s.is_empty());
+    let words = |statement: &[Token]| -> Vec<String> {
+        statement
+            .iter()
+            .filter_map(|t| match t {
+                Token::Word(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let read_only = |words: &[String]| words.windows(2).any(|w| w == ["read", "only"]);
+    let Some(first) = statements.next().map(words) else {
+        return false;
+    };
+    match first.first().map(String::as_str) {
+        Some("begin") if read_only(&first) => true,
+        Some("start") if first.get(1).map(String::as_str) == Some("transaction") => {
+            read_only(&first)
+        }
+        Some("begin") if first.len() <= 2 => statements.next().map(words).is_some_and(|second| {
+            second.starts_with(&["set".to_owned(), "transaction".to_owned()]) && read_only(&second)
+        }),
+        _ => false,
+    }
+}
+
 /// Whether a query string could possibly matter to [`classify`]: a cheap screen, without
 /// allocating, so that ordinary queries are not lexed on the hot path. It looks for words that
 /// start with one of the keywords involved.
@@ -292,6 +327,30 @@ mod tests {
 
     fn effects(sql: &str) -> Vec<Effect> {
         classify(sql).effects
+    }
+
+    #[test]
+    fn a_transaction_is_read_only_only_when_it_says_so_at_its_start() {
+        for sql in [
+            "BEGIN READ ONLY",
+            "begin isolation level repeatable read, read only",
+            "START TRANSACTION READ ONLY; SELECT 1",
+            "BEGIN; SET TRANSACTION READ ONLY; SELECT 1",
+            "BEGIN WORK; set transaction isolation level serializable read only",
+        ] {
+            assert!(declares_read_only(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN",
+            "BEGIN READ WRITE",
+            "SELECT 'begin read only'",
+            "/* read only */ BEGIN",
+            "BEGIN; INSERT INTO t VALUES (1); SET TRANSACTION READ ONLY",
+            "SET TRANSACTION READ ONLY",
+            "SELECT 1",
+        ] {
+            assert!(!declares_read_only(sql), "{sql}");
+        }
     }
 
     #[test]

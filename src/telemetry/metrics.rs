@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::hosts::HostMetrics;
+
 /// Query latencies, 100 µs to 30 s.
 const QUERY_BUCKETS: [f64; 17] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -29,12 +31,15 @@ pub struct PoolLabels {
     pub database: String,
     /// Client-facing user.
     pub user: String,
+    /// The upstream host (`host:port`) the pool's connections go to.
+    pub host: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     database: String,
     user: String,
+    host: String,
     state: &'static str,
 }
 
@@ -42,6 +47,7 @@ struct StateLabels {
 struct ErrorLabels {
     database: String,
     user: String,
+    host: String,
     sqlstate_class: String,
 }
 
@@ -119,6 +125,8 @@ pub struct Metrics {
     control_refused: Family<RefusalLabels, Counter>,
     config_reloads: Family<ResultLabels, Counter>,
     login_failure_sources: std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// Role and lag of each upstream host.
+    pub hosts: HostMetrics,
 }
 
 impl Default for Metrics {
@@ -163,11 +171,13 @@ impl Metrics {
             control_refused: Family::default(),
             config_reloads: Family::default(),
             login_failure_sources: std::sync::Mutex::default(),
+            hosts: HostMetrics::default(),
             registry: Registry::default(),
         };
         metrics.register_connections(&mut registry);
         metrics.register_traffic(&mut registry);
         metrics.register_health(&mut registry);
+        metrics.hosts.register(&mut registry);
         Self {
             registry,
             ..metrics
@@ -401,10 +411,11 @@ impl Metrics {
 
     /// Handles for one pool's metrics, resolved once so the data path never looks up labels.
     #[must_use]
-    pub fn pool(&self, database: &str, user: &str) -> PoolMetrics {
+    pub fn pool(&self, database: &str, user: &str, host: &str) -> PoolMetrics {
         let labels = PoolLabels {
             database: database.to_owned(),
             user: user.to_owned(),
+            host: host.to_owned(),
         };
         PoolMetrics {
             acquire_wait: self.acquire_wait.get_or_create_owned(&labels),
@@ -437,6 +448,7 @@ impl Metrics {
         let state = |state| StateLabels {
             database: labels.database.clone(),
             user: labels.user.clone(),
+            host: labels.host.clone(),
             state,
         };
         let clients = pool.clients.load(Ordering::Relaxed);
@@ -585,6 +597,7 @@ impl PoolMetrics {
                 .get_or_create(&ErrorLabels {
                     database: self.labels.database.clone(),
                     user: self.labels.user.clone(),
+                    host: self.labels.host.clone(),
                     sqlstate_class: class,
                 })
                 .inc();

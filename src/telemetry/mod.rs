@@ -1,6 +1,7 @@
 //! What the proxy tells the outside about the traffic it carries: a span per query over OTLP
 //! and Prometheus metrics.
 
+mod hosts;
 pub mod metrics;
 pub mod spans;
 pub mod sql_text;
@@ -9,8 +10,9 @@ pub mod traceparent;
 
 use std::sync::Arc;
 
+pub use hosts::{HostFigures, HostMetrics};
 pub use metrics::{Metrics, PoolGauges, PoolMetrics, PoolTotals};
-pub use spans::{FinishedQuery, QueryTracer, TracingError};
+pub use spans::{FinishedQuery, QueryTracer, SessionFacts, TracingError};
 
 use crate::config::Config;
 
@@ -33,11 +35,7 @@ impl Telemetry {
         if let Some(version) = config.schema_version {
             metrics.serve_schema_version(version);
         }
-        let tracer = QueryTracer::start(
-            &config.telemetry,
-            (&config.upstream.host, config.upstream.port),
-            Arc::clone(&metrics),
-        )?;
+        let tracer = QueryTracer::start(&config.telemetry, Arc::clone(&metrics))?;
         Ok(Self { metrics, tracer })
     }
 }

@@ -145,6 +145,23 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
+/// What the spans of one session on one upstream host share.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionFacts<'a> {
+    /// The database.
+    pub database: &'a str,
+    /// The user.
+    pub user: &'a str,
+    /// The client's `application_name`.
+    pub application_name: &'a str,
+    /// The migration version the sidecar serves, if set.
+    pub schema_version: Option<i64>,
+    /// `host:port` of the upstream host.
+    pub server: &'a str,
+    /// That host's role when the session's transaction started (`primary`, `replica`).
+    pub role: &'static str,
+}
+
 /// Turns completed queries into spans.
 #[derive(Debug)]
 pub struct QueryTracer {
@@ -152,8 +169,6 @@ pub struct QueryTracer {
     tracer: SdkTracer,
     sampler: SamplerSettings,
     slow: Duration,
-    server_address: StringValue,
-    server_port: i64,
     statements: StatementCache,
 }
 
@@ -165,7 +180,6 @@ impl QueryTracer {
     /// [`TracingError`] when the endpoint or protocol settings are unusable.
     pub fn start(
         settings: &TelemetrySettings,
-        upstream: (&str, u16),
         metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, TracingError> {
         let Some(endpoint) = settings.otlp_endpoint.clone() else {
@@ -230,8 +244,6 @@ impl QueryTracer {
             tracer,
             sampler: settings.sampler,
             slow: settings.slow_query_threshold,
-            server_address: StringValue::from(Arc::<str>::from(upstream.0)),
-            server_port: i64::from(upstream.1),
             statements: StatementCache::default(),
         }))
     }
@@ -242,25 +254,33 @@ impl QueryTracer {
         self.tracer.clone()
     }
 
-    /// The attributes shared by every span of one session, built once: their strings are
-    /// reference-counted, so copying them into each span allocates nothing.
+    /// The attributes shared by the spans of one session on one upstream host, built once:
+    /// their strings are reference-counted, so copying them into each span allocates nothing.
     #[must_use]
-    pub fn session_attributes(
-        &self,
-        database: &str,
-        user: &str,
-        application_name: &str,
-        schema_version: Option<i64>,
-    ) -> Vec<KeyValue> {
+    pub fn session_attributes(&self, session: &SessionFacts<'_>) -> Vec<KeyValue> {
         let shared = |s: &str| StringValue::from(Arc::<str>::from(s));
+        let (host, port) = session
+            .server
+            .rsplit_once(':')
+            .map_or((session.server, 5432), |(host, port)| {
+                (host, port.parse().unwrap_or(5432))
+            });
         let mut attributes = vec![
             KeyValue::new("db.system.name", "postgresql"),
-            KeyValue::new("db.namespace", shared(database)),
-            KeyValue::new("server.address", self.server_address.clone()),
-            KeyValue::new("server.port", self.server_port),
-            KeyValue::new("pgsidecar.pool", shared(&format!("{database}/{user}"))),
-            KeyValue::new("pgsidecar.application_name", shared(application_name)),
+            KeyValue::new("db.namespace", shared(session.database)),
+            KeyValue::new("server.address", shared(host)),
+            KeyValue::new("server.port", i64::from(port)),
+            KeyValue::new("pgsidecar.server.role", session.role),
+            KeyValue::new(
+                "pgsidecar.pool",
+                shared(&format!("{}/{}", session.database, session.user)),
+            ),
+            KeyValue::new(
+                "pgsidecar.application_name",
+                shared(session.application_name),
+            ),
         ];
+        let schema_version = session.schema_version;
         if let Some(version) = schema_version {
             attributes.push(KeyValue::new("pgsidecar.schema_version", version));
         }

@@ -65,7 +65,9 @@ async fn readyz_checks_the_upstream_only_when_asked() {
 fn dashboard_and_alerts_name_only_exported_metrics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     // Families without samples are not in the exposition, so the registrations are read.
-    let registered = std::fs::read_to_string(root.join("src/telemetry/metrics.rs")).unwrap();
+    let registered = ["src/telemetry/metrics.rs", "src/telemetry/hosts.rs"]
+        .map(|file| std::fs::read_to_string(root.join(file)).unwrap())
+        .concat();
     for file in [
         "deploy/grafana/pgsidecar.json",
         "deploy/prometheus/alerts.yaml",

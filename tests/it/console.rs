@@ -61,6 +61,8 @@ async fn show_commands_report_pools_clients_servers_and_stats() {
     assert_eq!(field(pool, "cl_active"), Some("1"));
     assert_eq!(field(pool, "cl_waiting"), Some("0"));
     assert_eq!(field(pool, "pool_mode"), Some("transaction"));
+    assert_eq!(field(pool, "role"), Some("primary"));
+    assert!(field(pool, "host").is_some_and(|h| h.starts_with("127.0.0.1:")));
 
     let clients = show(&admin, "show clients;").await;
     assert_eq!(
@@ -109,7 +111,7 @@ async fn show_commands_report_pools_clients_servers_and_stats() {
     let error = admin.simple_query("DROP TABLE x").await.unwrap_err();
     assert_eq!(error.code().unwrap().code(), "42601");
     // Still usable after an error; extended protocol is refused, not fatal.
-    assert_eq!(show(&admin, "SHOW HELP").await.len(), 11);
+    assert_eq!(show(&admin, "SHOW HELP").await.len(), 12);
     let error = admin.query("SHOW POOLS", &[]).await.unwrap_err();
     assert_eq!(error.code().unwrap().code(), "0A000");
     assert_eq!(show(&admin, "SHOW VERSION").await.len(), 1);
@@ -136,11 +138,17 @@ async fn psql_reads_the_console_and_non_admins_are_refused() {
     let mut lines = stdout.lines();
     assert_eq!(
         lines.next(),
-        Some("database|user|cl_active|cl_waiting|sv_active|sv_idle|pool_mode")
+        Some("database|user|cl_active|cl_waiting|sv_active|sv_idle|pool_mode|host|role")
     );
     assert_eq!(
         lines.next(),
-        Some(format!("{db}|postgres|1|0|0|1|transaction").as_str())
+        Some(
+            format!(
+                "{db}|postgres|1|0|0|1|transaction|127.0.0.1:{}|primary",
+                crate::support::cluster().port()
+            )
+            .as_str()
+        )
     );
 
     let url = proxy

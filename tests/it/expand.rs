@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pgsidecar::dev::{LocalCluster, free_port};
 use pgsidecar::migrate::expand::{self, CompleteOptions, Phase};
 use pgsidecar::migrate::{ApplyOptions, MigrateError, Migrator};
 use tokio::io::AsyncBufReadExt;
@@ -14,6 +13,7 @@ use tokio_postgres::Client;
 
 use crate::gate::send_signal;
 use crate::migrate::Dir;
+use crate::support::clusters::OwnedCluster;
 use crate::support::{
     ProxyProcess, cluster, connect, direct, fresh_database, http_get, overrides, pg_program,
     start_proxy_with, wait_until,
@@ -554,35 +554,6 @@ async fn abort_leaves_the_catalog_exactly_as_before_and_the_expansion_can_run_ag
     assert_eq!(open.phase, Phase::Expanded);
 }
 
-/// A streaming replica of the test cluster, stopped and removed when dropped.
-struct Replica {
-    cluster: LocalCluster,
-    dir: std::path::PathBuf,
-}
-
-impl Replica {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("pgsidecar-it-replica-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let replica = LocalCluster::new(&dir, free_port().unwrap());
-        replica.replicate(cluster().port(), "postgres").unwrap();
-        replica
-            .start(&[("hot_standby", "on"), ("max_connections", "400")])
-            .unwrap();
-        Self {
-            cluster: replica,
-            dir,
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.cluster.stop_now();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn primary_lag_bytes() -> f64 {
     let client = direct("postgres").await;
     client
@@ -599,9 +570,9 @@ async fn primary_lag_bytes() -> f64 {
 async fn a_backfill_waits_while_a_replica_does_not_replay() {
     let db = fresh_database().await;
     let dir = setup(&db).await;
-    let replica = Replica::start();
+    let replica = OwnedCluster::replica_of(cluster().port());
     let (standby, connection) =
-        tokio_postgres::connect(&replica.cluster.url("postgres"), tokio_postgres::NoTls)
+        tokio_postgres::connect(&replica.cluster().url("postgres"), tokio_postgres::NoTls)
             .await
             .unwrap();
     tokio::spawn(connection);

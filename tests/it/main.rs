@@ -25,6 +25,7 @@ mod migrate;
 mod pooling;
 mod prepared;
 mod protocol;
+mod replicas;
 mod retrieval;
 mod session_state;
 mod telemetry;

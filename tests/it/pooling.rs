@@ -88,8 +88,10 @@ async fn acquire_timeout_is_53300() {
         "{message}"
     );
     let exposition = proxy.ctx.telemetry.metrics.encode();
-    let line =
-        format!(r#"pgsidecar_pool_acquire_timeouts_total{{database="{db}",user="postgres"}} 1"#);
+    let line = format!(
+        r#"pgsidecar_pool_acquire_timeouts_total{{database="{db}",user="postgres",host="127.0.0.1:{}"}} 1"#,
+        crate::support::cluster().port()
+    );
     assert!(exposition.contains(&line), "{exposition}");
     holder.batch_execute("COMMIT").await.unwrap();
     let again = proxy.connect(&db).await.unwrap();

@@ -71,22 +71,37 @@ impl Session {
         Ok(())
     }
 
-    /// Takes a server connection from the pool and brings its settings to the client's.
+    /// Takes a server connection from the pool and brings its settings to the client's. With
+    /// several upstream hosts, a connection whose host went away between the checkout and the
+    /// settings (a failover under way) is closed and the transaction routed again.
     pub(super) async fn acquire(&mut self) -> Result<Checkout, SessionError> {
-        self.cancel.set_waiting(true);
-        let checkout = self.checkout_or_notify().await;
-        self.cancel.set_waiting(false);
-        let mut checkout = checkout?;
-        let server = checkout.conn();
-        self.sync_settings(server).await?;
-        self.cancel.set(Some(server.cancel_target()));
-        Ok(checkout)
+        loop {
+            self.cancel.set_waiting(true);
+            let checkout = self.routed_checkout().await;
+            self.cancel.set_waiting(false);
+            let mut checkout = checkout?;
+            let server = checkout.conn();
+            match self.sync_settings(server).await {
+                Ok(()) => {}
+                Err(SessionError::Setup(e)) if e.is_unreachable() && self.ctx.pools.is_routed() => {
+                    self.ctx
+                        .pools
+                        .topology()
+                        .report_unreachable(self.pool.host(), &e.to_string());
+                    checkout.discard(false).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            self.cancel.set(Some(checkout.conn().cancel_target()));
+            return Ok(checkout);
+        }
     }
 
     /// Waits for a server connection. A client still waiting after `query_wait_notify` is told
     /// once, with a NOTICE, that its query is queued (a timer is armed only when the pool
     /// has no connection to give at once).
-    async fn checkout_or_notify(&mut self) -> Result<Checkout, AcquireError> {
+    pub(super) async fn checkout_or_notify(&mut self) -> Result<Checkout, AcquireError> {
         let pool = Arc::clone(&self.pool);
         let mut waiting = std::pin::pin!(pool.checkout());
         if let Some(done) = (&mut waiting).now_or_never() {

@@ -12,7 +12,7 @@ use crate::config::PoolMode;
 use crate::frontend::sql::may_have_effects;
 use crate::frontend::statements::StatementDef;
 use crate::tls::PgStream;
-use crate::wire::extended::{ParseMessage, put_empty};
+use crate::wire::extended::{ParseMessage, TargetMessage, put_empty};
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::put_ready_for_query;
 use crate::wire::{FrameHeader, WireError};
@@ -101,17 +101,19 @@ impl Session {
         )
     }
 
-    /// Answers a batch of nothing but Parse (of statements the pool already knows to be valid)
-    /// and Sync without taking a server connection: the statements are recorded for the client
-    /// and prepared on whichever connection later runs them. Returns false, consuming nothing,
-    /// when the batch needs a server.
+    /// Answers a batch of nothing but Parse (of statements the pool already knows to be valid),
+    /// Close of named statements, and Sync without taking a server connection: the statements
+    /// are recorded for (or forgotten by) the client and prepared on whichever connection later
+    /// runs them. Drivers pipeline such Close batches ahead of the next transaction; answered
+    /// here, they neither cost a checkout nor decide which host that transaction runs on.
+    /// Returns false, consuming nothing, when the batch needs a server.
     pub(super) async fn answer_prepares_locally(&mut self) -> Result<bool, SessionError> {
         if self.mode() != PoolMode::Transaction {
             return Ok(false);
         }
         let limit = self.config.max_message_size;
         let mut end = 0;
-        let mut parsed = Vec::new();
+        let mut local = Vec::new();
         loop {
             let Some(header) =
                 FrameHeader::peek(&self.buf[end..], limit).map_err(SessionError::ClientProtocol)?
@@ -130,21 +132,45 @@ impl Session {
                     if !self.pool.known_statements().contains(&def.server_name) {
                         return Ok(false);
                     }
-                    parsed.push((parse.name.to_owned(), Arc::new(def)));
+                    local.push(Local::Parsed(parse.name.to_owned(), Arc::new(def)));
+                }
+                b'C' => {
+                    let close =
+                        TargetMessage::decode(body).map_err(SessionError::ClientProtocol)?;
+                    if close.kind != b'S' || close.name.is_empty() {
+                        return Ok(false);
+                    }
+                    local.push(Local::Closed(close.name.to_owned()));
                 }
                 b'H' => {}
-                b'S' if !parsed.is_empty() => break,
+                b'S' if !local.is_empty() => break,
                 _ => return Ok(false),
             }
         }
-        let mut out = BytesMut::with_capacity(parsed.len() * 5 + 6);
-        for (name, def) in parsed {
-            self.statements.insert(&name, def);
-            put_empty(&mut out, b'1');
+        let mut out = BytesMut::with_capacity(local.len() * 5 + 6);
+        for done in local {
+            match done {
+                Local::Parsed(name, def) => {
+                    self.statements.insert(&name, def);
+                    put_empty(&mut out, b'1');
+                }
+                Local::Closed(name) => {
+                    self.statements.remove(&name);
+                    put_empty(&mut out, b'3');
+                }
+            }
         }
         put_ready_for_query(&mut out, b'I');
         self.buf.advance(end);
         self.client.send(&out).await?;
         Ok(true)
     }
+}
+
+/// A client message answered without a server, in the order the answers go back.
+enum Local {
+    /// Parse of a named statement: ParseComplete.
+    Parsed(String, Arc<StatementDef>),
+    /// Close of a named statement: CloseComplete.
+    Closed(String),
 }

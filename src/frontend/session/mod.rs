@@ -3,6 +3,7 @@
 
 mod acquire;
 mod between;
+mod route;
 mod settle;
 mod timeouts;
 
@@ -25,7 +26,7 @@ use super::tracker::Tracker;
 use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
 use crate::config::{Config, PoolMode, SessionTimeouts};
 use crate::gate::{DatabaseGate, Ticket};
-use crate::telemetry::FinishedQuery;
+use crate::telemetry::{FinishedQuery, SessionFacts};
 use crate::tls::PgStream;
 use crate::wire::messages::{Severity, error, parse_parameter_status};
 use crate::wire::{WireError, sqlstate};
@@ -164,8 +165,11 @@ pub struct Session {
     /// The gate of the client's database, and the admission of its current transaction.
     gate: DatabaseGate,
     ticket: Option<Ticket>,
-    /// Span attributes shared by this session's queries, and the application_name they name.
-    span_attributes: Option<(String, Vec<KeyValue>)>,
+    /// Span attributes shared by this session's queries, and the application_name and
+    /// upstream host they name.
+    span_attributes: Option<(String, (usize, &'static str), Vec<KeyValue>)>,
+    /// The client logged in through a read alias: every transaction goes to a replica.
+    reads_only: bool,
     /// The pool's limits on holding and waiting, when the session started.
     timeouts: SessionTimeouts,
 }
@@ -178,6 +182,7 @@ impl Session {
         pool: Arc<ServerPool>,
         params: ClientParams,
         cancel: Arc<CancelSlot>,
+        reads_only: bool,
     ) -> Self {
         let config = ctx.config();
         let pool_timeouts = pool.settings().timeouts;
@@ -197,6 +202,7 @@ impl Session {
             pinned: None,
             cycles: CycleLog::new(ctx.telemetry.tracer.is_some()),
             span_attributes: None,
+            reads_only,
             ticket: None,
             cancel,
             ctx,
@@ -402,17 +408,24 @@ impl Session {
                         .wanted()
                         .get("application_name")
                         .map_or("", String::as_str);
-                    if self.span_attributes.as_ref().is_none_or(|(a, _)| a != app) {
+                    let host = (self.pool.host(), self.pool.host_state().name());
+                    if self
+                        .span_attributes
+                        .as_ref()
+                        .is_none_or(|(a, h, _)| a != app || *h != host)
+                    {
                         let key = self.pool.key();
-                        let attributes = tracer.session_attributes(
-                            &key.database,
-                            &key.user,
-                            app,
-                            self.ctx.config().schema_version,
-                        );
-                        self.span_attributes = Some((app.to_owned(), attributes));
+                        let attributes = tracer.session_attributes(&SessionFacts {
+                            database: &key.database,
+                            user: &key.user,
+                            application_name: app,
+                            schema_version: self.ctx.config().schema_version,
+                            server: self.pool.address(),
+                            role: host.1,
+                        });
+                        self.span_attributes = Some((app.to_owned(), host, attributes));
                     }
-                    let session = self.span_attributes.as_ref().map_or(&[][..], |(_, a)| a);
+                    let session = self.span_attributes.as_ref().map_or(&[][..], |(_, _, a)| a);
                     tracer.record(&FinishedQuery {
                         sql: cycle.sql(),
                         session,

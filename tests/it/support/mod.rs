@@ -13,6 +13,7 @@ use pgsidecar::pgbin::pg_bindir;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
+pub mod clusters;
 pub mod otlp;
 pub mod pki;
 
