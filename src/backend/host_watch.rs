@@ -12,15 +12,17 @@ use super::{BackendError, LoginTarget, ServerConn};
 use crate::telemetry::{HostFigures, Metrics};
 
 /// One row: recovery, the WAL position (current on a primary, replayed on a replica), WAL
-/// received and not replayed, seconds since the last replayed commit, and a primary's timeline
-/// (from its current WAL file's name, which changes when a replica is promoted).
+/// received and not replayed, seconds since the last replayed commit, a primary's timeline
+/// (from its current WAL file's name, which changes when a replica is promoted), and whether
+/// transactions are read-only by default (how some failover tools fence an old primary).
 const PROBE_SQL: &str = "SELECT r::text, \
      (CASE WHEN r THEN pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0') \
            ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') END)::bigint::text, \
      (CASE WHEN r THEN pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), \
                                        pg_last_wal_replay_lsn()) END)::bigint::text, \
      (CASE WHEN r THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END)::float8::text, \
-     (CASE WHEN NOT r THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::text \
+     (CASE WHEN NOT r THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::text, \
+     current_setting('default_transaction_read_only') \
      FROM pg_is_in_recovery() AS r";
 
 /// What the watcher needs, replaced on reload.
@@ -108,6 +110,7 @@ fn parse_probe(row: &[Option<String>]) -> Result<Probe, String> {
         unreplayed: number(2).unwrap_or(0),
         replay_age: column(3).and_then(|v| v.parse().ok()),
         timeline: column(4).and_then(|v| v.parse().ok()),
+        read_only: column(5).as_deref() == Some("on"),
     })
 }
 

@@ -6,6 +6,7 @@ mod greeting;
 mod host_watch;
 mod limits;
 mod login;
+mod notify;
 mod params;
 mod pool;
 mod prepared;
@@ -17,6 +18,7 @@ pub use error::BackendError;
 pub use greeting::Greeting;
 pub use limits::ConnectionCap;
 pub use login::LoginTarget;
+pub use notify::{ChannelHub, ListenerTarget, MAILBOX_SIZE, Mailbox, NotifyError, NotifyHubs};
 pub use params::{
     FIXED_PARAMS_SQL, FixedParams, SESSION_AUTHORIZATION, ServerParams, is_parameter_name,
 };

@@ -303,6 +303,21 @@ impl ServerPool {
         };
     }
 
+    /// How this pool logs in now (with the SCRAM keys its clients proved), for a connection
+    /// of the proxy's own to the same server as the same user.
+    ///
+    /// # Panics
+    /// If the target lock was poisoned.
+    #[must_use]
+    pub fn login_target(&self) -> LoginTarget {
+        self.pool
+            .manager()
+            .target
+            .read()
+            .expect("pool target lock")
+            .clone()
+    }
+
     /// Remembers the SCRAM keys a client of this pool just proved, so that server connections
     /// can be opened for a user whose password pgsidecar does not have (pass-through). The
     /// latest keys win: after a password change, the next client brings the new ones.

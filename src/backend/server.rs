@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use crate::tls::{PgStream, Probe};
 
 use super::{BackendError, LoginTarget, PreparedSet, ServerParams};
+use crate::wire::frame::Frame;
 use crate::wire::messages::{ErrorFields, parse_parameter_status};
 use crate::wire::{WireError, read_frame};
 
@@ -277,7 +278,15 @@ impl ServerConn {
         }
     }
 
-    async fn send_query(&mut self, sql: &str) -> Result<(), BackendError> {
+    /// Reads the next whole message (for a connection that only listens, the notifications
+    /// and the answers to its own LISTEN and UNLISTEN). Cancel-safe: a partial message stays in
+    /// the buffer for the next call.
+    pub(super) async fn next_message(&mut self) -> Result<Frame, BackendError> {
+        Ok(read_frame(&mut self.stream, &mut self.buf, CONTROL_FRAME_LIMIT).await?)
+    }
+
+    /// Sends `sql` as a simple Query without reading the answer.
+    pub(super) async fn send_query(&mut self, sql: &str) -> Result<(), BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         out.put_u8(b'Q');
         out.put_u32(u32::try_from(sql.len() + 5).expect("proxy-built SQL is small"));

@@ -53,6 +53,8 @@ pub struct Probe {
     pub replay_age: Option<f64>,
     /// On a primary, its timeline: the higher one wins when two hosts claim to be primary.
     pub timeline: Option<u32>,
+    /// `default_transaction_read_only` is on: writes would fail with 25006.
+    pub read_only: bool,
 }
 
 /// One host as routing sees it.
@@ -318,7 +320,7 @@ fn lag(replica: &Probe, primary_lsn: Option<u64>) -> (Option<u64>, Option<f64>) 
 
 /// The state each host takes after a round of checks. A host that could not be checked is
 /// down; a fixed role is kept while the host answers; an `auto` host is a primary when it is
-/// not in recovery. Of several primaries, the one on the newest timeline keeps the role (then
+/// neither in recovery nor read-only by default. Of several primaries, the one on the newest timeline keeps the role (then
 /// the one configured `primary`, then the one that already was) and the others are fenced.
 fn decide(previous: &[HostStatus], results: &[Result<Probe, String>]) -> Vec<HostState> {
     let mut states: Vec<HostState> = previous
@@ -327,7 +329,11 @@ fn decide(previous: &[HostStatus], results: &[Result<Probe, String>]) -> Vec<Hos
         .map(|(host, result)| match (result, host.configured) {
             (Err(_), _) => HostState::Down,
             (Ok(_), HostRole::Replica) => HostState::Replica,
-            (Ok(probe), HostRole::Auto) if probe.in_recovery => HostState::Replica,
+            // Out of recovery but read-only by default: fenced by a failover tool, or a
+            // standby-like primary; it serves reads, never writes.
+            (Ok(probe), HostRole::Auto) if probe.in_recovery || probe.read_only => {
+                HostState::Replica
+            }
             (Ok(_), HostRole::Primary | HostRole::Auto) => HostState::Primary,
         })
         .collect();
@@ -383,6 +389,7 @@ mod tests {
             unreplayed: 0,
             replay_age: None,
             timeline: Some(timeline),
+            read_only: false,
         })
     }
 
@@ -394,6 +401,7 @@ mod tests {
             unreplayed,
             replay_age: Some(replay_age),
             timeline: None,
+            read_only: false,
         })
     }
 
@@ -462,6 +470,19 @@ mod tests {
         topology.apply(vec![primary(5000, 1), primary(5300, 2)], LIMITS);
         assert_eq!(topology.primary(), Some(1));
         assert_eq!(topology.state(0), HostState::Fenced);
+    }
+
+    #[test]
+    fn a_primary_made_read_only_stops_taking_writes() {
+        let topology = hosts(&[HostRole::Auto, HostRole::Auto]);
+        topology.apply(vec![primary(5000, 1), replica(5000, 0, 0.0)], LIMITS);
+        let fenced = Ok(Probe {
+            read_only: true,
+            ..primary(5000, 1).unwrap()
+        });
+        topology.apply(vec![fenced, replica(5000, 0, 0.0)], LIMITS);
+        assert_eq!(topology.primary(), None);
+        assert_eq!(topology.state(0), HostState::Replica);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use listener::{Proxy, StartError};
 pub use params::{ClientParams, parse_options};
 pub use session::SessionError;
 
-use crate::backend::PoolRegistry;
+use crate::backend::{ListenerTarget, LoginTarget, NotifyHubs, PoolKey, PoolRegistry};
 use crate::config::{Config, ConfigError, ConfigSource};
 use crate::gate::fleet::FleetSide;
 use crate::gate::{
@@ -43,6 +43,8 @@ pub struct ProxyContext {
     pub pools: PoolRegistry,
     /// Cancel keys of live clients.
     pub cancels: CancelRegistry,
+    /// LISTEN/NOTIFY for transaction-mode clients, one listening connection per pool key.
+    pub notify: NotifyHubs,
     /// Client connections open now.
     pub clients: AtomicUsize,
     /// Metrics and query spans.
@@ -85,6 +87,7 @@ impl ProxyContext {
             pools: PoolRegistry::new(Arc::clone(&config), Arc::clone(&telemetry.metrics)),
             config: RwLock::new(config),
             cancels: CancelRegistry::default(),
+            notify: NotifyHubs::new(Arc::clone(&telemetry.metrics)),
             clients: AtomicUsize::new(0),
             telemetry,
             started: std::time::SystemTime::now(),
@@ -171,6 +174,17 @@ impl ProxyContext {
         for client in self.cancels.all() {
             client.abort(reason);
         }
+    }
+}
+
+impl ListenerTarget for ProxyContext {
+    fn primary_target(&self, key: &PoolKey) -> Option<LoginTarget> {
+        let primary = self.pools.topology().primary()?;
+        Some(self.pools.on_host(key, primary).login_target())
+    }
+
+    fn connect_timeout(&self) -> std::time::Duration {
+        self.config().pool.server_connect_timeout
     }
 }
 

@@ -261,6 +261,58 @@ pub fn classify(sql: &str) -> Classified {
     classified
 }
 
+/// A LISTEN or UNLISTEN statement, which transaction mode serves through the sidecar's own
+/// listening connection instead of pinning the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// `LISTEN channel`.
+    Listen(String),
+    /// `UNLISTEN channel`.
+    Unlisten(String),
+    /// `UNLISTEN *`.
+    UnlistenAll,
+}
+
+impl Subscription {
+    /// The command tag PostgreSQL answers it with.
+    #[must_use]
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Self::Listen(_) => "LISTEN",
+            Self::Unlisten(_) | Self::UnlistenAll => "UNLISTEN",
+        }
+    }
+}
+
+/// The statements of `sql` as subscriptions, when it holds nothing but LISTEN and UNLISTEN;
+/// `None` otherwise (anything else in the string keeps the client's usual handling).
+#[must_use]
+pub fn subscriptions(sql: &str) -> Option<Vec<Subscription>> {
+    let tokens = lex(sql);
+    let mut found = Vec::new();
+    for statement in tokens.split(|t| *t == Token::Semicolon) {
+        let channel = |t: &Token| match t {
+            Token::Word(w) => Some(w.clone()),
+            Token::Quoted(q) => Some(q.clone()),
+            _ => None,
+        };
+        match statement {
+            [] => {}
+            [Token::Word(verb), name] if verb == "listen" => {
+                found.push(Subscription::Listen(channel(name)?));
+            }
+            [Token::Word(verb), Token::Punct('*')] if verb == "unlisten" => {
+                found.push(Subscription::UnlistenAll);
+            }
+            [Token::Word(verb), name] if verb == "unlisten" => {
+                found.push(Subscription::Unlisten(channel(name)?));
+            }
+            _ => return None,
+        }
+    }
+    (!found.is_empty()).then_some(found)
+}
+
 /// Whether a query string starts a transaction declared read-only: `BEGIN READ ONLY` or
 /// `START TRANSACTION ... READ ONLY` (any isolation level beside it), or a bare `BEGIN`
 /// followed, in the same string, by `SET TRANSACTION READ ONLY`. Routing to a replica relies
@@ -327,6 +379,29 @@ mod tests {
 
     fn effects(sql: &str) -> Vec<Effect> {
         classify(sql).effects
+    }
+
+    #[test]
+    fn listen_and_unlisten_alone_are_subscriptions() {
+        assert_eq!(
+            subscriptions("LISTEN Orders; listen \"Mixed Case\"; UNLISTEN *; unlisten x;"),
+            Some(vec![
+                Subscription::Listen("orders".into()),
+                Subscription::Listen("Mixed Case".into()),
+                Subscription::UnlistenAll,
+                Subscription::Unlisten("x".into()),
+            ])
+        );
+        for sql in [
+            "LISTEN a; SELECT 1",
+            "BEGIN; LISTEN a",
+            "SELECT 'listen a'",
+            "NOTIFY a",
+            "",
+            "LISTEN",
+        ] {
+            assert_eq!(subscriptions(sql), None, "{sql}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::hosts::HostMetrics;
+use super::notifications::NotifyMetrics;
 
 /// Query latencies, 100 µs to 30 s.
 const QUERY_BUCKETS: [f64; 17] = [
@@ -127,6 +128,8 @@ pub struct Metrics {
     login_failure_sources: std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>,
     /// Role and lag of each upstream host.
     pub hosts: HostMetrics,
+    /// LISTEN/NOTIFY served without pinning.
+    pub notifications: NotifyMetrics,
 }
 
 impl Default for Metrics {
@@ -172,12 +175,14 @@ impl Metrics {
             config_reloads: Family::default(),
             login_failure_sources: std::sync::Mutex::default(),
             hosts: HostMetrics::default(),
+            notifications: NotifyMetrics::default(),
             registry: Registry::default(),
         };
         metrics.register_connections(&mut registry);
         metrics.register_traffic(&mut registry);
         metrics.register_health(&mut registry);
         metrics.hosts.register(&mut registry);
+        metrics.notifications.register(&mut registry);
         Self {
             registry,
             ..metrics

@@ -3,6 +3,7 @@
 
 mod hosts;
 pub mod metrics;
+mod notifications;
 pub mod spans;
 pub mod sql_text;
 pub mod statements;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 pub use hosts::{HostFigures, HostMetrics};
 pub use metrics::{Metrics, PoolGauges, PoolMetrics, PoolTotals};
+pub use notifications::NotifyMetrics;
 pub use spans::{FinishedQuery, QueryTracer, SessionFacts, TracingError};
 
 use crate::config::Config;

@@ -22,6 +22,7 @@ mod greeting;
 mod health;
 mod hostile;
 mod migrate;
+mod notify;
 mod pooling;
 mod prepared;
 mod protocol;

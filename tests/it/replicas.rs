@@ -188,6 +188,28 @@ async fn replay_pause_takes_the_replica_out_of_the_rotation(
     assert_eq!(rows, 2001, "the replica has replayed every row");
 }
 
+/// Every row a writer saw committed is on `new_primary`.
+async fn assert_every_row_is_on(new_primary: &OwnedCluster, committed: &[(i32, i32)]) {
+    let new_primary = connect(&new_primary.cluster().url("postgres"))
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<(i32, i32)> = new_primary
+        .query("SELECT writer, n FROM writes", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let lost: Vec<_> = committed
+        .iter()
+        .filter(|row| !stored.contains(row))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing on the new primary: {lost:?}"
+    );
+}
+
 /// One writer of the failover test: inserts (writer, n) rows one transaction at a time through
 /// the proxy, reconnecting after an error, and records what was committed and what failed.
 async fn write_until(
@@ -246,6 +268,8 @@ async fn a_promoted_replica_takes_the_writes_without_a_restart() {
         .await
         .unwrap();
     let proxy = routed_proxy(&primary, &replica).await;
+    let (listening, heard) = crate::notify::listener(&proxy.url("postgres")).await;
+    listening.batch_execute("LISTEN events").await.unwrap();
 
     let committed = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -307,23 +331,27 @@ async fn a_promoted_replica_takes_the_writes_without_a_restart() {
             "a failed transaction gets a connection or read-only error: {failures:?}"
         );
     }
-    let new_primary = connect(&replica.cluster().url("postgres")).await.unwrap();
-    let stored: std::collections::HashSet<(i32, i32)> = new_primary
-        .query("SELECT writer, n FROM writes", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    let committed = committed.lock().await.clone();
-    let lost: Vec<_> = committed
-        .iter()
-        .filter(|row| !stored.contains(row))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged rows missing on the new primary: {lost:?}"
-    );
+    assert_every_row_is_on(&replica, &committed.lock().await).await;
     let hosts = topology.hosts();
     assert_eq!(hosts[0].state.name(), "down");
+
+    // The listening connection follows the primary too: a client that listened before the
+    // failover hears notifications sent on the new primary (those sent while the listener
+    // reconnects are not seen, as by any client that reconnects).
+    let notifier = proxy.connect("postgres").await.unwrap();
+    wait_until(
+        "a notification on the new primary reaches the old listener",
+        async || {
+            notifier
+                .batch_execute("NOTIFY events, 'after failover'")
+                .await
+                .unwrap();
+            heard
+                .lock()
+                .await
+                .iter()
+                .any(|(_, p, _)| p == "after failover")
+        },
+    )
+    .await;
 }

@@ -60,6 +60,7 @@ fn check_child_span(child: &Span, db: &str) {
         ("db.response.returned_rows", "1"),
         ("server.address", "127.0.0.1"),
         ("server.port", port.as_str()),
+        ("pgsidecar.server.role", "primary"),
         ("pgsidecar.pool", &format!("{db}/postgres")),
         ("pgsidecar.application_name", "span-test"),
         ("pgsidecar.schema_version", "3"),

@@ -8,6 +8,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::{READ_CHUNK, Session, SessionError};
+use crate::backend::{ChannelHub, Mailbox};
 use crate::config::PoolMode;
 use crate::frontend::sql::may_have_effects;
 use crate::frontend::statements::StatementDef;
@@ -30,6 +31,25 @@ async fn idle_expired(
     }
 }
 
+/// The next notification for a client that listens; never, for one that does not.
+async fn next_notification(notifications: &mut Option<(Arc<ChannelHub>, Mailbox)>) -> bytes::Bytes {
+    match notifications {
+        Some((_, mailbox)) => match mailbox.incoming.recv().await {
+            Some(note) => note,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// What ended a wait between transactions.
+enum Woke {
+    /// The client's socket gave this many bytes.
+    Read(usize),
+    /// A notification arrived for the client.
+    Notified(bytes::Bytes),
+}
+
 impl Session {
     /// Waits, holding no server connection, until the client has sent a whole message. Returns
     /// false when the client said Terminate or closed.
@@ -49,7 +69,7 @@ impl Session {
             if self.ctx.gate.is_draining() {
                 return Err(SessionError::Shutdown);
             }
-            let read = if let (PgStream::Plain(tcp), true) = (&self.client, self.buf.is_empty()) {
+            let woke = if let (PgStream::Plain(tcp), true) = (&self.client, self.buf.is_empty()) {
                 // An idle client holds no buffer: thousands of idle connections stay cheap.
                 self.buf = BytesMut::new();
                 tokio::select! {
@@ -59,12 +79,16 @@ impl Session {
                     limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
                         return Err(self.idle_timed_out(limit));
                     }
+                    note = next_notification(&mut self.notifications) => {
+                        self.deliver_notifications(note).await?;
+                        continue;
+                    }
                 }
                 self.buf.reserve(READ_CHUNK);
                 // Readiness can be left over from the login's reads: a read that would block
                 // clears it and the wait starts again, with its timers.
                 match tcp.try_read_buf(&mut self.buf) {
-                    Ok(read) => read,
+                    Ok(read) => Woke::Read(read),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -73,12 +97,20 @@ impl Session {
                 // read itself is what waits.
                 self.buf.reserve(READ_CHUNK);
                 tokio::select! {
-                    read = self.client.read_buf(&mut self.buf) => read?,
+                    read = self.client.read_buf(&mut self.buf) => Woke::Read(read?),
                     () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
                     reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
                     limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
                         return Err(self.idle_timed_out(limit));
                     }
+                    note = next_notification(&mut self.notifications) => Woke::Notified(note),
+                }
+            };
+            let read = match woke {
+                Woke::Read(read) => read,
+                Woke::Notified(note) => {
+                    self.deliver_notifications(note).await?;
+                    continue;
                 }
             };
             if read == 0 {

@@ -3,6 +3,7 @@
 
 mod acquire;
 mod between;
+mod listen;
 mod route;
 mod settle;
 mod timeouts;
@@ -23,7 +24,9 @@ use super::rewrite::Relay;
 use super::sql::Effect;
 use super::statements::ClientStatements;
 use super::tracker::Tracker;
-use crate::backend::{AcquireError, BackendError, Checkout, ServerConn, ServerPool};
+use crate::backend::{
+    AcquireError, BackendError, ChannelHub, Checkout, MAILBOX_SIZE, Mailbox, ServerConn, ServerPool,
+};
 use crate::config::{Config, PoolMode, SessionTimeouts};
 use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::{FinishedQuery, SessionFacts};
@@ -64,6 +67,12 @@ pub enum SessionError {
     /// A limit on holding or waiting fired.
     #[error("{}", .0.message())]
     TimedOut(Timeout),
+    /// The client did not read its notifications and its mailbox overflowed.
+    #[error(
+        "the client's notification mailbox overflowed ({} waiting)",
+        MAILBOX_SIZE
+    )]
+    MailboxOverflow,
 }
 
 impl SessionError {
@@ -103,6 +112,12 @@ impl SessionError {
                 format!("terminating connection due to administrator command: {reason}"),
             ),
             Self::TimedOut(timeout) => (timeout.sqlstate(), timeout.message()),
+            Self::MailboxOverflow => (
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "pgsidecar: {MAILBOX_SIZE} notifications were waiting for this client and more arrived; it is closed so that none is lost without its knowing (read notifications promptly, then reconnect and LISTEN again)"
+                ),
+            ),
         };
         Some(error(Severity::Fatal, code, &message))
     }
@@ -170,6 +185,8 @@ pub struct Session {
     span_attributes: Option<(String, (usize, &'static str), Vec<KeyValue>)>,
     /// The client logged in through a read alias: every transaction goes to a replica.
     reads_only: bool,
+    /// Where its LISTEN subscriptions live and its notifications wait, once it listens.
+    notifications: Option<(Arc<ChannelHub>, Mailbox)>,
     /// The pool's limits on holding and waiting, when the session started.
     timeouts: SessionTimeouts,
 }
@@ -203,6 +220,7 @@ impl Session {
             cycles: CycleLog::new(ctx.telemetry.tracer.is_some()),
             span_attributes: None,
             reads_only,
+            notifications: None,
             ticket: None,
             cancel,
             ctx,
@@ -254,6 +272,7 @@ impl Session {
     /// The reason the session ended early; the client has been told where it can be.
     pub async fn run(mut self, mut held: Option<Checkout>) -> Result<(), SessionError> {
         let result = self.serve_all(&mut held).await;
+        self.unlisten_all();
         match &result {
             Err(e) => self.fail(e).await,
             Ok(()) => self.ctx.cancels.remove(self.cancel.pid),
@@ -276,6 +295,9 @@ impl Session {
                     return Ok(());
                 }
                 if self.answer_prepares_locally().await? {
+                    continue;
+                }
+                if self.answer_subscriptions_locally().await? {
                     continue;
                 }
                 let requested = Instant::now();

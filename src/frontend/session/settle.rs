@@ -72,6 +72,8 @@ impl Session {
                 Effect::ClientReset => {
                     changed.clear();
                     self.params.reset_all();
+                    // DISCARD ALL includes UNLISTEN *.
+                    self.unlisten_all();
                 }
                 Effect::Deallocate(None) => resync_prepared = true,
                 Effect::Deallocate(Some(_)) => {}
