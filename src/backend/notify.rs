@@ -269,16 +269,29 @@ async fn listen_for(
     target: Weak<dyn ListenerTarget>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) -> Option<()> {
-    let mut conn: Option<ServerConn> = None;
+    // The listening connection and the address of the primary it was opened to.
+    let mut conn: Option<(ServerConn, String)> = None;
     // Confirmations owed, in the order the server answers.
     let mut owed: VecDeque<Option<oneshot::Sender<Result<(), NotifyError>>>> = VecDeque::new();
     let mut failure: Option<ErrorFields> = None;
+    let mut follow = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let Some(open) = conn.as_mut() else {
+        let Some((open, address)) = conn.as_mut() else {
             conn = reconnect(&hub, &target, &mut commands, &mut owed).await?;
             continue;
         };
         tokio::select! {
+            _ = follow.tick() => {
+                // Another host became the primary while this one still answers (a fenced or
+                // read-only old primary): NOTIFY now runs there, so listen there.
+                let key = &hub.upgrade()?.key;
+                if let Some(primary) = target.upgrade()?.primary_target(key)
+                    && primary.address != *address
+                {
+                    let moved = format!("the primary is now {}", primary.address);
+                    lost(&mut conn, &mut owed, &moved);
+                }
+            }
             command = commands.recv() => {
                 let command = command?;
                 let (sql, done) = match command {
@@ -331,7 +344,7 @@ async fn reconnect(
     target: &Weak<dyn ListenerTarget>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     owed: &mut VecDeque<Option<oneshot::Sender<Result<(), NotifyError>>>>,
-) -> Option<Option<ServerConn>> {
+) -> Option<Option<(ServerConn, String)>> {
     let wanted = !hub.upgrade()?.channel_names().is_empty();
     let command = if wanted {
         None
@@ -339,7 +352,7 @@ async fn reconnect(
         Some(commands.recv().await?)
     };
     let (strong_hub, strong_target) = (hub.upgrade()?, target.upgrade()?);
-    let mut conn = match connect(&strong_hub, strong_target.as_ref()).await {
+    let (mut conn, address) = match connect(&strong_hub, strong_target.as_ref()).await {
         Ok(conn) => conn,
         Err(e) => {
             if let Some(Command::Listen(_, done)) = command {
@@ -368,12 +381,15 @@ async fn reconnect(
             }
         }
     }
-    Some(Some(conn))
+    Some(Some((conn, address)))
 }
 
 /// Opens the listening connection to the current primary and listens again on every channel
 /// subscribed to so far.
-async fn connect(hub: &ChannelHub, target: &dyn ListenerTarget) -> Result<ServerConn, NotifyError> {
+async fn connect(
+    hub: &ChannelHub,
+    target: &dyn ListenerTarget,
+) -> Result<(ServerConn, String), NotifyError> {
     let login = target
         .primary_target(&hub.key)
         .ok_or_else(|| NotifyError::Unavailable("no primary is known".into()))?;
@@ -387,15 +403,15 @@ async fn connect(hub: &ChannelHub, target: &dyn ListenerTarget) -> Result<Server
             .map_err(unavailable)?;
     }
     tracing::info!(pool = %hub.key, server = %login.address, "notification listener connected");
-    Ok(conn)
+    Ok((conn, login.address))
 }
 
 /// The listening connection failed: whoever waits for a confirmation is told, and the next
 /// command opens a new one (listening again on every channel).
 fn lost(
-    conn: &mut Option<ServerConn>,
+    conn: &mut Option<(ServerConn, String)>,
     owed: &mut VecDeque<Option<oneshot::Sender<Result<(), NotifyError>>>>,
-    error: &BackendError,
+    error: &dyn std::fmt::Display,
 ) {
     tracing::warn!(error = %error, "notification listener lost its server connection");
     *conn = None;

@@ -355,3 +355,64 @@ async fn a_promoted_replica_takes_the_writes_without_a_restart() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_promoted_beside_a_live_primary_wins_and_the_old_primary_is_fenced() {
+    let primary = OwnedCluster::primary();
+    let replica = OwnedCluster::replica_of(primary.cluster().port());
+    let proxy = routed_proxy(&primary, &replica).await;
+    let (listening, heard) = crate::notify::listener(&proxy.url("postgres")).await;
+    listening.batch_execute("LISTEN events").await.unwrap();
+
+    // Split brain: both hosts now accept writes; the promoted one is on a newer timeline.
+    replica.cluster().promote().unwrap();
+    let topology = Arc::clone(proxy.ctx.pools.topology());
+    wait_until("the promoted replica is the primary", async || {
+        topology.primary() == Some(1)
+    })
+    .await;
+    assert_eq!(topology.state(0).name(), "fenced");
+    assert_eq!(
+        host_states(&proxy).await[0],
+        (primary.address(), "fenced".to_owned())
+    );
+
+    let app = proxy.connect("postgres").await.unwrap();
+    let port: i32 = app
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        port,
+        i32::from(replica.cluster().port()),
+        "writes go to the newer timeline, never to the old primary"
+    );
+    let reader = proxy.connect("app_ro").await.unwrap();
+    let port: i32 = reader
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        port,
+        i32::from(replica.cluster().port()),
+        "with no replica left, reads fall back to the primary, not to the fenced host"
+    );
+
+    // The listening connection moves to the new primary although the old one still answers.
+    wait_until(
+        "a notification on the new primary reaches the listener",
+        async || {
+            app.batch_execute("NOTIFY events, 'on the new timeline'")
+                .await
+                .unwrap();
+            heard
+                .lock()
+                .await
+                .iter()
+                .any(|(_, p, _)| p == "on the new timeline")
+        },
+    )
+    .await;
+}
