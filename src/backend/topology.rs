@@ -3,7 +3,7 @@
 //! sessions read it on every routed transaction and wait on it while no primary is known.
 
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
@@ -74,9 +74,6 @@ pub struct HostStatus {
     pub lagging: bool,
     /// The last check's result, or why it failed.
     pub last_probe: Option<Result<Probe, String>>,
-    /// Incremented each time the host changes state: server connections opened before are
-    /// not reused.
-    pub epoch: u64,
     /// When it entered its state.
     pub since: Instant,
 }
@@ -103,6 +100,9 @@ pub struct Topology {
     turn: AtomicUsize,
     /// Whether a watcher keeps this current (several hosts); a single host is taken as is.
     watched: bool,
+    /// Per host, incremented each time it changes state: server connections opened before are
+    /// not reused. Atomics, because every checkout reads them.
+    epochs: Vec<AtomicU64>,
 }
 
 impl Topology {
@@ -126,11 +126,11 @@ impl Topology {
                 lag_seconds: None,
                 lagging: false,
                 last_probe: None,
-                epoch: 0,
                 since: now,
             })
             .collect();
         Self {
+            epochs: hosts.iter().map(|_| AtomicU64::new(0)).collect(),
             hosts: RwLock::new(statuses),
             changes: watch::channel(0).0,
             recheck: Notify::new(),
@@ -195,12 +195,9 @@ impl Topology {
     }
 
     /// The state epoch of `host`: connections opened in an older epoch are not reused.
-    ///
-    /// # Panics
-    /// If the lock was poisoned.
     #[must_use]
     pub fn epoch(&self, host: usize) -> u64 {
-        self.hosts.read().expect("topology lock")[host].epoch
+        self.epochs[host].load(Ordering::Acquire)
     }
 
     /// The state of `host`.
@@ -238,6 +235,7 @@ impl Topology {
             if status.state != HostState::Down {
                 tracing::warn!(host = %status.address, error, "upstream host unreachable; routing around it");
                 enter(status, HostState::Down);
+                self.epochs[host].fetch_add(1, Ordering::AcqRel);
             }
         }
         self.changes.send_modify(|n| *n += 1);
@@ -271,6 +269,7 @@ impl Topology {
                 if status.state != state {
                     tracing::info!(host = %status.address, from = status.state.name(), to = state.name(), "upstream host changed role");
                     enter(status, state);
+                    self.epochs[i].fetch_add(1, Ordering::AcqRel);
                     changed.push(i);
                 }
                 let (bytes, seconds) = match (&result, state) {
@@ -299,7 +298,6 @@ impl Topology {
 
 fn enter(status: &mut HostStatus, state: HostState) {
     status.state = state;
-    status.epoch += 1;
     status.since = Instant::now();
 }
 

@@ -284,10 +284,23 @@ impl Subscription {
     }
 }
 
+/// Whether `sql` starts with one of `words` (case-insensitively, after white space): a screen
+/// that keeps ordinary queries from being lexed on the hot path. Text after a leading comment
+/// is not seen, so such a statement takes the general path.
+fn starts_with_word(sql: &str, words: &[&str]) -> bool {
+    let start = sql.trim_start().as_bytes();
+    words
+        .iter()
+        .any(|w| start.len() >= w.len() && start[..w.len()].eq_ignore_ascii_case(w.as_bytes()))
+}
+
 /// The statements of `sql` as subscriptions, when it holds nothing but LISTEN and UNLISTEN;
 /// `None` otherwise (anything else in the string keeps the client's usual handling).
 #[must_use]
 pub fn subscriptions(sql: &str) -> Option<Vec<Subscription>> {
+    if !starts_with_word(sql, &["listen", "unlisten"]) {
+        return None;
+    }
     let tokens = lex(sql);
     let mut found = Vec::new();
     for statement in tokens.split(|t| *t == Token::Semicolon) {
@@ -319,6 +332,9 @@ pub fn subscriptions(sql: &str) -> Option<Vec<Subscription>> {
 /// on the declaration alone: PostgreSQL then refuses any write in the transaction itself.
 #[must_use]
 pub fn declares_read_only(sql: &str) -> bool {
+    if !starts_with_word(sql, &["begin", "start"]) {
+        return false;
+    }
     let tokens = lex(sql);
     let mut statements = tokens
         .split(|t| *t == Token::Semicolon)
