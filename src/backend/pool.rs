@@ -238,6 +238,14 @@ impl ServerPool {
         self.pool.manager().host
     }
 
+    /// Its upstream host's state epoch (see [`Topology::epoch`]): a cheap way to notice that
+    /// the host's role may have changed.
+    #[must_use]
+    pub fn host_epoch(&self) -> u64 {
+        let manager = self.pool.manager();
+        manager.topology.epoch(manager.host)
+    }
+
     /// What its upstream host is now.
     #[must_use]
     pub fn host_state(&self) -> HostState {

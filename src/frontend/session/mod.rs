@@ -182,7 +182,7 @@ pub struct Session {
     ticket: Option<Ticket>,
     /// Span attributes shared by this session's queries, and the application_name and
     /// upstream host they name.
-    span_attributes: Option<(String, (usize, &'static str), Vec<KeyValue>)>,
+    span_attributes: Option<(String, (usize, u64), Vec<KeyValue>)>,
     /// The client logged in through a read alias: every transaction goes to a replica.
     reads_only: bool,
     /// Where its LISTEN subscriptions live and its notifications wait, once it listens.
@@ -430,7 +430,9 @@ impl Session {
                         .wanted()
                         .get("application_name")
                         .map_or("", String::as_str);
-                    let host = (self.pool.host(), self.pool.host_state().name());
+                    // The host and its state epoch: the role is looked up again only when one
+                    // of them changed.
+                    let host = (self.pool.host(), self.pool.host_epoch());
                     if self
                         .span_attributes
                         .as_ref()
@@ -443,7 +445,7 @@ impl Session {
                             application_name: app,
                             schema_version: self.ctx.config().schema_version,
                             server: self.pool.address(),
-                            role: host.1,
+                            role: self.pool.host_state().name(),
                         });
                         self.span_attributes = Some((app.to_owned(), host, attributes));
                     }
