@@ -1,6 +1,7 @@
-//! The task that keeps the [`Topology`] current: every `routing.check_interval` (and at once when
-//! a session reports a host unreachable) it asks each host for its role, WAL position and replay
-//! lag over a connection of its own, and applies the round.
+//! The task that keeps the [`Topology`] current: every `routing.check_interval` (every 100 ms
+//! while no primary is known, and at once when a session reports a host unreachable) it asks
+//! each host for its role, WAL position and replay lag over a connection of its own, and applies
+//! the round.
 
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -24,6 +25,9 @@ const PROBE_SQL: &str = "SELECT r::text, \
      (CASE WHEN NOT r THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::text, \
      current_setting('default_transaction_read_only') \
      FROM pg_is_in_recovery() AS r";
+
+/// Time between rounds while no primary is known.
+const OUTAGE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the watcher needs, replaced on reload.
 #[derive(Debug, Clone)]
@@ -67,7 +71,14 @@ pub(super) async fn watch_hosts(
                 changed: changed.contains(&i),
             });
         }
-        topology.next_check(round.interval).await;
+        // While no host takes writes (a failover under way), writes are waiting: look for
+        // the new primary ten times a second rather than once per interval.
+        let wait = if topology.primary().is_none() {
+            round.interval.min(OUTAGE_INTERVAL)
+        } else {
+            round.interval
+        };
+        topology.next_check(wait).await;
     }
 }
 

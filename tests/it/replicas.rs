@@ -189,7 +189,7 @@ async fn replay_pause_takes_the_replica_out_of_the_rotation(
 }
 
 /// Every row a writer saw committed is on `new_primary`.
-async fn assert_every_row_is_on(new_primary: &OwnedCluster, committed: &[(i32, i32)]) {
+async fn assert_every_row_is_on(new_primary: &OwnedCluster, committed: &[(i32, i32, Instant)]) {
     let new_primary = connect(&new_primary.cluster().url("postgres"))
         .await
         .unwrap();
@@ -202,7 +202,7 @@ async fn assert_every_row_is_on(new_primary: &OwnedCluster, committed: &[(i32, i
         .collect();
     let lost: Vec<_> = committed
         .iter()
-        .filter(|row| !stored.contains(row))
+        .filter(|(writer, n, _)| !stored.contains(&(*writer, *n)))
         .collect();
     assert!(
         lost.is_empty(),
@@ -215,7 +215,7 @@ async fn assert_every_row_is_on(new_primary: &OwnedCluster, committed: &[(i32, i
 async fn write_until(
     proxy_url: String,
     writer: i32,
-    committed: Arc<Mutex<Vec<(i32, i32)>>>,
+    committed: Arc<Mutex<Vec<(i32, i32, Instant)>>>,
     failures: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicU64>,
 ) {
@@ -241,7 +241,7 @@ async fn write_until(
             )
             .await
         {
-            Ok(_) => committed.lock().await.push((writer, n)),
+            Ok(_) => committed.lock().await.push((writer, n, Instant::now())),
             Err(e) => {
                 // A driver that had a request pipelined behind the failed one (tokio-postgres
                 // closes a statement without waiting) sees the connection closed instead.
@@ -290,16 +290,28 @@ async fn a_promoted_replica_takes_the_writes_without_a_restart() {
     })
     .await;
 
-    let before = committed.lock().await.len();
-    let stopped = Instant::now();
+    let stopping = Instant::now();
     primary.cluster().stop().unwrap();
+    // Nothing can commit from here until the promotion: the first commit after this instant
+    // is the first write on the new primary.
+    let stopped = Instant::now();
+    let before = committed.lock().await.len();
     replica.cluster().promote().unwrap();
-    let promoted = stopped.elapsed();
+    let promoted = stopping.elapsed();
     wait_until("writes land again", async || {
         committed.lock().await.len() > before + 10
     })
     .await;
-    let resumed = stopped.elapsed();
+    let first_write = committed
+        .lock()
+        .await
+        .iter()
+        .map(|(_, _, at)| *at)
+        .filter(|at| *at > stopped)
+        .min()
+        .expect("writes after the promotion");
+    let resumed = first_write - stopping;
+    let after_promotion = first_write.saturating_duration_since(stopping + promoted);
     let topology = Arc::clone(proxy.ctx.pools.topology());
     wait_until("the promoted replica is the primary", async || {
         topology.primary() == Some(1)
@@ -315,7 +327,7 @@ async fn a_promoted_replica_takes_the_writes_without_a_restart() {
     }
     let failures = failures.lock().await.clone();
     eprintln!(
-        "failover: primary stopped and replica promoted in {promoted:?}; writes through the sidecar resumed {resumed:?} after the stop; failed transactions: {failures:?}"
+        "failover: primary stopped and replica promoted in {promoted:?}; first write through the sidecar {resumed:?} after the stop began ({after_promotion:?} after the promotion finished); failed transactions: {failures:?}"
     );
     assert!(
         failures.len() <= 10,
