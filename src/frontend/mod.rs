@@ -6,6 +6,7 @@ mod listener;
 mod login;
 mod negotiate;
 mod params;
+mod passthrough;
 mod responses;
 mod retry;
 mod rewrite;

@@ -97,3 +97,46 @@ async fn million_row_result_streams_in_bounded_memory() {
     );
     proxy.child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_value_and_a_256_mib_copy_row_pass_through_in_bounded_memory() {
+    const SIZE: usize = 256 * 1024 * 1024;
+    let db = fresh_database().await;
+    let mut proxy = ProxyProcess::spawn(&[]);
+    let pid = proxy.child.id().unwrap();
+    let client = proxy.connect(&db).await;
+    let before = peak_rss_kib(pid);
+
+    let row = client
+        .query_one(&format!("SELECT repeat('x', {SIZE}), 42"), &[])
+        .await
+        .unwrap();
+    let value: &str = row.get(0);
+    assert_eq!(value.len(), SIZE);
+    assert!(value.bytes().all(|b| b == b'x'));
+    assert_eq!(row.get::<_, i32>(1), 42, "the row's next column is intact");
+
+    let stream = client
+        .copy_out(&format!("COPY (SELECT repeat('y', {SIZE})) TO STDOUT"))
+        .await
+        .unwrap();
+    let copied = stream
+        .try_fold(0_usize, |n, bytes| async move {
+            assert!(bytes.iter().all(|b| *b == b'y' || *b == b'\n'));
+            Ok(n + bytes.len())
+        })
+        .await
+        .unwrap();
+    assert_eq!(copied, SIZE + 1, "the row and its newline");
+    // The session still works and is in sync afterwards.
+    let after: i32 = client.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(after, 7);
+
+    let peak = peak_rss_kib(pid);
+    eprintln!("256 MiB value and COPY row: proxy peak RSS {before} KiB -> {peak} KiB");
+    assert!(
+        peak < before + 16 * 1024,
+        "512 MiB went through; proxy peak RSS grew from {before} KiB to {peak} KiB"
+    );
+    proxy.child.kill().await.unwrap();
+}

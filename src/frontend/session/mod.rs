@@ -18,6 +18,7 @@ use super::ProxyContext;
 use super::cancel::CancelSlot;
 use super::cycles::CycleLog;
 use super::params::ClientParams;
+use super::passthrough::remaining_of_large_message;
 use super::responses::ResponseQueue;
 use super::retry::StalePlanRetry;
 use super::rewrite::Relay;
@@ -147,6 +148,8 @@ struct Conversation {
     /// Reported settings that changed although the client never set them (a configuration
     /// reload on the server): checked at rest and learned as the pool's new defaults.
     new_defaults: Vec<String>,
+    /// Bytes of a large DataRow or CopyData still to come, forwarded as they arrive.
+    streaming: usize,
 }
 
 impl Conversation {
@@ -506,6 +509,16 @@ impl Session {
         server: &mut ServerConn,
         talk: &mut Conversation,
     ) -> Result<bool, SessionError> {
+        if talk.streaming > 0 {
+            let part = server.buf.split_to(talk.streaming.min(server.buf.len()));
+            talk.streaming -= part.len();
+            if !self.pass_on(&part).await {
+                return Ok(false);
+            }
+            if server.buf.is_empty() {
+                return Ok(true);
+            }
+        }
         let mut buf = std::mem::take(&mut server.buf);
         let mut reported = Vec::new();
         let taken = self
@@ -521,12 +534,17 @@ impl Session {
             server.params.observe(&name, &value);
             self.params.observe(&name, &value);
         }
-        let chunk = taken.map_err(|e| SessionError::ServerLost(e.to_string()))?;
-        if !chunk.is_empty() {
-            if self.client.send(&chunk).await.is_err() {
-                return Ok(false);
-            }
-            self.pool.metrics().sent(chunk.len());
+        let mut chunk = taken.map_err(|e| SessionError::ServerLost(e.to_string()))?;
+        // A large DataRow or CopyData still arriving goes out as it comes (not while a
+        // stale-plan replay hides the server's output).
+        if !talk.retry.is_hiding()
+            && let Some(left) = remaining_of_large_message(&server.buf)
+        {
+            chunk.unsplit(server.buf.split());
+            talk.streaming = left;
+        }
+        if !self.pass_on(&chunk).await {
+            return Ok(false);
         }
         self.report_cycles();
         if let Some(batch) = talk.retry.take_replay() {
@@ -542,6 +560,18 @@ impl Session {
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
         }
         Ok(true)
+    }
+
+    /// Sends server bytes to the client; false when the client can no longer be written to.
+    async fn pass_on(&mut self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        if self.client.send(bytes).await.is_err() {
+            return false;
+        }
+        self.pool.metrics().sent(bytes.len());
+        true
     }
 
     /// Sets `timer` to the next limit for a session now `waiting`; the limit, if any.
