@@ -49,4 +49,8 @@ INI
   as_pg pgbouncer -d "$work/pgbouncer.ini"
 }
 
+# CPU time a process has used (user + system), in clock ticks of TICK per second.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # pgbench -S through nothing, pgsidecar and PgBouncer, alternating, and the proxy's memory and
 # behaviour under many clients. Run by hand (not in CI): bench/pgbench.sh [seconds] [rounds]
-# Prints a markdown table of median TPS per target and client count, and the ratios.
+# Prints a markdown table of median TPS per target and client count, the ratios, and the
+# proxies' CPU time per transaction (user + system of the proxy process / transactions): the
+# figure that does not move with the machine's noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,30 +30,37 @@ max_client_conn = 20000
 query_wait_timeout = 30
 INI
 sleep 1
+BOUNCER_PID=$(cat "$work/pgbouncer.pid")
+declare -A proxy_pid=([pgsidecar]=$SIDECAR_PID [pgbouncer]=$BOUNCER_PID)
 
 # Memory first, on the fresh proxy: a warm-up batch of idle clients, then a measured one.
 .venv/bin/python bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
 
 port_of() { case $1 in direct) echo "$PGPORT";; pgsidecar) echo "$SIDECAR_PORT";; pgbouncer) echo "$BOUNCER_PORT";; esac; }
-run_pgbench() { # target clients seconds [query mode] -> "tps failed"
-  local out
+run_pgbench() { # target clients seconds [query mode] -> "tps failed cpu-µs-per-transaction"
+  local out before=0 spent=0
+  [ -n "${proxy_pid[$1]:-}" ] && before=$(cpu_ticks "${proxy_pid[$1]}")
   out=$("$BIN/pgbench" -n -S -M "${4:-simple}" -c "$2" -j 2 -T "$3" -h 127.0.0.1 -p "$(port_of "$1")" -U postgres postgres 2>&1) || true
-  local tps failed aborted
+  [ -n "${proxy_pid[$1]:-}" ] && spent=$(( $(cpu_ticks "${proxy_pid[$1]}") - before ))
+  local tps failed aborted txns cpu
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out")
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
   # Aborted clients (e.g. "prepared statement does not exist") are not failed transactions.
   aborted=$(grep -c 'aborted in command' <<<"$out" || true)
-  echo "${tps:-0} ${failed:-?}+${aborted}aborted"
+  txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+  cpu=$(awk -v t="$spent" -v k="$TICK" -v n="${txns:-0}" 'BEGIN { printf "%.1f", n ? t / k * 1e6 / n : 0 }')
+  echo "${tps:-0} ${failed:-?}+${aborted}aborted $cpu"
 }
 
-declare -A results
+declare -A results cpu_per_txn
 for round in $(seq "$ROUNDS"); do
   for mode in $QUERY_MODES; do
     for clients in $CLIENT_COUNTS; do
       for target in direct pgsidecar pgbouncer; do
-        read -r tps failed < <(run_pgbench "$target" "$clients" "$SECONDS_PER_RUN" "$mode")
+        read -r tps failed cpu < <(run_pgbench "$target" "$clients" "$SECONDS_PER_RUN" "$mode")
         results[$mode,$target,$clients]+="$tps "
-        echo "round $round  -M $mode  clients $clients  $target: tps $tps, failed $failed" >&2
+        cpu_per_txn[$mode,$target,$clients]+="$cpu "
+        echo "round $round  -M $mode  clients $clients  $target: tps $tps, failed $failed, proxy CPU/txn ${cpu} µs" >&2
       done
     done
   done
@@ -71,6 +80,18 @@ for mode in $QUERY_MODES; do
 done
 
 echo
-read -r tps failed < <(run_pgbench pgsidecar 5000 "$SECONDS_PER_RUN")
+echo "| -M | clients | pgsidecar CPU µs/txn | PgBouncer CPU µs/txn | pgsidecar/PgBouncer |"
+echo "|---|---|---|---|---|"
+for mode in $QUERY_MODES; do
+  for clients in $CLIENT_COUNTS; do
+    s=$(median <<<"${cpu_per_txn[$mode,pgsidecar,$clients]}")
+    b=$(median <<<"${cpu_per_txn[$mode,pgbouncer,$clients]}")
+    awk -v m="$mode" -v c="$clients" -v s="$s" -v b="$b" \
+      'BEGIN { printf "| %s | %s | %.1f | %.1f | %.2f |\n", m, c, s, b, (b ? s / b : 0) }'
+  done
+done
+
+echo
+read -r tps failed cpu < <(run_pgbench pgsidecar 5000 "$SECONDS_PER_RUN")
 echo "5000 clients on pool $POOL through pgsidecar: tps $tps, failed transactions $failed"
 echo "pgsidecar peak RSS: $(awk '/VmHWM/ {print $2}' "/proc/$SIDECAR_PID/status") KiB"

@@ -31,8 +31,6 @@ start_sidecar() { # name, extra args...
   pid[$name]=$!
   bench_pids+=($!)
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
 start_sidecar off
 start_sidecar sampled_1pct --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol http/protobuf \
   --traces-sampler traceidratio --traces-sampler-arg 0.01

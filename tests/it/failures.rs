@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 use crate::support::{
-    connect, direct, fresh_database, overrides, pg_program, sqlstate, start_proxy, start_proxy_with,
+    connect, direct, fresh_database, overrides, pg_program, sqlstate, start_proxy,
+    start_proxy_with, wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +169,19 @@ async fn dying_server_fails_only_its_client() {
         .unwrap()
         .get(0);
     assert!(killed);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin = direct("postgres").await;
+    wait_until("the terminated backend is gone", async || {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
     assert!(victim.query_one("SELECT 1", &[]).await.is_err());
     for _ in 0..5 {
         let n: i32 = other.query_one("SELECT 3", &[]).await.unwrap().get(0);

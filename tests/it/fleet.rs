@@ -10,7 +10,7 @@ use pgsidecar::gate::fleet::{self, FleetError, FleetPause};
 use crate::gate::{ledger, send_signal, stop_writers, writers};
 use crate::support::{
     ProxyProcess, TestProxy, cluster, connect, direct, fresh_database, overrides, sqlstate,
-    start_proxy_with,
+    start_proxy_with, wait_until,
 };
 
 const STALE: Duration = Duration::from_millis(1500);
@@ -39,18 +39,15 @@ fn pause(deadline_ms: u64, cancel_stragglers: bool) -> FleetPause {
 }
 
 async fn wait_for_live(url: &str, count: usize) {
-    for _ in 0..300 {
-        if let Ok(rows) = fleet::sidecars(url, STALE).await
-            && rows.iter().filter(|r| r.live).count() == count
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "{count} sidecars never registered: {:?}",
-        fleet::sidecars(url, STALE).await
-    );
+    wait_until(
+        &format!("{count} live sidecars in the registry"),
+        async || {
+            fleet::sidecars(url, STALE)
+                .await
+                .is_ok_and(|rows| rows.iter().filter(|r| r.live).count() == count)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +67,10 @@ async fn three_sidecars_pause_and_resume_together_under_load() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = writers(clients, &stop);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("the writers are committing", async || {
+        ledger(&db).await >= 30
+    })
+    .await;
     let mut latencies = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();
@@ -137,7 +137,7 @@ async fn a_stuck_transaction_fails_the_fleet_pause_and_a_dead_sidecar_is_exclude
     let pid = i32::try_from(sidecars[2].child.id().unwrap()).unwrap();
     assert_eq!(send_signal(pid, "KILL"), 0);
     let _ = sidecars[2].child.wait().await;
-    tokio::time::sleep(STALE + Duration::from_millis(300)).await;
+    wait_for_live(&url, 2).await;
     let report = fleet::fleet_pause(&url, &pause(2000, false)).await.unwrap();
     assert_eq!(report.acks.len(), 2);
     assert_eq!(report.stale.len(), 1);

@@ -106,7 +106,10 @@ async fn pauses_under_load_lose_no_transaction() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = writers(clients, &stop);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("the writers are committing", async || {
+        ledger(&db).await >= 30
+    })
+    .await;
     let mut latencies = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();
@@ -352,7 +355,10 @@ async fn sigterm_drains_at_transaction_boundaries() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = writers(clients, &stop);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the writers are committing", async || {
+        ledger(&db).await >= 10
+    })
+    .await;
     let pid = i32::try_from(sidecar.child.id().unwrap()).unwrap();
     let signalled = Instant::now();
     assert_eq!(send_signal(pid, "TERM"), 0);
