@@ -32,8 +32,10 @@ async fn idle_expired(
 }
 
 /// The next notification for a client that listens; never, for one that does not.
-async fn next_notification(notifications: &mut Option<(Arc<ChannelHub>, Mailbox)>) -> bytes::Bytes {
-    match notifications {
+async fn next_notification(
+    notifications: &mut Option<Box<(Arc<ChannelHub>, Mailbox)>>,
+) -> bytes::Bytes {
+    match notifications.as_deref_mut() {
         Some((_, mailbox)) => match mailbox.incoming.recv().await {
             Some(note) => note,
             None => std::future::pending().await,
@@ -80,7 +82,8 @@ impl Session {
                         return Err(self.idle_timed_out(limit));
                     }
                     note = next_notification(&mut self.notifications) => {
-                        self.deliver_notifications(note).await?;
+                        // Boxed: only a listening client pays for the delivery's state.
+                        Box::pin(self.deliver_notifications(note)).await?;
                         continue;
                     }
                 }
@@ -109,7 +112,7 @@ impl Session {
             let read = match woke {
                 Woke::Read(read) => read,
                 Woke::Notified(note) => {
-                    self.deliver_notifications(note).await?;
+                    Box::pin(self.deliver_notifications(note)).await?;
                     continue;
                 }
             };

@@ -80,16 +80,21 @@ fn subscription_batch(buf: &[u8], limit: usize) -> Option<SubscriptionBatch> {
 }
 
 impl Session {
+    /// Whether the client's next batch is nothing but LISTEN and UNLISTEN, which transaction
+    /// mode serves without a server connection ([`Session::answer_subscriptions`]).
+    pub(super) fn subscriptions_pending(&self) -> bool {
+        self.mode() == PoolMode::Transaction
+            && self.pinned.is_none()
+            && subscription_batch(&self.buf, self.config.max_message_size).is_some()
+    }
+
     /// Serves a batch of nothing but LISTEN and UNLISTEN between transactions in transaction
     /// mode: the client's pool's listening connection listens (the answer waits until it
     /// does, so that every notification committed afterwards reaches the client) and the client
-    /// keeps no server connection. Returns false, consuming nothing, for any other batch.
-    pub(super) async fn answer_subscriptions_locally(&mut self) -> Result<bool, SessionError> {
-        if self.mode() != PoolMode::Transaction || self.pinned.is_some() {
-            return Ok(false);
-        }
+    /// keeps no server connection.
+    pub(super) async fn answer_subscriptions(&mut self) -> Result<(), SessionError> {
         let Some(batch) = subscription_batch(&self.buf, self.config.max_message_size) else {
-            return Ok(false);
+            return Ok(());
         };
         let mut out = BytesMut::new();
         if batch.extended.is_some() {
@@ -118,7 +123,7 @@ impl Session {
         put_ready_for_query(&mut out, b'I');
         self.buf.advance(batch.len);
         self.client.send(&out).await?;
-        Ok(true)
+        Ok(())
     }
 
     async fn subscribe(&mut self, statement: &Subscription) -> Result<(), NotifyError> {
@@ -128,13 +133,13 @@ impl Session {
                 let context: Weak<super::ProxyContext> = Arc::downgrade(&self.ctx);
                 let target: Weak<dyn ListenerTarget> = context;
                 let hub = self.ctx.notify.hub(self.pool.key(), target);
-                self.notifications = Some((hub, Mailbox::new()));
+                self.notifications = Some(Box::new((hub, Mailbox::new())));
             } else {
                 // UNLISTEN of nothing: PostgreSQL answers it all the same.
                 return Ok(());
             }
         }
-        let (hub, mailbox) = self.notifications.as_ref().expect("set above");
+        let (hub, mailbox) = self.notifications.as_deref().expect("set above");
         match statement {
             Subscription::Listen(channel) => hub.listen(client, channel, mailbox).await,
             Subscription::Unlisten(channel) => {
@@ -150,7 +155,7 @@ impl Session {
 
     /// Ends every subscription of the client (it left, or said DISCARD ALL).
     pub(super) fn unlisten_all(&mut self) {
-        if let Some((hub, _)) = &self.notifications {
+        if let Some((hub, _)) = self.notifications.as_deref() {
             hub.unlisten(self.cancel.pid, None);
         }
     }
@@ -163,7 +168,7 @@ impl Session {
         first: bytes::Bytes,
     ) -> Result<(), SessionError> {
         let mut out = BytesMut::from(&first[..]);
-        if let Some((_, mailbox)) = &mut self.notifications {
+        if let Some((_, mailbox)) = self.notifications.as_deref_mut() {
             while let Ok(more) = mailbox.incoming.try_recv() {
                 out.extend_from_slice(&more);
             }
@@ -174,7 +179,7 @@ impl Session {
 
     /// Fails the session when its mailbox overflowed.
     pub(super) fn check_mailbox(&self) -> Result<(), SessionError> {
-        match &self.notifications {
+        match self.notifications.as_deref() {
             Some((_, mailbox)) if mailbox.overflowed() && mailbox.incoming.is_empty() => {
                 Err(SessionError::MailboxOverflow)
             }

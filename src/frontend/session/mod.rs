@@ -189,7 +189,7 @@ pub struct Session {
     /// The client logged in through a read alias: every transaction goes to a replica.
     reads_only: bool,
     /// Where its LISTEN subscriptions live and its notifications wait, once it listens.
-    notifications: Option<(Arc<ChannelHub>, Mailbox)>,
+    notifications: Option<Box<(Arc<ChannelHub>, Mailbox)>>,
     /// The pool's limits on holding and waiting, when the session started.
     timeouts: SessionTimeouts,
 }
@@ -300,7 +300,9 @@ impl Session {
                 if self.answer_prepares_locally().await? {
                     continue;
                 }
-                if self.answer_subscriptions_locally().await? {
+                if self.subscriptions_pending() {
+                    // Boxed, as the busy path below: an idle session carries none of its state.
+                    Box::pin(self.answer_subscriptions()).await?;
                     continue;
                 }
                 let requested = Instant::now();
