@@ -92,6 +92,10 @@ pub enum Verdict {
     Forward,
     /// Drop it: it answers something the proxy sent on its own.
     Swallow,
+    /// It answers nothing that was sent on this connection (a ParseComplete, BindComplete or
+    /// CloseComplete with no such request owed): the connection is out of sync and must be
+    /// discarded, never forwarded from.
+    OutOfSync,
 }
 
 /// The queue of expected responses of one checkout.
@@ -199,6 +203,9 @@ impl ResponseQueue {
     /// Accounts for one server message, noting in `outcome` which server-side statements were
     /// created and which were not (their Parse failed or was skipped after an error).
     pub fn on_server(&mut self, tag: u8, outcome: &mut PrepareOutcome) -> Verdict {
+        if !self.owes(tag) {
+            return Verdict::OutOfSync;
+        }
         match tag {
             b'1' => {
                 if let Some(Expect::Parse { origin, prepared }) =
@@ -267,6 +274,18 @@ impl ResponseQueue {
         }
     }
 
+    /// Whether a ParseComplete, BindComplete or CloseComplete answers a request still owed
+    /// (every other message is judged elsewhere or carries no such promise).
+    fn owes(&self, tag: u8) -> bool {
+        let answers = |e: &Expect| match tag {
+            b'1' => matches!(e, Expect::Parse { .. }),
+            b'2' => matches!(e, Expect::Bind(_)),
+            b'3' => matches!(e, Expect::Close { .. }),
+            _ => true,
+        };
+        !matches!(tag, b'1' | b'2' | b'3') || self.entries.iter().any(answers)
+    }
+
     fn pop_matching(&mut self, wanted: impl Fn(&Expect) -> bool) -> Option<Expect> {
         if self.entries.front().is_some_and(&wanted) {
             self.entries.pop_front()
@@ -313,6 +332,22 @@ mod tests {
         assert_eq!(queue.on_server(b'Z', &mut gone), Verdict::Forward);
         assert!(queue.is_empty() && gone.failed.is_empty());
         assert_eq!(gone.created.len(), 1);
+    }
+
+    #[test]
+    fn a_completion_nobody_asked_for_means_the_connection_is_out_of_sync() {
+        let mut queue = ResponseQueue::default();
+        let mut gone = PrepareOutcome::default();
+        queue.push(Expect::Execute);
+        queue.push(Expect::Sync(None));
+        for unasked in [b'1', b'2', b'3'] {
+            assert_eq!(queue.on_server(unasked, &mut gone), Verdict::OutOfSync);
+        }
+        assert_eq!(
+            queue.on_server(b'C', &mut gone),
+            Verdict::Forward,
+            "results are judged by what they complete, not here"
+        );
     }
 
     #[test]

@@ -393,8 +393,19 @@ impl Relay<'_> {
             {
                 cycle.on_server(header.tag, body);
             }
-            if self.queue.on_server(header.tag, &mut outcome) == Verdict::Swallow || hidden {
-                splicer.cut(buf, end, next);
+            match self.queue.on_server(header.tag, &mut outcome) {
+                Verdict::OutOfSync => {
+                    tracing::error!(
+                        tag = %char::from(header.tag),
+                        "server response out of sync with the requests sent; discarding the connection"
+                    );
+                    return Err(WireError::protocol(
+                        "server response out of sync with the requests sent",
+                    ));
+                }
+                Verdict::Swallow => splicer.cut(buf, end, next),
+                Verdict::Forward if hidden => splicer.cut(buf, end, next),
+                Verdict::Forward => {}
             }
             if let Some(cycle) = self.queue.take_finished() {
                 let status = body.first().copied().unwrap_or(b'I');
