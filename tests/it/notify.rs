@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::support::{fresh_database, start_proxy, wait_until};
+use crate::support::{assert_python_ok, fresh_database, start_proxy, wait_until};
 
 /// A notification as a listener saw it: channel, payload, sender pid.
 pub type Seen = (String, String, i32);
@@ -137,25 +137,11 @@ async fn fifty_listeners_on_ten_channels_through_a_pool_of_four_get_each_notific
 async fn psycopg_receives_notifications_through_notifies_at_pool_size_one() {
     let db = fresh_database().await;
     let proxy = start_proxy("transaction", 1).await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    assert!(python.exists(), "run scripts/setup.sh to create .venv");
-    let out = tokio::process::Command::new(python)
-        .arg(root.join("tests/python/psycopg_notifies.py"))
-        .arg(format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db}",
-            proxy.port
-        ))
-        .arg("20")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        proxy.port
     );
+    assert_python_ok("psycopg_notifies.py", &dsn, &["20"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

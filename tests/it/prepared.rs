@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::{join_all, try_join_all};
 
-use crate::support::{fresh_database, sqlstate, start_proxy};
+use crate::support::{assert_python_ok, fresh_database, sqlstate, start_proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_once_executes_on_every_server_connection() {
@@ -194,24 +194,11 @@ async fn failed_prepare_leaves_no_trace() {
 async fn psycopg_prepared_threshold_and_pipeline_mode() {
     let db = fresh_database().await;
     let proxy = start_proxy("transaction", 2).await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    assert!(python.exists(), "run scripts/setup.sh to create .venv");
-    let out = tokio::process::Command::new(python)
-        .arg(root.join("tests/python/psycopg_transaction_mode.py"))
-        .arg(format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db}",
-            proxy.port
-        ))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        proxy.port
     );
+    assert_python_ok("psycopg_transaction_mode.py", &dsn, &[]).await;
 }
 
 /// A statement prepared before a schema change fails: with PostgreSQL's 0A000, or, on a

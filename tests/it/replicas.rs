@@ -46,6 +46,27 @@ async fn routed_proxy(primary: &OwnedCluster, replica: &OwnedCluster) -> TestPro
     proxy
 }
 
+/// Sends `payload` on channel `events` through `notifier` until the listener has heard it: the
+/// listening connection may still be reconnecting to a new primary, and what is sent before it
+/// listens again is not seen.
+async fn notify_until_heard(
+    notifier: &tokio_postgres::Client,
+    heard: &Mutex<Vec<crate::notify::Seen>>,
+    payload: &str,
+) {
+    wait_until(
+        "a notification on the new primary reaches the listener",
+        async || {
+            notifier
+                .batch_execute(&format!("NOTIFY events, '{payload}'"))
+                .await
+                .unwrap();
+            heard.lock().await.iter().any(|(_, p, _)| p == payload)
+        },
+    )
+    .await;
+}
+
 /// `SHOW HOSTS` as (host, state) pairs.
 async fn host_states(proxy: &TestProxy) -> Vec<(String, String)> {
     let admin = proxy.connect("pgsidecar").await.unwrap();
@@ -351,21 +372,7 @@ async fn a_promoted_replica_takes_the_writes_without_a_restart() {
     // failover hears notifications sent on the new primary (those sent while the listener
     // reconnects are not seen, as by any client that reconnects).
     let notifier = proxy.connect("postgres").await.unwrap();
-    wait_until(
-        "a notification on the new primary reaches the old listener",
-        async || {
-            notifier
-                .batch_execute("NOTIFY events, 'after failover'")
-                .await
-                .unwrap();
-            heard
-                .lock()
-                .await
-                .iter()
-                .any(|(_, p, _)| p == "after failover")
-        },
-    )
-    .await;
+    notify_until_heard(&notifier, &heard, "after failover").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,18 +420,5 @@ async fn a_replica_promoted_beside_a_live_primary_wins_and_the_old_primary_is_fe
     );
 
     // The listening connection moves to the new primary although the old one still answers.
-    wait_until(
-        "a notification on the new primary reaches the listener",
-        async || {
-            app.batch_execute("NOTIFY events, 'on the new timeline'")
-                .await
-                .unwrap();
-            heard
-                .lock()
-                .await
-                .iter()
-                .any(|(_, p, _)| p == "on the new timeline")
-        },
-    )
-    .await;
+    notify_until_heard(&app, &heard, "on the new timeline").await;
 }

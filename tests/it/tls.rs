@@ -12,7 +12,8 @@ use tokio_postgres::config::SslNegotiation;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::support::{
-    TestProxy, cluster, fresh_database, overrides, pg_program, sqlstate, start_proxy_with,
+    TestProxy, assert_python_ok, cluster, fresh_database, overrides, pg_program, sqlstate,
+    start_proxy_with,
 };
 
 /// A rustls client trusting `ca`, optionally announcing ALPN `postgresql`.
@@ -459,21 +460,10 @@ async fn tls_connections_end_with_close_notify() {
 async fn psycopg_cancel_safe_over_tls() {
     let db = fresh_database().await;
     let proxy = start_proxy_with(&tls_overrides("require"), None).await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/python/psycopg_cancel_over_tls.py"))
-        .arg(format!(
-            "host=localhost port={} user=postgres dbname={db} sslmode=verify-full sslrootcert={}",
-            proxy.port,
-            cluster().pki().ca.display()
-        ))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dsn = format!(
+        "host=localhost port={} user=postgres dbname={db} sslmode=verify-full sslrootcert={}",
+        proxy.port,
+        cluster().pki().ca.display()
     );
+    assert_python_ok("psycopg_cancel_over_tls.py", &dsn, &[]).await;
 }

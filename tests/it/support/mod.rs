@@ -391,6 +391,27 @@ impl ProxyProcess {
     }
 }
 
+/// Runs `tests/python/SCRIPT DSN [ARGS]` with the project's `.venv` Python and asserts that
+/// it succeeded and printed `ok`.
+pub async fn assert_python_ok(script: &str, dsn: &str, args: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "run scripts/setup.sh to create .venv");
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/python").join(script))
+        .arg(dsn)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{script}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `done` every 20 ms for up to 30 s.
 pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
