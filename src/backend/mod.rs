@@ -20,7 +20,7 @@ pub use limits::ConnectionCap;
 pub use login::LoginTarget;
 pub use notify::{ChannelHub, ListenerTarget, MAILBOX_SIZE, Mailbox, NotifyError, NotifyHubs};
 pub use params::{
-    FIXED_PARAMS_SQL, FixedParams, SESSION_AUTHORIZATION, ServerParams, is_parameter_name,
+    FIXED_PARAMS_SQL, FixedParams, SESSION_AUTHORIZATION, ServerParams, Settings, is_parameter_name,
 };
 pub use pool::{AcquireError, Checkout, PoolKey, ServerPool};
 pub use prepared::{KnownStatements, PreparedSet};

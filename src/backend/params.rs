@@ -59,6 +59,10 @@ impl FixedParams {
     }
 }
 
+/// A set of session settings by name, shared rather than copied: a client's settings are compared
+/// with a server connection's at every checkout, and clients with the same settings share one.
+pub type Settings = Arc<BTreeMap<String, String>>;
+
 /// The session parameters of one server connection.
 #[derive(Debug, Clone, Default)]
 pub struct ServerParams {
@@ -71,6 +75,10 @@ pub struct ServerParams {
     /// Values the proxy or a client has set on top of the login defaults, in the form they were
     /// asked for (the server may report a normalized spelling).
     applied: BTreeMap<String, String>,
+    /// The client settings this connection was last brought to, as long as nothing changed
+    /// its settings since: a checkout by a client with the same settings then compares one
+    /// pointer (or one small map) instead of working out every step.
+    in_step_with: Option<Settings>,
 }
 
 /// Whether `name` may be spliced into `SET name TO ...` unquoted.
@@ -109,10 +117,27 @@ impl ServerParams {
     /// Records the server's login-time parameters.
     pub fn finish_login(&mut self) {
         self.login = self.reported.clone();
+        self.in_step_with = None;
+    }
+
+    /// Whether the connection was brought to exactly `wanted` and nothing changed it since, so
+    /// that [`ServerParams::sync_sql`] would have nothing to do.
+    #[must_use]
+    pub fn in_step_with(&self, wanted: &Settings) -> bool {
+        self.in_step_with
+            .as_ref()
+            .is_some_and(|mark| Arc::ptr_eq(mark, wanted) || **mark == **wanted)
+    }
+
+    /// Records that the connection's settings are now `wanted` (after [`ServerParams::synced`],
+    /// or when [`ServerParams::sync_sql`] found nothing to do).
+    pub fn mark_in_step(&mut self, wanted: &Settings) {
+        self.in_step_with = Some(Arc::clone(wanted));
     }
 
     /// Records a ParameterStatus seen during a client's traffic: the setting now in effect.
     pub fn observe(&mut self, name: &str, value: &str) {
+        self.in_step_with = None;
         self.reported.insert(name.to_owned(), value.to_owned());
         if self.fixed.contains(name) || self.login.get(name).map(String::as_str) == Some(value) {
             self.applied.remove(name);
@@ -190,6 +215,7 @@ impl ServerParams {
 
     /// Records that [`ServerParams::sync_sql`] for `wanted` has run.
     pub fn synced(&mut self, wanted: &BTreeMap<String, String>) {
+        self.in_step_with = None;
         self.applied.retain(|name, _| wanted.contains_key(name));
         for (name, value) in wanted {
             if self.fixed.contains(name) || self.login.get(name) == Some(value) {
@@ -213,11 +239,13 @@ impl ServerParams {
 
     /// Records a `RESET name`: that setting is back to its login default.
     pub fn forget(&mut self, name: &str) {
+        self.in_step_with = None;
         self.applied.remove(name);
     }
 
     /// Records a `DISCARD ALL` / `RESET ALL`: everything is back to the login defaults.
     pub fn reset(&mut self) {
+        self.in_step_with = None;
         self.applied.clear();
     }
 }
@@ -308,6 +336,48 @@ mod tests {
             params.sync_sql(&BTreeMap::new()).unwrap(),
             "RESET session_authorization;"
         );
+    }
+
+    #[test]
+    fn a_connection_stays_in_step_with_equal_settings_until_something_changes_it() {
+        let mut params = ServerParams {
+            reported: map(&[("TimeZone", "UTC"), ("application_name", "")]),
+            ..ServerParams::default()
+        };
+        params.finish_login();
+        let wanted: Settings = Arc::new(map(&[("application_name", "app")]));
+        assert!(
+            !params.in_step_with(&wanted),
+            "never brought to any settings"
+        );
+        params.synced(&wanted);
+        params.mark_in_step(&wanted);
+        assert!(params.in_step_with(&wanted));
+        let same_elsewhere: Settings = Arc::new(map(&[("application_name", "app")]));
+        assert!(
+            params.in_step_with(&same_elsewhere),
+            "another client's equal settings need no steps either"
+        );
+        let other: Settings = Arc::new(map(&[("application_name", "other")]));
+        assert!(!params.in_step_with(&other));
+        params.observe("TimeZone", "Europe/Paris");
+        assert!(
+            !params.in_step_with(&wanted),
+            "a setting the server reported changing breaks the step"
+        );
+        assert!(
+            params.sync_sql(&wanted).is_some(),
+            "and the step is worked out again"
+        );
+        for change in [
+            ServerParams::reset as fn(&mut ServerParams),
+            |p| p.forget("application_name"),
+            ServerParams::finish_login,
+        ] {
+            params.mark_in_step(&wanted);
+            change(&mut params);
+            assert!(!params.in_step_with(&wanted));
+        }
     }
 
     #[test]

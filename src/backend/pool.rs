@@ -75,29 +75,20 @@ impl ServerManager {
 }
 
 impl managed::Manager for ServerManager {
-    type Type = ServerConn;
+    /// Boxed: deadpool moves its objects several times per checkout and return, and a pointer
+    /// is cheaper to move than a whole connection.
+    type Type = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn create(&self) -> Result<ServerConn, BackendError> {
-        let target = self.target.read().expect("pool target lock").clone();
-        let settings = self.settings();
-        let permits = limits::acquire(&self.caps, settings.acquire_timeout).await?;
-        let mut conn = ServerConn::connect(
-            &target,
-            settings.server_connect_timeout,
-            settings.max_prepared_statements,
-        )
-        .await?;
-        self.greeting.learn_login(&conn.params.reported);
-        conn.params.fixed = self.fixed_params(&mut conn).await?;
-        conn.permits = permits;
-        conn.epoch = self.topology.epoch(self.host);
-        Ok(conn)
+    async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
+        // Boxed: deadpool holds this future inside every checkout's, and a login's state is
+        // large; a checkout that finds an idle connection should not carry (and copy) it.
+        Box::pin(self.open()).await.map(Box::new)
     }
 
     async fn recycle(
         &self,
-        conn: &mut ServerConn,
+        conn: &mut Box<ServerConn>,
         metrics: &managed::Metrics,
     ) -> RecycleResult<BackendError> {
         let settings = self.settings();
@@ -113,8 +104,28 @@ impl managed::Manager for ServerManager {
             return Ok(());
         };
         // deadpool drops the connection after this: close it in order while it is still ours.
-        conn.close().await;
+        Box::pin(conn.close()).await;
         Err(managed::RecycleError::message(reason))
+    }
+}
+
+impl ServerManager {
+    /// Opens and logs in a new server connection under the pool's caps.
+    async fn open(&self) -> Result<ServerConn, BackendError> {
+        let target = self.target.read().expect("pool target lock").clone();
+        let settings = self.settings();
+        let permits = limits::acquire(&self.caps, settings.acquire_timeout).await?;
+        let mut conn = ServerConn::connect(
+            &target,
+            settings.server_connect_timeout,
+            settings.max_prepared_statements,
+        )
+        .await?;
+        self.greeting.learn_login(&conn.params.reported);
+        conn.params.fixed = self.fixed_params(&mut conn).await?;
+        conn.permits = permits;
+        conn.epoch = self.topology.epoch(self.host);
+        Ok(conn)
     }
 }
 

@@ -375,14 +375,16 @@ async fn start_session(
     }
     let in_pool = PoolClient::new(Arc::clone(&pool));
     let cancel = ctx.cancels.issue(info);
-    let mut session = Session::new(
+    // Boxed: the task below then holds a pointer to the session, not a copy of it beside the
+    // one its running future holds.
+    let mut session = Box::new(Session::new(
         Arc::clone(&ctx),
         stream,
         pool,
         login.params,
         cancel,
         reads_only,
-    );
+    ));
     let held = match session.greet().await {
         Ok(held) => held,
         Err(e) => {

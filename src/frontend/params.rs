@@ -2,8 +2,9 @@
 //! every server connection that serves the client.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::backend::ServerParams;
+use crate::backend::Settings;
 
 /// Startup keys that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -53,8 +54,8 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
 /// The client's requested settings, kept in sync with what its own SQL changes.
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
-    startup: BTreeMap<String, String>,
-    wanted: BTreeMap<String, String>,
+    startup: Settings,
+    wanted: Settings,
 }
 
 impl ClientParams {
@@ -79,9 +80,10 @@ impl ClientParams {
         {
             return Err(format!("invalid parameter name \"{bad}\""));
         }
+        let startup = Arc::new(wanted);
         Ok(Self {
-            startup: wanted.clone(),
-            wanted,
+            wanted: Arc::clone(&startup),
+            startup,
         })
     }
 
@@ -90,8 +92,8 @@ impl ClientParams {
     /// restored by `RESET`), and the client's own `SET` still wins.
     pub fn default_to(&mut self, name: &str, value: &str) {
         if !self.startup.contains_key(name) {
-            self.startup.insert(name.to_owned(), value.to_owned());
-            self.wanted.insert(name.to_owned(), value.to_owned());
+            Arc::make_mut(&mut self.startup).insert(name.to_owned(), value.to_owned());
+            Arc::make_mut(&mut self.wanted).insert(name.to_owned(), value.to_owned());
         }
     }
 
@@ -101,42 +103,47 @@ impl ClientParams {
         &self.wanted
     }
 
+    /// The settings in effect for this client, as the shared set a server connection can
+    /// remember having been brought to.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.wanted
+    }
+
     /// Records a ParameterStatus the client's own statements caused.
     pub fn observe(&mut self, name: &str, value: &str) {
-        forget_any_case(&mut self.wanted, name);
-        self.wanted.insert(name.to_owned(), value.to_owned());
+        if self.wanted.get(name).is_some_and(|v| v == value) {
+            return;
+        }
+        let wanted = Arc::make_mut(&mut self.wanted);
+        forget_any_case(wanted, name);
+        wanted.insert(name.to_owned(), value.to_owned());
     }
 
     /// `RESET name`: back to the startup value, or the server default. Setting names are
     /// case-insensitive: `RESET timezone` restores a startup `TimeZone`.
     pub fn reset(&mut self, name: &str) {
-        forget_any_case(&mut self.wanted, name);
+        let wanted = Arc::make_mut(&mut self.wanted);
+        forget_any_case(wanted, name);
         if let Some((startup_name, value)) = self
             .startup
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
         {
-            self.wanted.insert(startup_name.clone(), value.clone());
+            wanted.insert(startup_name.clone(), value.clone());
         }
     }
 
     /// Forgets a setting the server would not accept again, so that it is not retried on every
     /// checkout (the client then runs with the server's value).
     pub fn drop_setting(&mut self, name: &str) {
-        self.wanted.remove(name);
-        self.startup.remove(name);
+        Arc::make_mut(&mut self.wanted).remove(name);
+        Arc::make_mut(&mut self.startup).remove(name);
     }
 
     /// `RESET ALL` / `DISCARD ALL`: back to the startup settings.
     pub fn reset_all(&mut self) {
-        self.wanted.clone_from(&self.startup);
-    }
-
-    /// The SQL that brings `server` to this client's settings, if anything differs.
-    #[must_use]
-    pub fn sync_sql(&self, server: &ServerParams) -> Option<String> {
-        // Parameters no session can change are skipped here (is_superuser, in_hot_standby, ...).
-        server.sync_sql(&self.wanted)
+        self.wanted = Arc::clone(&self.startup);
     }
 }
 

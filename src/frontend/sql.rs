@@ -288,17 +288,32 @@ impl Subscription {
 /// that keeps ordinary queries from being lexed on the hot path. Text after a leading comment
 /// is not seen, so such a statement takes the general path.
 fn starts_with_word(sql: &str, words: &[&str]) -> bool {
-    let start = sql.trim_start().as_bytes();
+    starts_with_word_bytes(sql.as_bytes(), words)
+}
+
+/// [`starts_with_word`] on text not yet checked to be UTF-8 (a message body).
+fn starts_with_word_bytes(sql: &[u8], words: &[&str]) -> bool {
+    let start = sql.trim_ascii_start();
     words
         .iter()
         .any(|w| start.len() >= w.len() && start[..w.len()].eq_ignore_ascii_case(w.as_bytes()))
 }
 
+/// Whether a statement's raw text may be a LISTEN or UNLISTEN: the screen that keeps every
+/// other query from being decoded and lexed for [`subscriptions`].
+#[must_use]
+pub fn may_subscribe(sql: &[u8]) -> bool {
+    starts_with_word_bytes(sql, SUBSCRIPTION_VERBS)
+}
+
+/// The verbs of [`subscriptions`].
+const SUBSCRIPTION_VERBS: &[&str] = &["listen", "unlisten"];
+
 /// The statements of `sql` as subscriptions, when it holds nothing but LISTEN and UNLISTEN;
 /// `None` otherwise (anything else in the string keeps the client's usual handling).
 #[must_use]
 pub fn subscriptions(sql: &str) -> Option<Vec<Subscription>> {
-    if !starts_with_word(sql, &["listen", "unlisten"]) {
+    if !may_subscribe(sql.as_bytes()) {
         return None;
     }
     let tokens = lex(sql);
@@ -364,30 +379,56 @@ pub fn declares_read_only(sql: &str) -> bool {
     }
 }
 
+/// The word beginnings [`may_have_effects`] looks for.
+const EFFECT_MARKERS: &[&[u8]] = &[
+    b"set",
+    b"reset",
+    b"dealloc",
+    b"discard",
+    b"listen",
+    b"prepare",
+    b"temp",
+    b"hold",
+    b"advisory",
+];
+
 /// Whether a query string could possibly matter to [`classify`]: a cheap screen, without
 /// allocating, so that ordinary queries are not lexed on the hot path. It looks for words that
 /// start with one of the keywords involved.
 #[must_use]
 pub fn may_have_effects(sql: &str) -> bool {
-    const MARKERS: &[&[u8]] = &[
-        b"set",
-        b"reset",
-        b"dealloc",
-        b"discard",
-        b"listen",
-        b"prepare",
-        b"temp",
-        b"hold",
-        b"advisory",
-    ];
-    sql.as_bytes()
-        .split(|b| !b.is_ascii_alphabetic())
-        .any(|word| {
-            MARKERS
+    let bytes = sql.as_bytes();
+    let mut previous_is_letter = false;
+    for (at, byte) in bytes.iter().enumerate() {
+        let is_letter = byte.is_ascii_alphabetic();
+        // Only a word's first letter is looked at, and only the letters a marker starts with
+        // lead to a comparison: most words cost one table test.
+        if is_letter && !previous_is_letter && MARKER_INITIAL[usize::from(*byte)] {
+            let word = &bytes[at..];
+            if EFFECT_MARKERS
                 .iter()
                 .any(|m| word.len() >= m.len() && word[..m.len()].eq_ignore_ascii_case(m))
-        })
+            {
+                return true;
+            }
+        }
+        previous_is_letter = is_letter;
+    }
+    false
 }
+
+/// Whether a byte is the first letter, in either case, of one of [`EFFECT_MARKERS`].
+const MARKER_INITIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < EFFECT_MARKERS.len() {
+        let initial = EFFECT_MARKERS[i][0];
+        table[initial as usize] = true;
+        table[initial.to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

@@ -116,11 +116,12 @@ pub fn put_negotiate_protocol(out: &mut BytesMut, unsupported: Vec<String>) {
 /// # Errors
 /// [`WireError::Protocol`] when the terminator is missing or the text is not UTF-8.
 pub fn take_cstr(body: &[u8]) -> Result<(&str, &[u8]), WireError> {
-    let end = body
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or_else(|| WireError::protocol("string without terminator"))?;
-    let text = std::str::from_utf8(&body[..end])
+    // CStr finds the terminator a word at a time, which matters for long query strings.
+    let text = std::ffi::CStr::from_bytes_until_nul(body)
+        .map_err(|_| WireError::protocol("string without terminator"))?;
+    let end = text.count_bytes();
+    let text = text
+        .to_str()
         .map_err(|_| WireError::protocol("string is not valid UTF-8"))?;
     Ok((text, &body[end + 1..]))
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use tokio::io::AsyncReadExt;
 
 use super::{READ_CHUNK, Session, SessionError};
@@ -89,11 +90,12 @@ impl Session {
                 }
                 self.buf.reserve(READ_CHUNK);
                 // Readiness can be left over from the login's reads: a read that would block
-                // clears it and the wait starts again, with its timers.
-                match tcp.try_read_buf(&mut self.buf) {
-                    Ok(read) => Woke::Read(read),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e.into()),
+                // clears it and the wait starts again, with its timers. The read goes through
+                // the stream's own poll, which also clears readiness when it drained the socket,
+                // so that the transaction's first wait for the client costs no read at all.
+                match self.client.read_buf(&mut self.buf).now_or_never() {
+                    Some(read) => Woke::Read(read?),
+                    None => continue,
                 }
             } else {
                 // TLS may hold decrypted bytes the socket no longer shows as readable, so the

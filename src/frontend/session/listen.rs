@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use super::{Session, SessionError};
 use crate::backend::{ListenerTarget, Mailbox, NotifyError};
 use crate::config::PoolMode;
-use crate::frontend::sql::{Subscription, subscriptions};
+use crate::frontend::sql::{Subscription, may_subscribe, subscriptions};
 use crate::wire::FrameHeader;
 use crate::wire::extended::{ParseMessage, TargetMessage, put_command_complete, put_empty};
 use crate::wire::frame::HEADER_LEN;
@@ -38,6 +38,15 @@ fn subscription_batch(buf: &[u8], limit: usize) -> Option<SubscriptionBatch> {
         Some((header.tag, body))
     };
     let (tag, body) = next()?;
+    // Screened on the raw bytes first: every other query costs a few comparisons.
+    let text = match tag {
+        b'Q' => body,
+        b'P' => body.strip_prefix(&[0])?,
+        _ => return None,
+    };
+    if !may_subscribe(text) {
+        return None;
+    }
     if tag == b'Q' {
         let statements = subscriptions(take_cstr(body).ok()?.0)?;
         return Some(SubscriptionBatch {
@@ -45,9 +54,6 @@ fn subscription_batch(buf: &[u8], limit: usize) -> Option<SubscriptionBatch> {
             extended: None,
             len: at,
         });
-    }
-    if tag != b'P' {
-        return None;
     }
     let parse = ParseMessage::decode(body).ok()?;
     let statements = subscriptions(parse.query())?;

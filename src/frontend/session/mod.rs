@@ -273,7 +273,7 @@ impl Session {
     ///
     /// # Errors
     /// The reason the session ended early; the client has been told where it can be.
-    pub async fn run(mut self, mut held: Option<Checkout>) -> Result<(), SessionError> {
+    pub async fn run(mut self: Box<Self>, mut held: Option<Checkout>) -> Result<(), SessionError> {
         let result = self.serve_all(&mut held).await;
         self.unlisten_all();
         match &result {

@@ -117,7 +117,12 @@ impl Session {
         &mut self,
         server: &mut ServerConn,
     ) -> Result<(), SessionError> {
-        let Some(sql) = self.params.sync_sql(&server.params) else {
+        if server.params.in_step_with(self.params.settings()) {
+            return Ok(());
+        }
+        // Parameters no session can change are skipped (is_superuser, in_hot_standby, ...).
+        let Some(sql) = server.params.sync_sql(self.params.wanted()) else {
+            server.params.mark_in_step(self.params.settings());
             return Ok(());
         };
         match server.run_quietly(&sql).await {
@@ -142,6 +147,7 @@ impl Session {
             Err(e) => return Err(SessionError::Setup(e)),
         }
         server.params.synced(self.params.wanted());
+        server.params.mark_in_step(self.params.settings());
         Ok(())
     }
 
