@@ -46,7 +46,9 @@ INI
   } > "$work/pgbouncer.ini"
   echo '"postgres" ""' > "$work/userlist.txt"
   [ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
-  as_pg pgbouncer -d "$work/pgbouncer.ini"
+  # runuser starts PgBouncer with the soft descriptor limit of 1,024, which a thousand
+  # clients exceed: raise it to the hard limit first.
+  as_pg sh -c 'ulimit -n "$(ulimit -Hn)" && exec pgbouncer -d "$1"' sh "$work/pgbouncer.ini"
 }
 
 # CPU time a process has used (user + system), in clock ticks of TICK per second.

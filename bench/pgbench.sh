@@ -9,15 +9,16 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER_RUN=${1:-20}
 ROUNDS=${2:-3}
-CLIENT_COUNTS=${CLIENT_COUNTS:-"16 500"}
-QUERY_MODES=${QUERY_MODES:-"simple prepared"}
+CLIENT_COUNTS=${CLIENT_COUNTS:-"1 16 1000"}
+QUERY_MODES=${QUERY_MODES:-"simple extended prepared"}
+MANY_CLIENTS=${MANY_CLIENTS:-10000}
 POOL=20
 source bench/common.sh
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release --quiet
 PGPORT=$(free_port); SIDECAR_PORT=$(free_port); BOUNCER_PORT=$(free_port)
-start_postgres "$PGPORT" 700
+start_postgres "$PGPORT" 1100
 
 ${SIDECAR_PREFIX:-} ./target/release/pgsidecar proxy --listen "127.0.0.1:$SIDECAR_PORT" \
   --upstream "postgres://postgres@127.0.0.1:$PGPORT" --auth trust --pool-mode transaction \
@@ -92,6 +93,7 @@ for mode in $QUERY_MODES; do
 done
 
 echo
-read -r tps failed cpu < <(run_pgbench pgsidecar 5000 "$SECONDS_PER_RUN")
-echo "5000 clients on pool $POOL through pgsidecar: tps $tps, failed transactions $failed"
-echo "pgsidecar peak RSS: $(awk '/VmHWM/ {print $2}' "/proc/$SIDECAR_PID/status") KiB"
+for target in pgsidecar pgbouncer; do
+  read -r tps failed cpu < <(run_pgbench "$target" "$MANY_CLIENTS" "$SECONDS_PER_RUN")
+  echo "$MANY_CLIENTS clients on pool $POOL through $target: tps $tps, failed transactions $failed, CPU ${cpu} µs/txn, peak RSS $(awk '/VmHWM/ {print $2}' "/proc/${proxy_pid[$target]}/status") KiB"
+done

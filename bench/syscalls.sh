@@ -28,16 +28,20 @@ BOUNCER_PID=$(cat "$work/pgbouncer.pid")
 
 utime() { awk '{print $14}' "/proc/$1/stat"; }
 stime() { awk '{print $15}' "/proc/$1/stat"; }
+faults() { awk '{print $10}' "/proc/$1/stat"; }
+# Context switches of all the process's threads (each one is a sleep in the kernel and a wake-up).
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 
 measure() { # name pid port
   local pid=$2 port=$3 txns=$((PER_CLIENT * CLIENTS))
   # Warm the pool so that logins are not counted.
   "$BIN/pgbench" -n -S -M "$MODE" -c "$CLIENTS" -j 2 -t 200 -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
-  local u0 s0
-  u0=$(utime "$pid"); s0=$(stime "$pid")
+  local u0 s0 f0 c0
+  u0=$(utime "$pid"); s0=$(stime "$pid"); f0=$(faults "$pid"); c0=$(switches "$pid")
   "$BIN/pgbench" -n -S -M "$MODE" -c "$CLIENTS" -j 2 -t "$PER_CLIENT" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
   awk -v u=$(( $(utime "$pid") - u0 )) -v s=$(( $(stime "$pid") - s0 )) -v k="$TICK" -v n="$txns" -v name="$1" \
-    'BEGIN { printf "%s: CPU per transaction %.1f µs user + %.1f µs kernel (untraced run)\n", name, u / k * 1e6 / n, s / k * 1e6 / n }'
+    -v f=$(( $(faults "$pid") - f0 )) -v c=$(( $(switches "$pid") - c0 )) \
+    'BEGIN { printf "%s: CPU per transaction %.1f µs user + %.1f µs kernel, %.3f page faults, %.2f context switches (untraced run)\n", name, u / k * 1e6 / n, s / k * 1e6 / n, f / n, c / n }'
   strace -f -c -o "$work/$1.strace" -p "$pid" &
   local tracer=$!
   sleep 1

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::tls::{PgStream, Probe};
@@ -77,14 +77,16 @@ impl CancelTarget {
     }
 }
 
-/// A server connection owned by a pool. The session code reads and writes `stream` directly,
-/// using `buf` as its read buffer, and reports what it saw through the methods here.
+/// A server connection owned by a pool. It owns its socket and read buffer: a session sends
+/// through [`ServerConn::send`], reads through [`ServerConn::read_more`] and takes what was read
+/// with [`ServerConn::take_unread`] or [`ServerConn::take_buffer`], so that nothing else holds
+/// the socket and every byte read is accounted for here.
 #[derive(Debug)]
 pub struct ServerConn {
     /// The socket, TLS-wrapped when negotiated.
-    pub stream: PgStream,
+    stream: PgStream,
     /// Bytes read from the server and not yet forwarded.
-    pub buf: BytesMut,
+    buf: BytesMut,
     /// Session settings in effect.
     pub params: ServerParams,
     /// Statements pgsidecar has prepared on this connection for transaction-mode clients.
@@ -167,6 +169,59 @@ impl ServerConn {
             permits: Vec::new(),
             epoch: 0,
         })
+    }
+
+    /// Sends bytes to the server, all of them, with one write where the socket allows.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.send(bytes).await
+    }
+
+    /// Waits for the server to send more and appends it to the unread bytes, with room for at
+    /// least `chunk` bytes; returns how many arrived (0: the server closed). Cancel-safe, so it
+    /// can wait beside the client's socket.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub async fn read_more(&mut self, chunk: usize) -> std::io::Result<usize> {
+        self.buf.reserve(chunk);
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Whether bytes read from the server wait to be forwarded.
+    #[must_use]
+    pub fn has_unread(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The bytes read and not yet forwarded.
+    #[must_use]
+    pub fn unread(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Takes up to `at_most` of the unread bytes, in order, to forward them as they are.
+    pub fn take_unread(&mut self, at_most: usize) -> BytesMut {
+        let len = self.buf.len().min(at_most);
+        self.buf.split_to(len)
+    }
+
+    /// Takes the whole read buffer, for the relay to split whole messages off it; what it
+    /// leaves goes back with [`ServerConn::restore_buffer`].
+    pub fn take_buffer(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Puts back what the relay left of [`ServerConn::take_buffer`]'s bytes (a partial
+    /// message), ahead of anything read later.
+    pub fn restore_buffer(&mut self, rest: BytesMut) {
+        debug_assert!(
+            self.buf.is_empty(),
+            "the buffer was taken before reading on"
+        );
+        self.buf = rest;
     }
 
     /// The key to cancel this connection's running query.

@@ -116,6 +116,26 @@ impl CancelSlot {
         self.abort.notify_one();
     }
 
+    /// Wakes the session if it waits between transactions, without ending it: it then looks at
+    /// the gate again (a drain that started). One signal for both keeps an idle wait to one
+    /// registration.
+    pub fn nudge(&self) {
+        self.abort.notify_one();
+    }
+
+    /// Resolves with the abort reason, or with `None` when [`CancelSlot::nudge`] woke the
+    /// session (or a wake-up was left over): the caller then checks what changed.
+    ///
+    /// # Panics
+    /// If the slot's lock was poisoned.
+    pub async fn interrupted(&self) -> Option<&'static str> {
+        if let Some(reason) = *self.abort_reason.lock().expect("cancel slot lock") {
+            return Some(reason);
+        }
+        self.abort.notified().await;
+        *self.abort_reason.lock().expect("cancel slot lock")
+    }
+
     /// Resolves with the reason once [`CancelSlot::abort`] was called.
     ///
     /// # Panics

@@ -181,6 +181,8 @@ impl Proxy {
         self.ctx
             .gate
             .drain(Instant::now() + self.ctx.config().drain_timeout);
+        // Idle sessions wait on their own wake-up only, not on the gate: wake them to leave.
+        self.ctx.nudge_all();
         let deadline = self.ctx.gate.drain_deadline().unwrap_or_else(Instant::now);
         tracing::info!(
             clients = self.ctx.clients.load(Ordering::Relaxed),

@@ -170,6 +170,14 @@ impl ProxyContext {
         gate::pause(&self.gate, options, self).await
     }
 
+    /// Wakes every session that waits between transactions, so that it sees a drain that
+    /// started and ends at once.
+    pub fn nudge_all(&self) {
+        for client in self.cancels.all() {
+            client.nudge();
+        }
+    }
+
     /// Ends every session now (transactions roll back), telling each client `reason`.
     pub fn abort_all(&self, reason: &'static str) {
         for client in self.cancels.all() {

@@ -3,8 +3,6 @@
 //! DataRow and CopyData qualify: the relay forwards them untouched and learns nothing from
 //! their bodies, so forwarding them in pieces changes nothing for either side.
 
-use bytes::BytesMut;
-
 use crate::wire::frame::HEADER_LEN;
 
 /// Messages at least this large are streamed.
@@ -14,7 +12,7 @@ pub const STREAM_FROM: usize = 256 * 1024;
 /// [`STREAM_FROM`] bytes, the bytes of it still to come; `None` for anything else (a complete
 /// message, another type, a small one, a header not yet whole).
 #[must_use]
-pub fn remaining_of_large_message(buf: &BytesMut) -> Option<usize> {
+pub fn remaining_of_large_message(buf: &[u8]) -> Option<usize> {
     let header = buf.get(..HEADER_LEN)?;
     let (tag, length) = (header[0], &header[1..]);
     if !matches!(tag, b'D' | b'd') {
@@ -28,7 +26,7 @@ pub fn remaining_of_large_message(buf: &BytesMut) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
+    use bytes::{BufMut, BytesMut};
 
     fn start_of(tag: u8, total: usize, present: usize) -> BytesMut {
         let mut buf = BytesMut::new();

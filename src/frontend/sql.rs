@@ -379,56 +379,37 @@ pub fn declares_read_only(sql: &str) -> bool {
     }
 }
 
-/// The word beginnings [`may_have_effects`] looks for.
-const EFFECT_MARKERS: &[&[u8]] = &[
-    b"set",
-    b"reset",
-    b"dealloc",
-    b"discard",
-    b"listen",
-    b"prepare",
-    b"temp",
-    b"hold",
-    b"advisory",
-];
+/// The word beginnings [`may_have_effects`] looks for, by their first letter.
+fn effect_markers(initial: u8) -> &'static [&'static [u8]] {
+    match initial.to_ascii_lowercase() {
+        b's' => &[b"set"],
+        b'r' => &[b"reset"],
+        b'd' => &[b"dealloc", b"discard"],
+        b'l' => &[b"listen"],
+        b'p' => &[b"prepare"],
+        b't' => &[b"temp"],
+        b'h' => &[b"hold"],
+        b'a' => &[b"advisory"],
+        _ => &[],
+    }
+}
 
 /// Whether a query string could possibly matter to [`classify`]: a cheap screen, without
 /// allocating, so that ordinary queries are not lexed on the hot path. It looks for words that
 /// start with one of the keywords involved.
 #[must_use]
 pub fn may_have_effects(sql: &str) -> bool {
-    let bytes = sql.as_bytes();
-    let mut previous_is_letter = false;
-    for (at, byte) in bytes.iter().enumerate() {
-        let is_letter = byte.is_ascii_alphabetic();
-        // Only a word's first letter is looked at, and only the letters a marker starts with
-        // lead to a comparison: most words cost one table test.
-        if is_letter && !previous_is_letter && MARKER_INITIAL[usize::from(*byte)] {
-            let word = &bytes[at..];
-            if EFFECT_MARKERS
-                .iter()
-                .any(|m| word.len() >= m.len() && word[..m.len()].eq_ignore_ascii_case(m))
-            {
-                return true;
-            }
-        }
-        previous_is_letter = is_letter;
-    }
-    false
+    // Only markers with the word's first letter are compared.
+    sql.as_bytes()
+        .split(|b| !b.is_ascii_alphabetic())
+        .any(|word| {
+            word.first().is_some_and(|initial| {
+                effect_markers(*initial)
+                    .iter()
+                    .any(|m| word.len() >= m.len() && word[..m.len()].eq_ignore_ascii_case(m))
+            })
+        })
 }
-
-/// Whether a byte is the first letter, in either case, of one of [`EFFECT_MARKERS`].
-const MARKER_INITIAL: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < EFFECT_MARKERS.len() {
-        let initial = EFFECT_MARKERS[i][0];
-        table[initial as usize] = true;
-        table[initial.to_ascii_uppercase() as usize] = true;
-        i += 1;
-    }
-    table
-};
 
 #[cfg(test)]
 mod tests {

@@ -77,8 +77,11 @@ impl Session {
                 self.buf = BytesMut::new();
                 tokio::select! {
                     readable = tcp.readable() => readable?,
-                    () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
-                    reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
+                    // An abort, or a nudge when draining starts (checked at the loop's top).
+                    interrupted = self.cancel.interrupted() => match interrupted {
+                        Some(reason) => return Err(SessionError::Terminated(reason)),
+                        None => continue,
+                    },
                     limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
                         return Err(self.idle_timed_out(limit));
                     }
@@ -103,8 +106,10 @@ impl Session {
                 self.buf.reserve(READ_CHUNK);
                 tokio::select! {
                     read = self.client.read_buf(&mut self.buf) => Woke::Read(read?),
-                    () = self.ctx.gate.drain_started() => return Err(SessionError::Shutdown),
-                    reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
+                    interrupted = self.cancel.interrupted() => match interrupted {
+                        Some(reason) => return Err(SessionError::Terminated(reason)),
+                        None => continue,
+                    },
                     limit = idle_expired(&mut idle_limit), if idle_limit.is_some() => {
                         return Err(self.idle_timed_out(limit));
                     }

@@ -136,6 +136,15 @@ enum Step {
     TimedOut(Timeout),
 }
 
+/// How a transaction ended for the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// The server connection went back; the session waits for the next transaction.
+    Released,
+    /// The client left; its connection was cleaned up.
+    ClientEnded,
+}
+
 /// The protocol position of one checkout: what the server still owes.
 #[derive(Default)]
 struct Conversation {
@@ -291,9 +300,7 @@ impl Session {
 
     async fn serve_all(&mut self, held: &mut Option<Checkout>) -> Result<(), SessionError> {
         loop {
-            let mut checkout = if let Some(checkout) = held.take() {
-                checkout
-            } else {
+            if held.is_none() {
                 if !self.wait_for_request().await? {
                     return Ok(());
                 }
@@ -301,43 +308,59 @@ impl Session {
                     continue;
                 }
                 if self.subscriptions_pending() {
-                    // Boxed, as the busy path below: an idle session carries none of its state.
+                    // Boxed, as the transaction below: an idle session carries none of its state.
                     Box::pin(self.answer_subscriptions()).await?;
                     continue;
                 }
-                let requested = Instant::now();
-                Box::pin(self.admit()).await?;
-                let checkout = Box::pin(self.acquire()).await?;
-                self.cycles.note_request(requested, requested.elapsed());
-                checkout
-            };
-            let mut talk = Conversation::default();
-            // The busy-path futures are boxed: an idle session's task then only holds the
-            // small waiting state, which keeps thousands of idle clients cheap.
-            match Box::pin(self.forward(checkout.conn(), &mut talk)).await {
-                Ok(Step::Released) => self.release(checkout),
-                Ok(Step::ClientEnded) => {
-                    Box::pin(self.finish(checkout, &talk)).await;
-                    return Ok(());
-                }
-                Ok(Step::Drained) => {
-                    Box::pin(self.finish(checkout, &talk)).await;
-                    return Err(SessionError::Shutdown);
-                }
-                Ok(Step::TimedOut(timeout)) => {
-                    self.timed_out(timeout);
-                    self.end_transaction();
-                    Box::pin(self.finish(checkout, &talk)).await;
-                    return Err(SessionError::TimedOut(timeout));
-                }
-                Err(e) => {
-                    self.end_transaction();
-                    self.cancel.set(None);
-                    self.cycles.reset();
-                    let running = !matches!(e, SessionError::ServerLost(_));
-                    Box::pin(checkout.discard(running)).await;
-                    return Err(e);
-                }
+            }
+            // One box per transaction for everything it needs (admission, checkout, relay):
+            // an idle session's task then only holds the small waiting state, which keeps
+            // thousands of idle clients cheap.
+            if Box::pin(self.serve_transaction(held.take())).await? == Served::ClientEnded {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs one transaction (in session mode, the whole session) on a server connection:
+    /// `held` when login kept one, otherwise one checked out once the gate admits it.
+    async fn serve_transaction(&mut self, held: Option<Checkout>) -> Result<Served, SessionError> {
+        let mut checkout = if let Some(checkout) = held {
+            checkout
+        } else {
+            let requested = Instant::now();
+            self.admit().await?;
+            let checkout = self.acquire().await?;
+            self.cycles.note_request(requested, requested.elapsed());
+            checkout
+        };
+        let mut talk = Conversation::default();
+        match self.forward(checkout.conn(), &mut talk).await {
+            Ok(Step::Released) => {
+                self.release(checkout);
+                Ok(Served::Released)
+            }
+            Ok(Step::ClientEnded) => {
+                Box::pin(self.finish(checkout, &talk)).await;
+                Ok(Served::ClientEnded)
+            }
+            Ok(Step::Drained) => {
+                Box::pin(self.finish(checkout, &talk)).await;
+                Err(SessionError::Shutdown)
+            }
+            Ok(Step::TimedOut(timeout)) => {
+                self.timed_out(timeout);
+                self.end_transaction();
+                Box::pin(self.finish(checkout, &talk)).await;
+                Err(SessionError::TimedOut(timeout))
+            }
+            Err(e) => {
+                self.end_transaction();
+                self.cancel.set(None);
+                self.cycles.reset();
+                let running = !matches!(e, SessionError::ServerLost(_));
+                Box::pin(checkout.discard(running)).await;
+                Err(e)
             }
         }
     }
@@ -355,6 +378,10 @@ impl Session {
         tokio::pin!(timer);
         let mut waiting: Option<Waiting> = None;
         let mut fires: Option<Timeout> = None;
+        // Registered once for the whole stretch, not at every read.
+        let cancel = Arc::clone(&self.cancel);
+        let aborted = cancel.aborted();
+        tokio::pin!(aborted);
         loop {
             if self.ticket.is_none() && self.has_request() {
                 self.admit().await?;
@@ -371,7 +398,6 @@ impl Session {
                 fires = self.arm(&mut timer, now_waiting);
             }
             self.buf.reserve(READ_CHUNK);
-            server.buf.reserve(READ_CHUNK);
             tokio::select! {
                 () = &mut timer, if fires.is_some() => {
                     return Ok(Step::TimedOut(fires.expect("the branch runs only when armed")));
@@ -381,8 +407,8 @@ impl Session {
                         return Ok(Step::ClientEnded);
                     }
                 }
-                reason = self.cancel.aborted() => return Err(SessionError::Terminated(reason)),
-                read = server.stream.read_buf(&mut server.buf) => {
+                reason = &mut aborted => return Err(SessionError::Terminated(reason)),
+                read = server.read_more(READ_CHUNK) => {
                     match read {
                         Ok(0) => return Err(SessionError::ServerLost("server closed the connection".into())),
                         Err(e) => return Err(SessionError::ServerLost(e.to_string())),
@@ -491,7 +517,6 @@ impl Session {
         let chunk = taken.map_err(SessionError::ClientProtocol)?;
         if !chunk.to_server.is_empty() {
             server
-                .stream
                 .send(&chunk.to_server)
                 .await
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
@@ -512,23 +537,23 @@ impl Session {
         talk: &mut Conversation,
     ) -> Result<bool, SessionError> {
         if talk.streaming > 0 {
-            let part = server.buf.split_to(talk.streaming.min(server.buf.len()));
+            let part = server.take_unread(talk.streaming);
             talk.streaming -= part.len();
             if !self.pass_on(&part).await {
                 return Ok(false);
             }
-            if server.buf.is_empty() {
+            if !server.has_unread() {
                 return Ok(true);
             }
         }
-        let mut buf = std::mem::take(&mut server.buf);
+        let mut buf = server.take_buffer();
         let mut reported = Vec::new();
         let taken = self
             .relay(server, talk)
             .take_server_messages(&mut buf, |body| {
                 reported.extend(parse_parameter_status(body));
             });
-        server.buf = buf;
+        server.restore_buffer(buf);
         for (name, value) in reported {
             if !self.params.wanted().contains_key(&name) && !talk.sets(&name) {
                 talk.new_defaults.push(name.clone());
@@ -540,9 +565,9 @@ impl Session {
         // A large DataRow or CopyData still arriving goes out as it comes (not while a
         // stale-plan replay hides the server's output).
         if !talk.retry.is_hiding()
-            && let Some(left) = remaining_of_large_message(&server.buf)
+            && let Some(left) = remaining_of_large_message(server.unread())
         {
-            chunk.unsplit(server.buf.split());
+            chunk.unsplit(server.take_unread(usize::MAX));
             talk.streaming = left;
         }
         if !self.pass_on(&chunk).await {
@@ -556,7 +581,6 @@ impl Session {
                 .replay(batch)
                 .map_err(SessionError::ClientProtocol)?;
             server
-                .stream
                 .send(&again)
                 .await
                 .map_err(|e| SessionError::ServerLost(e.to_string()))?;
@@ -609,7 +633,7 @@ impl Session {
     async fn finish(&mut self, mut checkout: Checkout, talk: &Conversation) {
         self.cancel.set(None);
         let server = checkout.conn();
-        if !talk.tracker.is_synced() || !talk.queue.is_empty() || !server.buf.is_empty() {
+        if !talk.tracker.is_synced() || !talk.queue.is_empty() || server.has_unread() {
             checkout.discard(true).await;
             return;
         }

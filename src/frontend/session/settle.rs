@@ -18,7 +18,7 @@ impl Session {
         talk: &mut Conversation,
         transaction_mode: bool,
     ) -> Result<Option<Step>, SessionError> {
-        if !talk.is_idle() || !server.buf.is_empty() {
+        if !talk.is_idle() || server.has_unread() {
             return Ok(None);
         }
         if !talk.new_defaults.is_empty() {
