@@ -510,3 +510,7 @@ impl Relay<'_> {
         due
     }
 }
+
+#[cfg(test)]
+#[path = "rewrite_tests.rs"]
+mod tests;
