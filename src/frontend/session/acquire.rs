@@ -107,6 +107,8 @@ impl Session {
         if let Some(done) = (&mut waiting).now_or_never() {
             return done;
         }
+        // Queued: keep only the request, not a whole read chunk, while thousands may wait.
+        self.buf = BytesMut::from(&self.buf[..]);
         let Some(after) = pool.settings().query_wait_notify else {
             return waiting.await;
         };
