@@ -59,8 +59,9 @@ impl FixedParams {
     }
 }
 
-/// A set of session settings by name, shared rather than copied: a client's settings are compared
-/// with a server connection's at every checkout, and clients with the same settings share one.
+/// A set of session settings by name, shared rather than copied: a server connection keeps the
+/// client settings it was last brought to by holding the client's set, and a `RESET ALL` gives
+/// the client back its startup set without copying it.
 pub type Settings = Arc<BTreeMap<String, String>>;
 
 /// The session parameters of one server connection.
