@@ -280,11 +280,7 @@ impl ServerConn {
         sql: &str,
         params: &[&str],
     ) -> Result<Vec<Option<String>>, BackendError> {
-        fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
-            out.put_u8(tag);
-            out.put_u32(u32::try_from(body.len() + 4).expect("proxy-built message is small"));
-            out.put_slice(body);
-        }
+        use crate::wire::extended::put_message as message;
         let mut body = BytesMut::new();
         body.put_u8(0);
         body.put_slice(sql.as_bytes());

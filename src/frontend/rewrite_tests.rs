@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::*;
 use crate::frontend::statements::SERVER_NAME_PREFIX;
 use crate::telemetry::Metrics;
-use crate::wire::extended::put_command_complete;
+use crate::wire::extended::{put_command_complete, put_message};
 use crate::wire::messages::put_ready_for_query;
 
 /// Everything a relay pass reads and updates for one client on one server connection.
@@ -134,12 +134,7 @@ fn tags(messages: &[Message]) -> String {
 }
 
 fn query(sql: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    out.put_u8(b'Q');
-    out.put_u32(u32::try_from(sql.len() + 5).unwrap());
-    out.put_slice(sql.as_bytes());
-    out.put_u8(0);
-    out
+    message(b'Q', format!("{sql}\0").as_bytes())
 }
 
 fn parse(name: &str, sql: &str) -> BytesMut {
@@ -169,9 +164,7 @@ fn bind_execute_sync(statement: &str) -> BytesMut {
 
 fn message(tag: u8, body: &[u8]) -> BytesMut {
     let mut out = BytesMut::new();
-    out.put_u8(tag);
-    out.put_u32(u32::try_from(body.len() + 4).unwrap());
-    out.put_slice(body);
+    put_message(&mut out, tag, body);
     out
 }
 

@@ -11,6 +11,16 @@ fn put_header(out: &mut BytesMut, tag: u8, body_len: usize) {
     out.put_u32(u32::try_from(body_len + 4).expect("rewritten messages stay below 4 GiB"));
 }
 
+/// Appends a whole message of type `tag` with `body`: for messages the proxy builds from parts
+/// it already holds (its own queries, test input).
+///
+/// # Panics
+/// If `body` is 4 GiB or longer.
+pub fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    put_header(out, tag, body.len());
+    out.put_slice(body);
+}
+
 /// A Parse body split into the statement name and the rest (query text and parameter types).
 #[derive(Debug)]
 pub struct ParseMessage<'a> {

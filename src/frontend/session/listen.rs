@@ -197,13 +197,8 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
 
-    fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
-        out.put_u8(tag);
-        out.put_u32(u32::try_from(body.len() + 4).unwrap());
-        out.put_slice(body);
-    }
+    use crate::wire::extended::put_message as message;
 
     #[test]
     fn a_simple_query_of_subscriptions_is_served_by_the_sidecar() {

@@ -86,13 +86,11 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{BufMut, BytesMut};
+    use bytes::BytesMut;
 
     fn message(tag: u8, body: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
-        out.put_u8(tag);
-        out.put_u32(u32::try_from(body.len() + 4).unwrap());
-        out.put_slice(body);
+        crate::wire::extended::put_message(&mut out, tag, body);
         out
     }
 
