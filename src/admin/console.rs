@@ -17,6 +17,7 @@ use crate::wire::messages::{
     Severity, error, put_backend_key, put_data_row, put_parameter_status, put_ready_for_query,
     put_row_description, take_cstr,
 };
+use crate::wire::tag::{client, server, status};
 use crate::wire::{WireError, read_frame, sqlstate};
 
 /// Largest message the console reads; its commands are short.
@@ -472,7 +473,7 @@ pub async fn serve(
         put_parameter_status(&mut out, name, value);
     }
     put_backend_key(&mut out, 0, 0);
-    put_ready_for_query(&mut out, b'I');
+    put_ready_for_query(&mut out, status::IDLE);
     stream.send(&out).await?;
     let mut buf = BytesMut::new();
     // After an extended-protocol message the console refuses, the rest of that batch is
@@ -505,24 +506,29 @@ pub async fn serve(
         };
         out.clear();
         match frame.tag {
-            b'Q' => {
+            client::QUERY => {
                 let (sql, _) = take_cstr(&frame.body)?;
                 match answer(ctx, sql).await {
                     Ok(Reply::Table(table)) => table.encode(&mut out),
                     Ok(Reply::Tag(tag)) => put_command_complete(&mut out, tag),
-                    Ok(Reply::Empty) => put_empty(&mut out, b'I'),
+                    Ok(Reply::Empty) => put_empty(&mut out, server::EMPTY_QUERY_RESPONSE),
                     Err((code, message)) => {
                         out.extend_from_slice(&error(Severity::Error, code, &message));
                     }
                 }
-                put_ready_for_query(&mut out, b'I');
+                put_ready_for_query(&mut out, status::IDLE);
             }
-            b'S' => {
+            client::SYNC => {
                 skipping = false;
-                put_ready_for_query(&mut out, b'I');
+                put_ready_for_query(&mut out, status::IDLE);
             }
-            b'X' => return Ok(()),
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+            client::TERMINATE => return Ok(()),
+            client::PARSE
+            | client::BIND
+            | client::DESCRIBE
+            | client::EXECUTE
+            | client::CLOSE
+            | client::FLUSH => {
                 if !skipping {
                     skipping = true;
                     out.extend_from_slice(&error(

@@ -9,6 +9,7 @@ use crate::tls::{PgStream, UpstreamTls};
 use crate::wire::messages::{ErrorFields, take_cstr};
 use crate::wire::read_frame;
 use crate::wire::startup::encode_startup;
+use crate::wire::tag::{client, server};
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -42,7 +43,7 @@ impl std::fmt::Debug for LoginTarget {
 }
 
 fn password_message(out: &mut BytesMut, payload: &[u8]) {
-    out.put_u8(b'p');
+    out.put_u8(client::PASSWORD);
     out.put_u32(u32::try_from(payload.len() + 4).expect("auth payloads are small"));
     out.put_slice(payload);
 }
@@ -106,8 +107,10 @@ impl LoginTarget {
         loop {
             let frame = read_frame(stream, buf, LOGIN_FRAME_LIMIT).await?;
             match frame.tag {
-                b'E' => return Err(BackendError::Server(ErrorFields::parse(&frame.body))),
-                b'R' => {}
+                server::ERROR_RESPONSE => {
+                    return Err(BackendError::Server(ErrorFields::parse(&frame.body)));
+                }
+                server::AUTHENTICATION => {}
                 other => {
                     return Err(BackendError::Auth(format!(
                         "unexpected message '{}' during login",

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{BackendError, LoginTarget, PoolKey, ServerConn};
 use crate::telemetry::Metrics;
 use crate::wire::messages::{ErrorFields, take_cstr};
+use crate::wire::tag::server;
 
 /// Notifications a client may have waiting before it is closed for not reading them.
 pub const MAILBOX_SIZE: usize = 1024;
@@ -254,7 +255,7 @@ fn statement(verb: &str, channel: &str) -> String {
 fn notification(body: &Bytes) -> Option<(String, Bytes)> {
     let channel = take_cstr(body.get(4..)?).ok()?.0.to_owned();
     let mut message = BytesMut::with_capacity(body.len() + 5);
-    message.put_u8(b'A');
+    message.put_u8(server::NOTIFICATION_RESPONSE);
     message.put_u32(u32::try_from(body.len() + 4).ok()?);
     message.put_slice(body);
     Some((channel, message.freeze()))
@@ -317,13 +318,13 @@ async fn listen_for(
                 };
                 let hub = hub.upgrade()?;
                 match message.tag {
-                    b'A' => {
+                    server::NOTIFICATION_RESPONSE => {
                         if let Some((channel, forwarded)) = notification(&message.body) {
                             hub.deliver(&channel, &forwarded);
                         }
                     }
-                    b'E' => failure = Some(ErrorFields::parse(&message.body)),
-                    b'Z' => {
+                    server::ERROR_RESPONSE => failure = Some(ErrorFields::parse(&message.body)),
+                    server::READY_FOR_QUERY => {
                         if let Some(Some(done)) = owed.pop_front() {
                             let _ = done.send(failure.take().map_or(Ok(()), |e| Err(NotifyError::Refused(e))));
                         }

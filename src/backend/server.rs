@@ -12,6 +12,7 @@ use crate::tls::{PgStream, Probe};
 use super::{BackendError, LoginTarget, PreparedSet, ServerParams};
 use crate::wire::frame::Frame;
 use crate::wire::messages::{ErrorFields, parse_parameter_status};
+use crate::wire::tag::{client, server};
 use crate::wire::{WireError, read_frame};
 
 /// Largest message the proxy reads from a server when it converses itself (login, reset).
@@ -141,19 +142,21 @@ impl ServerConn {
         loop {
             let frame = read_frame(&mut stream, &mut buf, CONTROL_FRAME_LIMIT).await?;
             match frame.tag {
-                b'S' => {
+                server::PARAMETER_STATUS => {
                     let (name, value) = parse_parameter_status(&frame.body)?;
                     params.reported.insert(name, value);
                 }
-                b'K' if frame.body.len() >= 8 => {
+                server::BACKEND_KEY_DATA if frame.body.len() >= 8 => {
                     let b = &frame.body;
                     key = Some((
                         i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
                         i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
                     ));
                 }
-                b'E' => return Err(BackendError::Server(ErrorFields::parse(&frame.body))),
-                b'Z' => break,
+                server::ERROR_RESPONSE => {
+                    return Err(BackendError::Server(ErrorFields::parse(&frame.body)));
+                }
+                server::READY_FOR_QUERY => break,
                 _ => {}
             }
         }
@@ -287,7 +290,7 @@ impl ServerConn {
         body.put_u8(0);
         body.put_u16(0);
         let mut out = BytesMut::new();
-        message(&mut out, b'P', &body);
+        message(&mut out, client::PARSE, &body);
         body.clear();
         // Unnamed portal, unnamed statement, all parameters as text.
         body.put_u8(0);
@@ -299,9 +302,9 @@ impl ServerConn {
             body.put_slice(value.as_bytes());
         }
         body.put_u16(0);
-        message(&mut out, b'B', &body);
-        message(&mut out, b'E', &[0, 0, 0, 0, 1]);
-        message(&mut out, b'S', &[]);
+        message(&mut out, client::BIND, &body);
+        message(&mut out, client::EXECUTE, &[0, 0, 0, 0, 1]);
+        message(&mut out, client::SYNC, &[]);
         self.stream.send(&out).await?;
         self.read_first_row().await
     }
@@ -313,13 +316,13 @@ impl ServerConn {
         loop {
             let frame = read_frame(&mut self.stream, &mut self.buf, CONTROL_FRAME_LIMIT).await?;
             match frame.tag {
-                b'D' if row.is_none() => row = Some(parse_data_row(&frame.body)?),
-                b'S' => {
+                server::DATA_ROW if row.is_none() => row = Some(parse_data_row(&frame.body)?),
+                server::PARAMETER_STATUS => {
                     let (name, value) = parse_parameter_status(&frame.body)?;
                     self.params.observe(&name, &value);
                 }
-                b'E' => failure = Some(ErrorFields::parse(&frame.body)),
-                b'Z' => break,
+                server::ERROR_RESPONSE => failure = Some(ErrorFields::parse(&frame.body)),
+                server::READY_FOR_QUERY => break,
                 _ => {}
             }
         }
@@ -339,7 +342,7 @@ impl ServerConn {
     /// Sends `sql` as a simple Query without reading the answer.
     pub(super) async fn send_query(&mut self, sql: &str) -> Result<(), BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
-        out.put_u8(b'Q');
+        out.put_u8(client::QUERY);
         out.put_u32(u32::try_from(sql.len() + 5).expect("proxy-built SQL is small"));
         out.put_slice(sql.as_bytes());
         out.put_u8(0);
@@ -361,15 +364,17 @@ impl ServerConn {
         loop {
             let frame = read_frame(&mut self.stream, &mut self.buf, CONTROL_FRAME_LIMIT).await?;
             match frame.tag {
-                b'S' => {
+                server::PARAMETER_STATUS => {
                     let (name, value) = parse_parameter_status(&frame.body)?;
                     self.params.observe(&name, &value);
                 }
-                b'E' => failure = Some(ErrorFields::parse(&frame.body)),
-                b'G' | b'H' | b'W' => {
+                server::ERROR_RESPONSE => failure = Some(ErrorFields::parse(&frame.body)),
+                server::COPY_IN_RESPONSE
+                | server::COPY_OUT_RESPONSE
+                | server::COPY_BOTH_RESPONSE => {
                     return Err(WireError::protocol("unexpected COPY in a proxy statement").into());
                 }
-                b'Z' => break,
+                server::READY_FOR_QUERY => break,
                 _ => {}
             }
         }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::wire::messages::{command_rows, error_code};
+use crate::wire::tag::{server, status};
 
 /// Named statements remembered for span text in session mode, before the map is reset.
 const MAX_NAMED: usize = 1024;
@@ -60,7 +61,7 @@ impl Cycle {
             runs_sql: false,
             rows: 0,
             sqlstate: None,
-            status: b'I',
+            status: status::IDLE,
         }
     }
 
@@ -91,8 +92,8 @@ impl Cycle {
     /// Accounts for a CommandComplete or ErrorResponse of this cycle.
     pub fn on_server(&mut self, tag: u8, body: &[u8]) {
         match tag {
-            b'C' => self.rows += command_rows(body),
-            b'E' if self.sqlstate.is_none() => self.sqlstate = error_code(body),
+            server::COMMAND_COMPLETE => self.rows += command_rows(body),
+            server::ERROR_RESPONSE if self.sqlstate.is_none() => self.sqlstate = error_code(body),
             _ => {}
         }
     }
@@ -302,10 +303,10 @@ mod tests {
         assert_eq!(cycle.sql(), b"SELECT $1");
         assert!(cycle.runs_sql);
         assert_eq!(cycle.wait, Duration::from_millis(3));
-        cycle.on_server(b'C', b"SELECT 4\0");
-        cycle.on_server(b'E', b"SERROR\0C42P01\0Mno\0\0");
-        cycle.on_server(b'E', b"SERROR\0C25P02\0Mno\0\0");
-        log.finish(cycle, b'I', false, t0);
+        cycle.on_server(server::COMMAND_COMPLETE, b"SELECT 4\0");
+        cycle.on_server(server::ERROR_RESPONSE, b"SERROR\0C42P01\0Mno\0\0");
+        cycle.on_server(server::ERROR_RESPONSE, b"SERROR\0C25P02\0Mno\0\0");
+        log.finish(cycle, status::IDLE, false, t0);
         let done = log.next_done().unwrap();
         assert_eq!(done.rows, 4);
         assert_eq!(done.sqlstate(), Some("42P01"));
@@ -324,7 +325,7 @@ mod tests {
         log.execute(t0);
         let cycle = log.sync(t0).unwrap();
         assert_eq!(cycle.sql(), b"SELECT 2");
-        log.finish(cycle, b'I', true, t0);
+        log.finish(cycle, status::IDLE, true, t0);
         assert!(log.next_done().is_none());
         log.set_replaying(true);
         log.bind("s1", None, t0);

@@ -20,6 +20,7 @@ use crate::wire::messages::{
     Severity, error, put_authentication, put_negotiate_protocol, take_cstr,
 };
 use crate::wire::startup::{MAX_STARTUP_LEN, StartupRequest};
+use crate::wire::tag::client;
 use crate::wire::{Frame, WireError, read_frame, sqlstate};
 
 /// What the first packets of a connection asked for.
@@ -212,7 +213,7 @@ async fn read_password_message(
     buf: &mut BytesMut,
 ) -> Result<Frame, LoginError> {
     let frame = read_frame(stream, buf, MAX_STARTUP_LEN).await?;
-    if frame.tag == b'p' {
+    if frame.tag == client::PASSWORD {
         Ok(frame)
     } else {
         Err(LoginError::new(

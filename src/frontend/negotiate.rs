@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::tls::{ClientTls, ClientTlsMode, PgStream, has_unread_bytes};
 use crate::wire::sqlstate;
 use crate::wire::startup::{StartupRequest, read_startup};
+use crate::wire::tag::encryption_answer;
 
 /// The first byte of a TLS handshake record: a client starting TLS without SSLRequest.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -71,7 +72,7 @@ pub async fn negotiate(
         match request {
             StartupRequest::GssEnc if !gss_declined && !stream.is_tls() => {
                 gss_declined = true;
-                if let Err(e) = stream.send(b"N").await {
+                if let Err(e) = stream.send(&[encryption_answer::REFUSED]).await {
                     return Err(Refusal {
                         stream: None,
                         error: e.into(),
@@ -98,7 +99,7 @@ pub async fn negotiate(
                 };
                 let Some(tls) = &tls else {
                     stream = PgStream::Plain(tcp);
-                    if let Err(e) = stream.send(b"N").await {
+                    if let Err(e) = stream.send(&[encryption_answer::REFUSED]).await {
                         return Err(Refusal {
                             stream: None,
                             error: e.into(),
@@ -107,7 +108,10 @@ pub async fn negotiate(
                     // Only one SSLRequest: the next one is a protocol violation.
                     return read_final_request(stream).await;
                 };
-                if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut tcp, b"S").await {
+                if let Err(e) =
+                    tokio::io::AsyncWriteExt::write_all(&mut tcp, &[encryption_answer::ACCEPTED])
+                        .await
+                {
                     return Err(Refusal {
                         stream: None,
                         error: e.into(),

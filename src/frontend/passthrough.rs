@@ -4,6 +4,7 @@
 //! their bodies, so forwarding them in pieces changes nothing for either side.
 
 use crate::wire::frame::HEADER_LEN;
+use crate::wire::tag::server;
 
 /// Messages at least this large are streamed.
 pub const STREAM_FROM: usize = 256 * 1024;
@@ -15,7 +16,7 @@ pub const STREAM_FROM: usize = 256 * 1024;
 pub fn remaining_of_large_message(buf: &[u8]) -> Option<usize> {
     let header = buf.get(..HEADER_LEN)?;
     let (tag, length) = (header[0], &header[1..]);
-    if !matches!(tag, b'D' | b'd') {
+    if !matches!(tag, server::DATA_ROW | server::COPY_DATA) {
         return None;
     }
     let length = u32::from_be_bytes(length.try_into().ok()?);
@@ -38,21 +39,24 @@ mod tests {
 
     #[test]
     fn a_large_data_row_or_copy_row_is_streamed_for_what_is_still_to_come() {
-        let buf = start_of(b'D', 1 << 20, 4096);
+        let buf = start_of(server::DATA_ROW, 1 << 20, 4096);
         assert_eq!(remaining_of_large_message(&buf), Some((1 << 20) - 4096));
-        let buf = start_of(b'd', STREAM_FROM, 100);
+        let buf = start_of(server::COPY_DATA, STREAM_FROM, 100);
         assert_eq!(remaining_of_large_message(&buf), Some(STREAM_FROM - 100));
     }
 
     #[test]
     fn small_complete_or_other_messages_are_framed_as_usual() {
-        assert_eq!(remaining_of_large_message(&start_of(b'D', 1000, 10)), None);
         assert_eq!(
-            remaining_of_large_message(&start_of(b'E', 1 << 20, 10)),
+            remaining_of_large_message(&start_of(server::DATA_ROW, 1000, 10)),
             None
         );
         assert_eq!(
-            remaining_of_large_message(&start_of(b'D', 1 << 20, 1 << 20)),
+            remaining_of_large_message(&start_of(server::ERROR_RESPONSE, 1 << 20, 10)),
+            None
+        );
+        assert_eq!(
+            remaining_of_large_message(&start_of(server::DATA_ROW, 1 << 20, 1 << 20)),
             None
         );
         assert_eq!(

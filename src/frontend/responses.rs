@@ -14,6 +14,7 @@ use super::cycles::Cycle;
 
 use crate::wire::extended::{put_command_complete, put_empty};
 use crate::wire::messages::put_ready_for_query;
+use crate::wire::tag::server;
 
 /// Who a ParseComplete/CloseComplete is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +190,8 @@ impl ResponseQueue {
     pub fn emit_due(&mut self, out: &mut BytesMut, status: u8) {
         while self.entries.front().is_some_and(Expect::is_synthetic) {
             match self.entries.pop_front() {
-                Some(Expect::Parse { .. }) => put_empty(out, b'1'),
-                Some(Expect::Close { .. }) => put_empty(out, b'3'),
+                Some(Expect::Parse { .. }) => put_empty(out, server::PARSE_COMPLETE),
+                Some(Expect::Close { .. }) => put_empty(out, server::CLOSE_COMPLETE),
                 Some(Expect::LocalCommand { tag }) => {
                     put_command_complete(out, tag);
                     put_ready_for_query(out, status);
@@ -207,7 +208,7 @@ impl ResponseQueue {
             return Verdict::OutOfSync;
         }
         match tag {
-            b'1' => {
+            server::PARSE_COMPLETE => {
                 if let Some(Expect::Parse { origin, prepared }) =
                     self.pop_matching(|e| matches!(e, Expect::Parse { .. }))
                 {
@@ -217,10 +218,10 @@ impl ResponseQueue {
                     }
                 }
             }
-            b'2' => {
+            server::BIND_COMPLETE => {
                 self.pop_matching(|e| matches!(e, Expect::Bind(_)));
             }
-            b'3' => {
+            server::CLOSE_COMPLETE => {
                 if let Some(Expect::Close { origin }) =
                     self.pop_matching(|e| matches!(e, Expect::Close { .. }))
                 {
@@ -229,19 +230,19 @@ impl ResponseQueue {
                     }
                 }
             }
-            b'T' | b'n' => {
+            server::ROW_DESCRIPTION | server::NO_DATA => {
                 if matches!(self.entries.front(), Some(Expect::Describe(_))) {
                     self.entries.pop_front();
                 }
             }
-            b'C' | b'I' | b's' => {
+            server::COMMAND_COMPLETE | server::EMPTY_QUERY_RESPONSE | server::PORTAL_SUSPENDED => {
                 if matches!(self.entries.front(), Some(Expect::Execute)) {
                     self.entries.pop_front();
                 }
             }
-            b'E' => self.on_error(&mut outcome.failed),
-            b'G' => self.start_copy_in(),
-            b'Z' => {
+            server::ERROR_RESPONSE => self.on_error(&mut outcome.failed),
+            server::COPY_IN_RESPONSE => self.start_copy_in(),
+            server::READY_FOR_QUERY => {
                 self.copy_in = false;
                 while let Some(entry) = self.entries.pop_front() {
                     if let Expect::Sync(cycle) | Expect::Query(cycle) = entry {
@@ -278,12 +279,15 @@ impl ResponseQueue {
     /// (every other message is judged elsewhere or carries no such promise).
     fn owes(&self, tag: u8) -> bool {
         let answers = |e: &Expect| match tag {
-            b'1' => matches!(e, Expect::Parse { .. }),
-            b'2' => matches!(e, Expect::Bind(_)),
-            b'3' => matches!(e, Expect::Close { .. }),
+            server::PARSE_COMPLETE => matches!(e, Expect::Parse { .. }),
+            server::BIND_COMPLETE => matches!(e, Expect::Bind(_)),
+            server::CLOSE_COMPLETE => matches!(e, Expect::Close { .. }),
             _ => true,
         };
-        !matches!(tag, b'1' | b'2' | b'3') || self.entries.iter().any(answers)
+        !matches!(
+            tag,
+            server::PARSE_COMPLETE | server::BIND_COMPLETE | server::CLOSE_COMPLETE
+        ) || self.entries.iter().any(answers)
     }
 
     fn pop_matching(&mut self, wanted: impl Fn(&Expect) -> bool) -> Option<Expect> {
@@ -298,6 +302,7 @@ impl ResponseQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::tag::status;
 
     fn parse(origin: Origin) -> Expect {
         Expect::Parse {
@@ -317,19 +322,37 @@ mod tests {
         queue.push(Expect::Bind(None));
         queue.push(Expect::Sync(None));
         let mut out = BytesMut::new();
-        queue.emit_due(&mut out, b'I');
+        queue.emit_due(&mut out, status::IDLE);
         assert!(
             out.is_empty(),
             "the synthetic ParseComplete waits for the Execute"
         );
-        assert_eq!(queue.on_server(b'2', &mut gone), Verdict::Forward);
-        assert_eq!(queue.on_server(b'D', &mut gone), Verdict::Forward);
-        assert_eq!(queue.on_server(b'C', &mut gone), Verdict::Forward);
-        queue.emit_due(&mut out, b'I');
+        assert_eq!(
+            queue.on_server(server::BIND_COMPLETE, &mut gone),
+            Verdict::Forward
+        );
+        assert_eq!(
+            queue.on_server(server::DATA_ROW, &mut gone),
+            Verdict::Forward
+        );
+        assert_eq!(
+            queue.on_server(server::COMMAND_COMPLETE, &mut gone),
+            Verdict::Forward
+        );
+        queue.emit_due(&mut out, status::IDLE);
         assert_eq!(&out[..], b"1\0\0\0\x04");
-        assert_eq!(queue.on_server(b'1', &mut gone), Verdict::Swallow);
-        assert_eq!(queue.on_server(b'2', &mut gone), Verdict::Forward);
-        assert_eq!(queue.on_server(b'Z', &mut gone), Verdict::Forward);
+        assert_eq!(
+            queue.on_server(server::PARSE_COMPLETE, &mut gone),
+            Verdict::Swallow
+        );
+        assert_eq!(
+            queue.on_server(server::BIND_COMPLETE, &mut gone),
+            Verdict::Forward
+        );
+        assert_eq!(
+            queue.on_server(server::READY_FOR_QUERY, &mut gone),
+            Verdict::Forward
+        );
         assert!(queue.is_empty() && gone.failed.is_empty());
         assert_eq!(gone.created.len(), 1);
     }
@@ -340,11 +363,15 @@ mod tests {
         let mut gone = PrepareOutcome::default();
         queue.push(Expect::Execute);
         queue.push(Expect::Sync(None));
-        for unasked in [b'1', b'2', b'3'] {
+        for unasked in [
+            server::PARSE_COMPLETE,
+            server::BIND_COMPLETE,
+            server::CLOSE_COMPLETE,
+        ] {
             assert_eq!(queue.on_server(unasked, &mut gone), Verdict::OutOfSync);
         }
         assert_eq!(
-            queue.on_server(b'C', &mut gone),
+            queue.on_server(server::COMMAND_COMPLETE, &mut gone),
             Verdict::Forward,
             "results are judged by what they complete, not here"
         );
@@ -360,14 +387,17 @@ mod tests {
         queue.push(Expect::Sync(None));
         queue.push(Expect::Bind(None));
         queue.push(Expect::Sync(None));
-        assert_eq!(queue.on_server(b'E', &mut gone), Verdict::Forward);
+        assert_eq!(
+            queue.on_server(server::ERROR_RESPONSE, &mut gone),
+            Verdict::Forward
+        );
         let mut out = BytesMut::new();
-        queue.emit_due(&mut out, b'I');
+        queue.emit_due(&mut out, status::IDLE);
         assert!(out.is_empty(), "a skipped Parse gets no ParseComplete");
         assert_eq!(gone.failed, vec![Arc::<str>::from("pgsc_a")]);
-        queue.on_server(b'Z', &mut gone);
-        queue.on_server(b'2', &mut gone);
-        queue.on_server(b'Z', &mut gone);
+        queue.on_server(server::READY_FOR_QUERY, &mut gone);
+        queue.on_server(server::BIND_COMPLETE, &mut gone);
+        queue.on_server(server::READY_FOR_QUERY, &mut gone);
         assert!(queue.is_empty());
     }
 
@@ -394,14 +424,14 @@ mod tests {
         for e in [Expect::Bind(None), Expect::Execute, Expect::Sync(None)] {
             queue.push(e);
         }
-        queue.on_server(b'2', &mut gone);
-        queue.on_server(b'G', &mut gone);
+        queue.on_server(server::BIND_COMPLETE, &mut gone);
+        queue.on_server(server::COPY_IN_RESPONSE, &mut gone);
         for e in [Expect::Sync(None), Expect::CopyEnd, Expect::Sync(None)] {
             queue.push(e);
         }
-        queue.on_server(b'C', &mut gone);
+        queue.on_server(server::COMMAND_COMPLETE, &mut gone);
         assert!(!queue.is_empty());
-        queue.on_server(b'Z', &mut gone);
+        queue.on_server(server::READY_FOR_QUERY, &mut gone);
         assert!(queue.is_empty());
     }
 
@@ -411,11 +441,11 @@ mod tests {
         let mut gone = PrepareOutcome::default();
         queue.push(Expect::Query(None));
         queue.push(Expect::LocalCommand { tag: "DEALLOCATE" });
-        queue.on_server(b'T', &mut gone);
-        queue.on_server(b'E', &mut gone);
-        queue.on_server(b'Z', &mut gone);
+        queue.on_server(server::ROW_DESCRIPTION, &mut gone);
+        queue.on_server(server::ERROR_RESPONSE, &mut gone);
+        queue.on_server(server::READY_FOR_QUERY, &mut gone);
         let mut out = BytesMut::new();
-        queue.emit_due(&mut out, b'T');
+        queue.emit_due(&mut out, status::IN_TRANSACTION);
         assert_eq!(&out[..], b"C\0\0\0\x0fDEALLOCATE\0Z\0\0\0\x05T");
     }
 }

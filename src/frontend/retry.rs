@@ -11,6 +11,7 @@
 use bytes::BytesMut;
 
 use crate::wire::FrameHeader;
+use crate::wire::tag::client;
 
 /// The SQLSTATE of "cached plan must not change result type".
 pub const STALE_PLAN: &str = "0A000";
@@ -45,7 +46,7 @@ impl StalePlanRetry {
     /// Called when a batch starts outside a transaction; only a batch that starts with a Bind
     /// can be replayed, so nothing else is copied.
     pub fn arm(&mut self, buf: &[u8], limit: usize) {
-        if buf.first() != Some(&b'B') {
+        if buf.first() != Some(&client::BIND) {
             *self = Self::default();
             return;
         }
@@ -73,7 +74,7 @@ impl StalePlanRetry {
                 *self = Self::default();
                 return;
             }
-            if header.tag == b'S' {
+            if header.tag == client::SYNC {
                 batch.extend_from_slice(&buf[..end]);
                 self.state = State::Armed;
                 return;

@@ -20,6 +20,7 @@ use crate::wire::extended::{BindMessage, ParseMessage, TargetMessage, put_parse,
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::{ErrorFields, take_cstr};
 use crate::wire::splice::Splicer;
+use crate::wire::tag::{client, server, status, target_kind};
 use crate::wire::{FrameHeader, WireError};
 
 /// The state one pass over buffered messages reads and updates.
@@ -76,7 +77,7 @@ impl Relay<'_> {
             }
             Some(_) => {
                 self.prepared.remove(&def.server_name);
-                put_target(out, b'C', b'S', &def.server_name);
+                put_target(out, client::CLOSE, target_kind::STATEMENT, &def.server_name);
                 self.queue.push(Expect::Close {
                     origin: Origin::Injected,
                 });
@@ -91,7 +92,7 @@ impl Relay<'_> {
         self.metrics.cache_miss();
         for evicted in self.prepared.insert(Arc::clone(&def.server_name), epoch) {
             self.metrics.cache_eviction();
-            put_target(out, b'C', b'S', &evicted);
+            put_target(out, client::CLOSE, target_kind::STATEMENT, &evicted);
             self.queue.push(Expect::Close {
                 origin: Origin::Injected,
             });
@@ -112,7 +113,7 @@ impl Relay<'_> {
         now: Instant,
     ) -> Result<bool, WireError> {
         match tag {
-            b'P' => {
+            client::PARSE => {
                 let parse = ParseMessage::decode(body)?;
                 self.note_effects(parse.query());
                 if parse.name.is_empty() {
@@ -134,7 +135,7 @@ impl Relay<'_> {
                 }
                 Ok(true)
             }
-            b'B' => {
+            client::BIND => {
                 let bind = BindMessage::decode(body)?;
                 let def = (!bind.statement.is_empty())
                     .then(|| self.statements.get(bind.statement).cloned())
@@ -148,23 +149,28 @@ impl Relay<'_> {
                 self.queue.push(Expect::Bind(statement));
                 Ok(rewritten)
             }
-            b'D' => {
+            client::DESCRIBE => {
                 let target = TargetMessage::decode(body)?;
-                let def = (target.kind == b'S' && !target.name.is_empty())
+                let def = (target.kind == target_kind::STATEMENT && !target.name.is_empty())
                     .then(|| self.statements.get(target.name).cloned())
                     .flatten();
                 let statement = def.map(|def| {
                     self.ensure_prepared(&def, out);
-                    put_target(out, b'D', b'S', &def.server_name);
+                    put_target(
+                        out,
+                        client::DESCRIBE,
+                        target_kind::STATEMENT,
+                        &def.server_name,
+                    );
                     Arc::clone(&def.server_name)
                 });
                 let rewritten = statement.is_some();
                 self.queue.push(Expect::Describe(statement));
                 Ok(rewritten)
             }
-            b'C' => {
+            client::CLOSE => {
                 let target = TargetMessage::decode(body)?;
-                if target.kind == b'S' && !target.name.is_empty() {
+                if target.kind == target_kind::STATEMENT && !target.name.is_empty() {
                     // Server-side statements are shared; the client's name just goes away.
                     self.statements.remove(target.name);
                     self.queue.push(Expect::Close {
@@ -189,27 +195,29 @@ impl Relay<'_> {
     fn observe_client(&mut self, tag: u8, body: &[u8], now: Instant) -> Result<(), WireError> {
         let capture = self.cycles.captures_text();
         match tag {
-            b'P' if capture => {
+            client::PARSE if capture => {
                 let parse = ParseMessage::decode(body)?;
                 let sql = parse.query().as_bytes();
                 self.cycles.parse(parse.name, sql, !self.rename, now);
             }
-            b'B' if capture => {
+            client::BIND if capture => {
                 let bind = BindMessage::decode(body)?;
                 let text = (self.rename && !bind.statement.is_empty())
                     .then(|| self.statements.get(bind.statement).map(|d| d.query_text()))
                     .flatten();
                 self.cycles.bind(bind.statement, text, now);
             }
-            b'C' if capture && !self.rename => {
+            client::CLOSE if capture && !self.rename => {
                 let target = TargetMessage::decode(body)?;
-                if target.kind == b'S' {
+                if target.kind == target_kind::STATEMENT {
                     self.cycles.forget(target.name);
                 }
                 self.cycles.other(now);
             }
-            b'E' => self.cycles.execute(now),
-            b'P' | b'B' | b'D' | b'C' => self.cycles.other(now),
+            client::EXECUTE => self.cycles.execute(now),
+            client::PARSE | client::BIND | client::DESCRIBE | client::CLOSE => {
+                self.cycles.other(now);
+            }
             _ => {}
         }
         Ok(())
@@ -226,8 +234,8 @@ impl Relay<'_> {
     /// own startup packet rather than to those the server connection was opened with.
     fn note_own_session_effects(&mut self, tag: u8, body: &[u8]) -> Result<(), WireError> {
         match tag {
-            b'Q' => self.note_effects(take_cstr(body)?.0),
-            b'P' => self.note_effects(ParseMessage::decode(body)?.query()),
+            client::QUERY => self.note_effects(take_cstr(body)?.0),
+            client::PARSE => self.note_effects(ParseMessage::decode(body)?.query()),
             _ => {}
         }
         Ok(())
@@ -241,7 +249,7 @@ impl Relay<'_> {
         }
         let classified = classify(sql);
         let lone = classified.statements == 1 && classified.effects.len() == 1;
-        if !lone || self.pinned || self.tracker.status() == b'E' {
+        if !lone || self.pinned || self.tracker.status() == status::FAILED {
             self.effects.extend(classified.effects);
             return None;
         }
@@ -251,7 +259,7 @@ impl Relay<'_> {
                 self.statements.clear();
                 "DEALLOCATE ALL"
             }
-            Effect::DiscardAll if self.tracker.status() == b'I' => {
+            Effect::DiscardAll if self.tracker.status() == status::IDLE => {
                 self.statements.clear();
                 self.effects.push(Effect::ClientReset);
                 "DISCARD ALL"
@@ -266,23 +274,23 @@ impl Relay<'_> {
 
     fn account_plain(&mut self, tag: u8, body: &[u8], now: Instant) {
         match tag {
-            b'P' => self.queue.push(Expect::Parse {
+            client::PARSE => self.queue.push(Expect::Parse {
                 origin: Origin::Client,
                 prepared: None,
             }),
-            b'B' => self.queue.push(Expect::Bind(None)),
-            b'D' => self.queue.push(Expect::Describe(None)),
-            b'C' => self.queue.push(Expect::Close {
+            client::BIND => self.queue.push(Expect::Bind(None)),
+            client::DESCRIBE => self.queue.push(Expect::Describe(None)),
+            client::CLOSE => self.queue.push(Expect::Close {
                 origin: Origin::Client,
             }),
-            b'E' => self.queue.push(Expect::Execute),
-            b'S' => {
+            client::EXECUTE => self.queue.push(Expect::Execute),
+            client::SYNC => {
                 let cycle = self.cycles.sync(now);
                 self.queue.push(Expect::Sync(cycle));
                 self.prepared.start_batch();
             }
-            b'Q' | b'F' => {
-                let sql = if tag == b'Q' {
+            client::QUERY | client::FUNCTION_CALL => {
+                let sql = if tag == client::QUERY {
                     body.split(|b| *b == 0).next().unwrap_or_default()
                 } else {
                     &[]
@@ -291,7 +299,7 @@ impl Relay<'_> {
                 self.queue.push(Expect::Query(cycle));
                 self.prepared.start_batch();
             }
-            b'c' | b'f' => self.queue.push(Expect::CopyEnd),
+            client::COPY_DONE | client::COPY_FAIL => self.queue.push(Expect::CopyEnd),
             _ => {}
         }
     }
@@ -312,7 +320,7 @@ impl Relay<'_> {
         let now = Instant::now();
         while let Some(header) = FrameHeader::peek(&buf[end..], limit)? {
             let next = end + header.total_len;
-            if header.tag == b'X' {
+            if header.tag == client::TERMINATE {
                 terminate = true;
                 break;
             }
@@ -323,7 +331,7 @@ impl Relay<'_> {
                 )));
             }
             let body = &buf[end + HEADER_LEN..next];
-            if self.rename && header.tag == b'Q' {
+            if self.rename && header.tag == client::QUERY {
                 let (sql, _) = take_cstr(body)?;
                 if let Some(tag) = self.answer_locally(sql) {
                     splicer.cut(buf, end, next);
@@ -333,7 +341,11 @@ impl Relay<'_> {
                 }
             }
             self.observe_client(header.tag, body, now)?;
-            let replaced = if self.rename && matches!(header.tag, b'P' | b'B' | b'D' | b'C') {
+            let replaced = if self.rename
+                && matches!(
+                    header.tag,
+                    client::PARSE | client::BIND | client::DESCRIBE | client::CLOSE
+                ) {
                 self.rewrite_client(header.tag, body, &mut scratch, now)?
             } else {
                 if !self.rename {
@@ -378,17 +390,19 @@ impl Relay<'_> {
         while let Some(header) = FrameHeader::peek(&buf[end..], usize::MAX)? {
             let next = end + header.total_len;
             let body = &buf[end + HEADER_LEN..next];
-            if header.tag == b'S' {
+            if header.tag == server::PARAMETER_STATUS {
                 on_parameter(body);
             } else {
                 self.tracker.server_message(header.tag, body);
             }
-            if header.tag == b'E' && self.queue.error_awaits_client_sync() {
+            if header.tag == server::ERROR_RESPONSE && self.queue.error_awaits_client_sync() {
                 self.tracker.await_sync();
             }
             let hidden = self.watch_for_stale_plan(header.tag, body);
-            if matches!(header.tag, b'C' | b'E')
-                && !hidden
+            if matches!(
+                header.tag,
+                server::COMMAND_COMPLETE | server::ERROR_RESPONSE
+            ) && !hidden
                 && let Some(cycle) = self.queue.current_cycle()
             {
                 cycle.on_server(header.tag, body);
@@ -408,7 +422,7 @@ impl Relay<'_> {
                 Verdict::Forward => {}
             }
             if let Some(cycle) = self.queue.take_finished() {
-                let status = body.first().copied().unwrap_or(b'I');
+                let status = body.first().copied().unwrap_or(status::IDLE);
                 self.cycles.finish(cycle, status, hidden, now);
             }
             self.queue.emit_due(&mut due, self.tracker.status());
@@ -428,10 +442,10 @@ impl Relay<'_> {
     /// Looks at one server message for a stale-plan error about the statement in question;
     /// true when the message is hidden from the client (the batch will be replayed).
     fn watch_for_stale_plan(&mut self, tag: u8, body: &[u8]) -> bool {
-        if tag == b'Z' {
+        if tag == server::READY_FOR_QUERY {
             return self.retry.on_ready();
         }
-        if tag != b'E' {
+        if tag != server::ERROR_RESPONSE {
             return self.retry.is_hiding();
         }
         let Some(statement) = self.queue.statement_in_question().cloned() else {
@@ -473,15 +487,17 @@ impl Relay<'_> {
         while let Ok(Some(header)) = FrameHeader::peek(&batch[end..], usize::MAX) {
             let body = &batch[end + HEADER_LEN..end + header.total_len];
             match (header.tag, bind_at) {
-                (b'E', None) => return None,
-                (b'B', None) => {
+                (client::EXECUTE, None) => return None,
+                (client::BIND, None) => {
                     // A portal bound before the failing message would not survive the error.
                     if !BindMessage::decode(body).is_ok_and(|b| refers(b.statement)) {
                         return None;
                     }
                     bind_at = Some(end);
                 }
-                (b'D', Some(from)) if body.first() == Some(&b'P') => return Some(from),
+                (client::DESCRIBE, Some(from)) if body.first() == Some(&target_kind::PORTAL) => {
+                    return Some(from);
+                }
                 _ => {}
             }
             end += header.total_len;

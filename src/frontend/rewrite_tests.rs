@@ -108,8 +108,8 @@ impl Message {
             .split(|b| *b == 0)
             .map(|n| std::str::from_utf8(n).unwrap());
         match self.tag {
-            b'P' => names.take(1).last().unwrap(),
-            b'B' => names.take(2).last().unwrap(),
+            client::PARSE => names.take(1).last().unwrap(),
+            client::BIND => names.take(2).last().unwrap(),
             other => panic!("{} names no statement", char::from(other)),
         }
     }
@@ -134,7 +134,7 @@ fn tags(messages: &[Message]) -> String {
 }
 
 fn query(sql: &str) -> BytesMut {
-    message(b'Q', format!("{sql}\0").as_bytes())
+    message(client::QUERY, format!("{sql}\0").as_bytes())
 }
 
 fn parse(name: &str, sql: &str) -> BytesMut {
@@ -156,9 +156,9 @@ fn bind_execute_sync(statement: &str) -> BytesMut {
     body.put_u16(0);
     body.put_u16(0);
     body.put_u16(0);
-    let mut out = message(b'B', &body);
-    out.extend_from_slice(&message(b'E', &[0, 0, 0, 0, 0]));
-    out.extend_from_slice(&message(b'S', &[]));
+    let mut out = message(client::BIND, &body);
+    out.extend_from_slice(&message(client::EXECUTE, &[0, 0, 0, 0, 0]));
+    out.extend_from_slice(&message(client::SYNC, &[]));
     out
 }
 
@@ -169,7 +169,7 @@ fn message(tag: u8, body: &[u8]) -> BytesMut {
 }
 
 fn sync() -> BytesMut {
-    message(b'S', &[])
+    message(client::SYNC, &[])
 }
 
 fn ready(status: u8) -> BytesMut {
@@ -198,12 +198,12 @@ fn a_simple_query_passes_unchanged_and_the_connection_is_free_after_ready_for_qu
     assert_eq!(tags(&to_server), "Q");
     assert!(answered.is_empty());
     assert!(!link.is_releasable(), "the query is owed an answer");
-    let row = message(b'D', b"\0\x01\0\0\0\x011");
+    let row = message(server::DATA_ROW, b"\0\x01\0\0\0\x011");
     let to_client = link.server_sends(&joined(&[
-        message(b'T', b"\0\0"),
+        message(server::ROW_DESCRIPTION, b"\0\0"),
         row,
         complete("SELECT 1"),
-        ready(b'I'),
+        ready(status::IDLE),
     ]));
     assert_eq!(tags(&to_client), "TDCZ");
     assert!(link.is_releasable());
@@ -213,10 +213,10 @@ fn a_simple_query_passes_unchanged_and_the_connection_is_free_after_ready_for_qu
 fn a_transaction_block_keeps_the_connection_until_it_ends() {
     let mut link = Link::transaction_mode();
     link.client_sends(&query("BEGIN"));
-    link.server_sends(&joined(&[complete("BEGIN"), ready(b'T')]));
+    link.server_sends(&joined(&[complete("BEGIN"), ready(status::IN_TRANSACTION)]));
     assert!(!link.is_releasable(), "ReadyForQuery T: inside a block");
     link.client_sends(&query("COMMIT"));
-    link.server_sends(&joined(&[complete("COMMIT"), ready(b'I')]));
+    link.server_sends(&joined(&[complete("COMMIT"), ready(status::IDLE)]));
     assert!(link.is_releasable());
 }
 
@@ -230,7 +230,10 @@ fn a_named_statement_is_prepared_under_its_server_name() {
         "the client's name never reaches a shared connection: {:?}",
         to_server[0].statement()
     );
-    let to_client = link.server_sends(&joined(&[message(b'1', &[]), ready(b'I')]));
+    let to_client = link.server_sends(&joined(&[
+        message(server::PARSE_COMPLETE, &[]),
+        ready(status::IDLE),
+    ]));
     assert_eq!(tags(&to_client), "1Z", "the client sees its ParseComplete");
 }
 
@@ -238,7 +241,10 @@ fn a_named_statement_is_prepared_under_its_server_name() {
 fn a_bind_on_a_connection_without_the_statement_prepares_it_first_unseen_by_the_client() {
     let mut first = Link::transaction_mode();
     first.client_sends(&joined(&[parse("s1", "SELECT 1"), sync()]));
-    first.server_sends(&joined(&[message(b'1', &[]), ready(b'I')]));
+    first.server_sends(&joined(&[
+        message(server::PARSE_COMPLETE, &[]),
+        ready(status::IDLE),
+    ]));
     // The client's next transaction lands on another connection, which never saw s1.
     let mut other = Link::transaction_mode();
     other.statements = std::mem::take(&mut first.statements);
@@ -247,10 +253,10 @@ fn a_bind_on_a_connection_without_the_statement_prepares_it_first_unseen_by_the_
     assert_eq!(to_server[0].statement(), to_server[1].statement());
     assert!(to_server[1].statement().starts_with(SERVER_NAME_PREFIX));
     let to_client = other.server_sends(&joined(&[
-        message(b'1', &[]),
-        message(b'2', &[]),
+        message(server::PARSE_COMPLETE, &[]),
+        message(server::BIND_COMPLETE, &[]),
         complete("SELECT 1"),
-        ready(b'I'),
+        ready(status::IDLE),
     ]));
     assert_eq!(
         tags(&to_client),
@@ -264,7 +270,10 @@ fn a_bind_on_a_connection_without_the_statement_prepares_it_first_unseen_by_the_
 fn a_bind_on_a_connection_that_holds_the_statement_sends_no_parse() {
     let mut link = Link::transaction_mode();
     link.client_sends(&joined(&[parse("s1", "SELECT 1"), sync()]));
-    link.server_sends(&joined(&[message(b'1', &[]), ready(b'I')]));
+    link.server_sends(&joined(&[
+        message(server::PARSE_COMPLETE, &[]),
+        ready(status::IDLE),
+    ]));
     let (to_server, _) = link.client_sends(&bind_execute_sync("s1"));
     assert_eq!(tags(&to_server), "BES");
 }
@@ -273,7 +282,10 @@ fn a_bind_on_a_connection_that_holds_the_statement_sends_no_parse() {
 fn a_lone_deallocate_is_answered_by_the_proxy_and_never_reaches_the_server() {
     let mut link = Link::transaction_mode();
     link.client_sends(&joined(&[parse("s1", "SELECT 1"), sync()]));
-    link.server_sends(&joined(&[message(b'1', &[]), ready(b'I')]));
+    link.server_sends(&joined(&[
+        message(server::PARSE_COMPLETE, &[]),
+        ready(status::IDLE),
+    ]));
     let (to_server, answered) = link.client_sends(&query("DEALLOCATE s1"));
     assert!(
         to_server.is_empty(),
@@ -299,7 +311,7 @@ fn in_session_mode_statement_names_pass_unchanged() {
 fn a_completion_the_connection_does_not_owe_is_refused_not_forwarded() {
     let mut link = Link::transaction_mode();
     link.client_sends(&query("SELECT 1"));
-    let mut buf = joined(&[message(b'2', &[]), ready(b'I')]);
+    let mut buf = joined(&[message(server::BIND_COMPLETE, &[]), ready(status::IDLE)]);
     assert!(
         link.relay().take_server_messages(&mut buf, |_| {}).is_err(),
         "a BindComplete nobody asked for puts the connection out of sync"

@@ -3,6 +3,8 @@
 //! ReadyForQuery. Together with an empty [`super::responses::ResponseQueue`] (every request
 //! answered, no COPY in progress) they decide when a server connection may be handed back.
 
+use crate::wire::tag::{client, server, status};
+
 /// Batch and transaction position of one checkout.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -16,7 +18,7 @@ impl Default for Tracker {
     fn default() -> Self {
         Self {
             open_batch: false,
-            status: b'I',
+            status: status::IDLE,
         }
     }
 }
@@ -28,7 +30,19 @@ impl Default for Tracker {
 pub fn is_frontend_tag(tag: u8) -> bool {
     matches!(
         tag,
-        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' | b'X'
+        client::QUERY
+            | client::PARSE
+            | client::BIND
+            | client::EXECUTE
+            | client::DESCRIBE
+            | client::CLOSE
+            | client::SYNC
+            | client::FLUSH
+            | client::FUNCTION_CALL
+            | client::COPY_DATA
+            | client::COPY_DONE
+            | client::COPY_FAIL
+            | client::TERMINATE
     )
 }
 
@@ -36,16 +50,18 @@ impl Tracker {
     /// Accounts for a message forwarded from the client.
     pub fn client_message(&mut self, tag: u8) {
         match tag {
-            b'P' | b'B' | b'D' | b'C' | b'E' => self.open_batch = true,
-            b'S' => self.open_batch = false,
+            client::PARSE | client::BIND | client::DESCRIBE | client::CLOSE | client::EXECUTE => {
+                self.open_batch = true;
+            }
+            client::SYNC => self.open_batch = false,
             _ => {}
         }
     }
 
     /// Accounts for a message forwarded from the server.
     pub fn server_message(&mut self, tag: u8, body: &[u8]) {
-        if tag == b'Z' {
-            self.status = body.first().copied().unwrap_or(b'I');
+        if tag == server::READY_FOR_QUERY {
+            self.status = body.first().copied().unwrap_or(status::IDLE);
         }
     }
 
@@ -70,7 +86,7 @@ impl Tracker {
     /// Synced and outside any transaction block.
     #[must_use]
     pub fn is_idle(&self) -> bool {
-        !self.open_batch && self.status == b'I'
+        !self.open_batch && self.status == status::IDLE
     }
 }
 
@@ -81,31 +97,31 @@ mod tests {
     #[test]
     fn half_sent_batch_is_not_idle() {
         let mut t = Tracker::default();
-        for tag in b"PBE" {
-            t.client_message(*tag);
+        for tag in [client::PARSE, client::BIND, client::EXECUTE] {
+            t.client_message(tag);
         }
         assert!(!t.is_idle());
-        t.client_message(b'S');
+        t.client_message(client::SYNC);
         assert!(t.is_idle());
     }
 
     #[test]
     fn transaction_block_is_not_idle() {
         let mut t = Tracker::default();
-        t.client_message(b'Q');
-        t.server_message(b'Z', b"T");
+        t.client_message(client::QUERY);
+        t.server_message(server::READY_FOR_QUERY, &[status::IN_TRANSACTION]);
         assert!(t.is_synced() && !t.is_idle());
-        t.server_message(b'Z', b"I");
+        t.server_message(server::READY_FOR_QUERY, &[status::IDLE]);
         assert!(t.is_idle());
     }
 
     #[test]
     fn error_before_the_sync_waits_for_it() {
         let mut t = Tracker::default();
-        t.client_message(b'H');
+        t.client_message(client::FLUSH);
         t.await_sync();
         assert!(!t.is_idle());
-        t.client_message(b'S');
+        t.client_message(client::SYNC);
         assert!(t.is_idle());
     }
 }

@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 use super::verifier::{CertCheck, PartialVerifier, webpki_from_file};
 use super::{ALPN_POSTGRESQL, PgStream, TlsError, has_unread_bytes, provider};
 use crate::wire::startup::SSL_REQUEST_PACKET;
+use crate::wire::tag::encryption_answer;
 
 /// How the proxy secures its connections to the upstream (libpq's `sslmode` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -173,9 +174,11 @@ impl UpstreamTls {
         tcp.write_all(&SSL_REQUEST_PACKET).await?;
         let answer = tcp.read_u8().await?;
         match answer {
-            b'S' => {}
-            b'N' if self.mode == ServerTlsMode::Prefer => return Ok((PgStream::Plain(tcp), None)),
-            b'N' => return Err(UpstreamTlsError::NotOffered(self.mode)),
+            encryption_answer::ACCEPTED => {}
+            encryption_answer::REFUSED if self.mode == ServerTlsMode::Prefer => {
+                return Ok((PgStream::Plain(tcp), None));
+            }
+            encryption_answer::REFUSED => return Err(UpstreamTlsError::NotOffered(self.mode)),
             other => return Err(UpstreamTlsError::UnexpectedAnswer(other)),
         }
         if has_unread_bytes(&tcp) {

@@ -5,6 +5,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::WireError;
 use super::messages::take_cstr;
+use super::tag::{client, server, target_kind};
 
 fn put_header(out: &mut BytesMut, tag: u8, body_len: usize) {
     out.put_u8(tag);
@@ -49,7 +50,7 @@ impl<'a> ParseMessage<'a> {
 
 /// Appends a Parse of `tail` (query and parameter types) under `name`.
 pub fn put_parse(out: &mut BytesMut, name: &str, tail: &[u8]) {
-    put_header(out, b'P', name.len() + 1 + tail.len());
+    put_header(out, client::PARSE, name.len() + 1 + tail.len());
     out.put_slice(name.as_bytes());
     out.put_u8(0);
     out.put_slice(tail);
@@ -85,7 +86,7 @@ impl<'a> BindMessage<'a> {
     pub fn put_renamed(&self, out: &mut BytesMut, statement: &str) {
         put_header(
             out,
-            b'B',
+            client::BIND,
             self.portal.len() + statement.len() + 2 + self.tail.len(),
         );
         out.put_slice(self.portal.as_bytes());
@@ -114,7 +115,7 @@ impl<'a> TargetMessage<'a> {
         let (&kind, rest) = body
             .split_first()
             .ok_or_else(|| WireError::protocol("empty Describe/Close"))?;
-        if kind != b'S' && kind != b'P' {
+        if kind != target_kind::STATEMENT && kind != target_kind::PORTAL {
             return Err(WireError::protocol(format!(
                 "invalid Describe/Close kind {kind}"
             )));
@@ -124,7 +125,7 @@ impl<'a> TargetMessage<'a> {
     }
 }
 
-/// Appends a Describe (`tag` b'D') or Close (`tag` b'C') of `kind` `name`.
+/// Appends a Describe ([`client::DESCRIBE`]) or Close ([`client::CLOSE`]) of `kind` `name`.
 pub fn put_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     put_header(out, tag, name.len() + 2);
     out.put_u8(kind);
@@ -139,7 +140,7 @@ pub fn put_empty(out: &mut BytesMut, tag: u8) {
 
 /// Appends CommandComplete with `tag`.
 pub fn put_command_complete(out: &mut BytesMut, tag: &str) {
-    put_header(out, b'C', tag.len() + 1);
+    put_header(out, server::COMMAND_COMPLETE, tag.len() + 1);
     out.put_slice(tag.as_bytes());
     out.put_u8(0);
 }
@@ -174,7 +175,7 @@ mod tests {
     #[test]
     fn describe_and_close_decode() {
         let target = TargetMessage::decode(b"Sname\0").unwrap();
-        assert_eq!((target.kind, target.name), (b'S', "name"));
+        assert_eq!((target.kind, target.name), (target_kind::STATEMENT, "name"));
         assert!(TargetMessage::decode(b"Xname\0").is_err());
         assert!(TargetMessage::decode(b"").is_err());
     }

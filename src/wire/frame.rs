@@ -109,6 +109,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::tag::client;
 
     #[test]
     fn incomplete_message_waits_for_more() {
@@ -122,7 +123,7 @@ mod tests {
         assert_eq!(
             header,
             FrameHeader {
-                tag: b'Q',
+                tag: client::QUERY,
                 total_len: 6
             }
         );
@@ -144,7 +145,7 @@ mod tests {
     fn split_leaves_the_rest() {
         let mut buf = BytesMut::from(&b"S\0\0\0\x04X\0\0"[..]);
         let frame = Frame::split(&mut buf, 100).unwrap().unwrap();
-        assert_eq!(frame.tag, b'S');
+        assert_eq!(frame.tag, client::SYNC);
         assert!(frame.body.is_empty());
         assert_eq!(&buf[..], b"X\0\0");
     }

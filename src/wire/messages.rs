@@ -10,6 +10,7 @@ use pgwire::messages::startup::{
 };
 
 use super::WireError;
+use super::tag::{error_field, status};
 
 /// Severity of an error the proxy reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +82,8 @@ fn put_notice_with(out: &mut BytesMut, severity: &str, code: &str, message: &str
 /// Appends ReadyForQuery with the given transaction status byte (`I`, `T` or `E`).
 pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
     let status = match status {
-        b'T' => TransactionStatus::Transaction,
-        b'E' => TransactionStatus::Error,
+        status::IN_TRANSACTION => TransactionStatus::Transaction,
+        status::FAILED => TransactionStatus::Error,
         _ => TransactionStatus::Idle,
     };
     encode(&ReadyForQuery::new(status), out);
@@ -183,7 +184,7 @@ pub fn error_code(body: &[u8]) -> Option<[u8; 5]> {
             return None;
         }
         let end = tail.iter().position(|b| *b == 0)?;
-        if kind == b'C' {
+        if kind == error_field::CODE {
             return tail[..end].try_into().ok();
         }
         rest = &tail[end + 1..];
@@ -220,10 +221,12 @@ impl ErrorFields {
                 break;
             };
             match kind {
-                b'V' => value.clone_into(&mut fields.severity),
-                b'S' if fields.severity.is_empty() => value.clone_into(&mut fields.severity),
-                b'C' => value.clone_into(&mut fields.code),
-                b'M' => value.clone_into(&mut fields.message),
+                error_field::SEVERITY_NONLOCALIZED => value.clone_into(&mut fields.severity),
+                error_field::SEVERITY if fields.severity.is_empty() => {
+                    value.clone_into(&mut fields.severity);
+                }
+                error_field::CODE => value.clone_into(&mut fields.code),
+                error_field::MESSAGE => value.clone_into(&mut fields.message),
                 _ => {}
             }
             rest = after;
@@ -246,13 +249,14 @@ impl std::fmt::Display for ErrorFields {
 mod tests {
     use super::*;
     use crate::wire::Frame;
+    use crate::wire::tag::server;
 
     #[test]
     fn error_round_trips_through_the_parser() {
         let bytes = error(Severity::Fatal, "53300", "pool is full");
         let mut buf = BytesMut::from(&bytes[..]);
         let frame = Frame::split(&mut buf, 1024).unwrap().unwrap();
-        assert_eq!(frame.tag, b'E');
+        assert_eq!(frame.tag, server::ERROR_RESPONSE);
         let fields = ErrorFields::parse(&frame.body);
         assert_eq!(fields.code, "53300");
         assert_eq!(fields.severity, "FATAL");

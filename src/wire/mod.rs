@@ -11,6 +11,7 @@ pub mod messages;
 pub mod splice;
 pub mod sqlstate;
 pub mod startup;
+pub mod tag;
 
 pub use error::WireError;
 pub use frame::{Frame, FrameHeader, read_frame};

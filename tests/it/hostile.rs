@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pgsidecar::wire::tag::{client, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -78,14 +79,14 @@ fn plausible_message(rng: &mut Lcg) -> Vec<u8> {
     match rng.below(8) {
         0 | 1 => {
             let sql = QUERIES[rng.below(u32::try_from(QUERIES.len()).unwrap()) as usize];
-            message(b'Q', format!("{sql}\0").as_bytes())
+            message(client::QUERY, format!("{sql}\0").as_bytes())
         }
-        2 => message(b'P', b"s1\0SELECT $1::int\0\0\0"),
-        3 => message(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x0142\0\0"),
-        4 => message(b'E', b"\0\0\0\0\0"),
-        5 => message(b'S', b""),
-        6 => message(b'D', b"Ss1\0"),
-        _ => message(b'C', b"Ss1\0"),
+        2 => message(client::PARSE, b"s1\0SELECT $1::int\0\0\0"),
+        3 => message(client::BIND, b"\0s1\0\0\0\0\x01\0\0\0\x0142\0\0"),
+        4 => message(client::EXECUTE, b"\0\0\0\0\0"),
+        5 => message(client::SYNC, b""),
+        6 => message(client::DESCRIBE, b"Ss1\0"),
+        _ => message(client::CLOSE, b"Ss1\0"),
     }
 }
 
@@ -193,7 +194,7 @@ async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
 fn assert_error(reply: &[u8], code: &str, what: &str) {
     let text = String::from_utf8_lossy(reply);
     assert!(
-        reply.contains(&b'E') && text.contains(code),
+        reply.contains(&server::ERROR_RESPONSE) && text.contains(code),
         "{what}: expected SQLSTATE {code}, got {text:?}"
     );
 }
@@ -309,7 +310,11 @@ async fn protocol_3_2_is_negotiated_down_to_3_0() {
     raw.write_all(&packet).await.unwrap();
     let mut head = [0_u8; 5];
     raw.read_exact(&mut head).await.unwrap();
-    assert_eq!(head[0], b'v', "NegotiateProtocolVersion comes first");
+    assert_eq!(
+        head[0],
+        server::NEGOTIATE_PROTOCOL_VERSION,
+        "NegotiateProtocolVersion comes first"
+    );
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     let mut body = vec![0_u8; len - 4];
     raw.read_exact(&mut body).await.unwrap();
@@ -326,5 +331,5 @@ async fn protocol_3_2_is_negotiated_down_to_3_0() {
         assert!(n > 0, "closed after negotiation");
         seen.extend_from_slice(&chunk[..n]);
     }
-    assert_eq!(seen[0], b'R');
+    assert_eq!(seen[0], server::AUTHENTICATION);
 }

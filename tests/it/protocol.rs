@@ -1,6 +1,7 @@
 //! Simple and extended protocol, pipelining, session settings and message limits.
 
 use futures::future::try_join_all;
+use pgsidecar::wire::tag::server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{fresh_database, overrides, sqlstate, start_proxy, start_proxy_with};
@@ -151,6 +152,6 @@ async fn garbage_after_login_gets_a_protocol_violation() {
     raw.write_all(b"\x01\0\0\0\x04").await.unwrap();
     let mut reply = Vec::new();
     raw.read_to_end(&mut reply).await.unwrap();
-    assert_eq!(reply.first(), Some(&b'E'));
+    assert_eq!(reply.first(), Some(&server::ERROR_RESPONSE));
     assert!(String::from_utf8_lossy(&reply).contains("08P01"));
 }

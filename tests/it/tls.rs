@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pgsidecar::config::Overrides;
+use pgsidecar::wire::tag::{client, server, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 use tokio_postgres::config::SslNegotiation;
@@ -170,7 +171,11 @@ async fn bytes_injected_after_ssl_request_are_refused() {
     raw.write_all(&stuffed).await.unwrap();
     let mut reply = Vec::new();
     raw.read_to_end(&mut reply).await.unwrap();
-    assert_eq!(reply.first(), Some(&b'E'), "got {reply:?}");
+    assert_eq!(
+        reply.first(),
+        Some(&server::ERROR_RESPONSE),
+        "got {reply:?}"
+    );
     let text = String::from_utf8_lossy(&reply);
     assert!(text.contains("08P01"), "{text}");
     assert!(
@@ -410,7 +415,10 @@ async fn raw_tls_session(
     tls.write_all(&packet).await.unwrap();
     tls.flush().await.unwrap();
     let mut seen = Vec::new();
-    while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+    while !seen
+        .windows(6)
+        .any(|w| w == [server::READY_FOR_QUERY, 0, 0, 0, 5, status::IDLE])
+    {
         let mut chunk = [0_u8; 1024];
         let n = tls.read(&mut chunk).await.unwrap();
         assert!(n > 0, "closed during login: {seen:?}");
@@ -440,7 +448,9 @@ async fn tls_connections_end_with_close_notify() {
     let proxy = start_proxy_with(&tls_overrides("require"), None).await;
     // Terminate.
     let mut tls = raw_tls_session(proxy.port, &db, None).await;
-    tls.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+    tls.write_all(&[client::TERMINATE, 0, 0, 0, 4])
+        .await
+        .unwrap();
     tls.flush().await.unwrap();
     assert_eq!(how_it_ends(&mut tls).await.unwrap(), b"");
     // A FATAL in the middle of the session.
@@ -449,7 +459,7 @@ async fn tls_connections_end_with_close_notify() {
     let fatal = how_it_ends(&mut tls)
         .await
         .expect("close_notify after a FATAL");
-    assert_eq!(fatal.first(), Some(&b'E'));
+    assert_eq!(fatal.first(), Some(&server::ERROR_RESPONSE));
     assert!(String::from_utf8_lossy(&fatal).contains("FATAL"));
     // A cancel request over TLS, as libpq 17+ sends it.
     let mut tls = raw_tls_session(proxy.port, &db, Some((1, 2))).await;

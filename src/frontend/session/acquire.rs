@@ -14,6 +14,7 @@ use crate::wire::messages::{
     put_backend_key, put_notice, put_parameter_status, put_ready_for_query,
 };
 use crate::wire::sqlstate;
+use crate::wire::tag::status;
 
 impl Session {
     /// Finishes the login. When the pool has learned what its server reports (any earlier
@@ -66,7 +67,7 @@ impl Session {
     /// key and ReadyForQuery, in one write.
     async fn finish_greeting(&mut self, mut out: BytesMut) -> Result<(), SessionError> {
         put_backend_key(&mut out, self.cancel.pid, self.cancel.secret);
-        put_ready_for_query(&mut out, b'I');
+        put_ready_for_query(&mut out, status::IDLE);
         self.client.send(&out).await?;
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::tls::PgStream;
 use crate::wire::extended::{ParseMessage, TargetMessage, put_empty};
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::put_ready_for_query;
+use crate::wire::tag::{client, server, status, target_kind};
 use crate::wire::{FrameHeader, WireError};
 
 /// Waits for the idle limit of [`Session::wait_for_request`]; its duration.
@@ -64,7 +65,7 @@ impl Session {
             .map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
         loop {
             match FrameHeader::peek(&self.buf, self.config.max_message_size) {
-                Ok(Some(header)) if header.tag == b'X' => return Ok(false),
+                Ok(Some(header)) if header.tag == client::TERMINATE => return Ok(false),
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) => {}
                 Err(e) => return Err(SessionError::ClientProtocol(e)),
@@ -139,7 +140,7 @@ impl Session {
     pub(super) fn has_request(&self) -> bool {
         matches!(
             FrameHeader::peek(&self.buf, self.config.max_message_size),
-            Ok(Some(header)) if header.tag != b'X'
+            Ok(Some(header)) if header.tag != client::TERMINATE
         )
     }
 
@@ -165,7 +166,7 @@ impl Session {
             let body = &self.buf[end + HEADER_LEN..end + header.total_len];
             end += header.total_len;
             match header.tag {
-                b'P' => {
+                client::PARSE => {
                     let parse = ParseMessage::decode(body).map_err(SessionError::ClientProtocol)?;
                     if parse.name.is_empty() || may_have_effects(parse.query()) {
                         return Ok(false);
@@ -176,16 +177,16 @@ impl Session {
                     }
                     local.push(Local::Parsed(parse.name.to_owned(), Arc::new(def)));
                 }
-                b'C' => {
+                client::CLOSE => {
                     let close =
                         TargetMessage::decode(body).map_err(SessionError::ClientProtocol)?;
-                    if close.kind != b'S' || close.name.is_empty() {
+                    if close.kind != target_kind::STATEMENT || close.name.is_empty() {
                         return Ok(false);
                     }
                     local.push(Local::Closed(close.name.to_owned()));
                 }
-                b'H' => {}
-                b'S' if !local.is_empty() => break,
+                client::FLUSH => {}
+                client::SYNC if !local.is_empty() => break,
                 _ => return Ok(false),
             }
         }
@@ -194,15 +195,15 @@ impl Session {
             match done {
                 Local::Parsed(name, def) => {
                     self.statements.insert(&name, def);
-                    put_empty(&mut out, b'1');
+                    put_empty(&mut out, server::PARSE_COMPLETE);
                 }
                 Local::Closed(name) => {
                     self.statements.remove(&name);
-                    put_empty(&mut out, b'3');
+                    put_empty(&mut out, server::CLOSE_COMPLETE);
                 }
             }
         }
-        put_ready_for_query(&mut out, b'I');
+        put_ready_for_query(&mut out, status::IDLE);
         self.buf.advance(end);
         self.client.send(&out).await?;
         Ok(true)

@@ -15,6 +15,7 @@ use crate::wire::extended::{ParseMessage, TargetMessage, put_command_complete, p
 use crate::wire::frame::HEADER_LEN;
 use crate::wire::messages::{Severity, put_error, put_ready_for_query, take_cstr};
 use crate::wire::sqlstate;
+use crate::wire::tag::{client, server, status, target_kind};
 
 /// A batch made of nothing but subscriptions, in one of the two shapes drivers send them.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,14 +41,14 @@ fn subscription_batch(buf: &[u8], limit: usize) -> Option<SubscriptionBatch> {
     let (tag, body) = next()?;
     // Screened on the raw bytes first: every other query costs a few comparisons.
     let text = match tag {
-        b'Q' => body,
-        b'P' => body.strip_prefix(&[0])?,
+        client::QUERY => body,
+        client::PARSE => body.strip_prefix(&[0])?,
         _ => return None,
     };
     if !may_subscribe(text) {
         return None;
     }
-    if tag == b'Q' {
+    if tag == client::QUERY {
         let statements = subscriptions(take_cstr(body).ok()?.0)?;
         return Some(SubscriptionBatch {
             statements,
@@ -62,23 +63,23 @@ fn subscription_batch(buf: &[u8], limit: usize) -> Option<SubscriptionBatch> {
     }
     let (tag, body) = next()?;
     // Bind of the unnamed portal to the unnamed statement.
-    if tag != b'B' || !body.starts_with(&[0, 0]) {
+    if tag != client::BIND || !body.starts_with(&[0, 0]) {
         return None;
     }
     let (mut tag, mut body) = next()?;
-    let described = tag == b'D';
+    let described = tag == client::DESCRIBE;
     if described {
         let describe = TargetMessage::decode(body).ok()?;
-        if describe.kind != b'P' || !describe.name.is_empty() {
+        if describe.kind != target_kind::PORTAL || !describe.name.is_empty() {
             return None;
         }
         (tag, body) = next()?;
     }
-    if tag != b'E' || body.first() != Some(&0) {
+    if tag != client::EXECUTE || body.first() != Some(&0) {
         return None;
     }
     let (tag, _) = next()?;
-    (tag == b'S').then_some(SubscriptionBatch {
+    (tag == client::SYNC).then_some(SubscriptionBatch {
         statements,
         extended: Some(described),
         len: at,
@@ -104,11 +105,11 @@ impl Session {
         };
         let mut out = BytesMut::new();
         if batch.extended.is_some() {
-            put_empty(&mut out, b'1');
-            put_empty(&mut out, b'2');
+            put_empty(&mut out, server::PARSE_COMPLETE);
+            put_empty(&mut out, server::BIND_COMPLETE);
         }
         if batch.extended == Some(true) {
-            put_empty(&mut out, b'n');
+            put_empty(&mut out, server::NO_DATA);
         }
         for statement in &batch.statements {
             match self.subscribe(statement).await {
@@ -126,7 +127,7 @@ impl Session {
                 }
             }
         }
-        put_ready_for_query(&mut out, b'I');
+        put_ready_for_query(&mut out, status::IDLE);
         self.buf.advance(batch.len);
         self.client.send(&out).await?;
         Ok(())
@@ -203,7 +204,7 @@ mod tests {
     #[test]
     fn a_simple_query_of_subscriptions_is_served_by_the_sidecar() {
         let mut buf = BytesMut::new();
-        message(&mut buf, b'Q', b"LISTEN a; UNLISTEN b\0");
+        message(&mut buf, client::QUERY, b"LISTEN a; UNLISTEN b\0");
         let batch = subscription_batch(&buf, 1 << 20).unwrap();
         assert_eq!(batch.statements.len(), 2);
         assert_eq!(batch.extended, None);
@@ -213,11 +214,11 @@ mod tests {
     #[test]
     fn an_unnamed_extended_listen_is_served_by_the_sidecar() {
         let mut buf = BytesMut::new();
-        message(&mut buf, b'P', b"\0LISTEN a\0\0\0");
-        message(&mut buf, b'B', b"\0\0\0\0\0\0\0\0");
-        message(&mut buf, b'D', b"P\0");
-        message(&mut buf, b'E', b"\0\0\0\0\0");
-        message(&mut buf, b'S', b"");
+        message(&mut buf, client::PARSE, b"\0LISTEN a\0\0\0");
+        message(&mut buf, client::BIND, b"\0\0\0\0\0\0\0\0");
+        message(&mut buf, client::DESCRIBE, b"P\0");
+        message(&mut buf, client::EXECUTE, b"\0\0\0\0\0");
+        message(&mut buf, client::SYNC, b"");
         let batch = subscription_batch(&buf, 1 << 20).unwrap();
         assert_eq!(batch.statements, [Subscription::Listen("a".into())]);
         assert_eq!(batch.extended, Some(true));
@@ -226,15 +227,15 @@ mod tests {
     #[test]
     fn anything_else_goes_its_usual_way() {
         let mut named = BytesMut::new();
-        message(&mut named, b'P', b"s1\0LISTEN a\0\0\0");
-        message(&mut named, b'S', b"");
+        message(&mut named, client::PARSE, b"s1\0LISTEN a\0\0\0");
+        message(&mut named, client::SYNC, b"");
         assert_eq!(subscription_batch(&named, 1 << 20), None);
         let mut mixed = BytesMut::new();
-        message(&mut mixed, b'Q', b"LISTEN a; SELECT 1\0");
+        message(&mut mixed, client::QUERY, b"LISTEN a; SELECT 1\0");
         assert_eq!(subscription_batch(&mixed, 1 << 20), None);
         let mut unfinished = BytesMut::new();
-        message(&mut unfinished, b'P', b"\0LISTEN a\0\0\0");
-        message(&mut unfinished, b'B', b"\0\0\0\0\0\0\0\0");
+        message(&mut unfinished, client::PARSE, b"\0LISTEN a\0\0\0");
+        message(&mut unfinished, client::BIND, b"\0\0\0\0\0\0\0\0");
         assert_eq!(subscription_batch(&unfinished, 1 << 20), None);
     }
 }

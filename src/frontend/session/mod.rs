@@ -33,6 +33,7 @@ use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::{FinishedQuery, SessionFacts};
 use crate::tls::PgStream;
 use crate::wire::messages::{Severity, error, parse_parameter_status};
+use crate::wire::tag::status;
 use crate::wire::{WireError, sqlstate};
 use opentelemetry::KeyValue;
 pub use timeouts::Timeout;
@@ -452,7 +453,7 @@ impl Session {
                 let metrics = self.pool.metrics();
                 let server = cycle.server_time();
                 metrics.query(server, cycle.sqlstate());
-                if cycle.status == b'I' {
+                if cycle.status == status::IDLE {
                     metrics.transaction();
                 }
                 if let Some(tracer) = &self.ctx.telemetry.tracer {

@@ -11,6 +11,7 @@ use crate::frontend::sql::declares_read_only;
 use crate::wire::FrameHeader;
 use crate::wire::extended::ParseMessage;
 use crate::wire::frame::HEADER_LEN;
+use crate::wire::tag::client;
 
 /// The SQL that starts the client's next transaction: the first simple Query or Parse among
 /// its pending messages, past the Close, Sync and Flush messages that drivers pipeline ahead of
@@ -20,13 +21,13 @@ fn first_statement(mut buf: &[u8], limit: usize) -> Option<&str> {
         let header = FrameHeader::peek(buf, limit).ok()??;
         let body = &buf[HEADER_LEN..header.total_len];
         match header.tag {
-            b'Q' => {
+            client::QUERY => {
                 return crate::wire::messages::take_cstr(body)
                     .ok()
                     .map(|(sql, _)| sql);
             }
-            b'P' => return ParseMessage::decode(body).ok().map(|parse| parse.query()),
-            b'C' | b'S' | b'H' => buf = &buf[header.total_len..],
+            client::PARSE => return ParseMessage::decode(body).ok().map(|parse| parse.query()),
+            client::CLOSE | client::SYNC | client::FLUSH => buf = &buf[header.total_len..],
             _ => return None,
         }
     }
@@ -96,19 +97,19 @@ mod tests {
 
     #[test]
     fn the_first_statement_is_read_from_a_query_or_a_parse() {
-        let query = message(b'Q', b"BEGIN READ ONLY\0");
+        let query = message(client::QUERY, b"BEGIN READ ONLY\0");
         assert_eq!(first_statement(&query, 1 << 20), Some("BEGIN READ ONLY"));
-        let parse = message(b'P', b"s1\0SELECT 1\0\0\0");
+        let parse = message(client::PARSE, b"s1\0SELECT 1\0\0\0");
         assert_eq!(first_statement(&parse, 1 << 20), Some("SELECT 1"));
-        let mut pipelined = message(b'C', b"Ss2\0");
-        pipelined.extend_from_slice(&message(b'S', b""));
+        let mut pipelined = message(client::CLOSE, b"Ss2\0");
+        pipelined.extend_from_slice(&message(client::SYNC, b""));
         pipelined.extend_from_slice(&query);
         assert_eq!(
             first_statement(&pipelined, 1 << 20),
             Some("BEGIN READ ONLY"),
             "a Close and Sync ahead of the transaction start nothing"
         );
-        let bind = message(b'B', b"\0s2\0\0\0\0\0\0\0");
+        let bind = message(client::BIND, b"\0s2\0\0\0\0\0\0\0");
         assert_eq!(first_statement(&bind, 1 << 20), None);
     }
 }
