@@ -13,7 +13,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::config::{AuthMethod, Config, Overrides};
-use crate::frontend::Proxy;
+use crate::proxy::Proxy;
 
 /// Why the local cluster or the dev proxy could not run.
 #[derive(Debug, Error)]

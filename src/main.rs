@@ -10,9 +10,9 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 mod cli;
-use pgsidecar::admin::AdminServer;
 use pgsidecar::config::{Config, ConfigSource, Overrides};
-use pgsidecar::frontend::{Proxy, ProxyContext};
+use pgsidecar::context::ProxyContext;
+use pgsidecar::proxy::Proxy;
 use tokio::sync::watch;
 
 /// Exit status for a configuration the proxy refuses to start with.
@@ -368,22 +368,10 @@ async fn run_proxy(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     ctx.keep_source(source);
     reload_on_sighup(Arc::clone(&ctx));
-    let admin_stop = watch::Sender::new(false);
-    if let Some(addr) = config.admin_listen {
-        let admin = AdminServer::bind(addr, proxy.context())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
-        tracing::info!(admin = %admin.local_addr()?, "admin endpoints ready");
-        // The admin endpoints outlive the drain: /readyz reports it, /v1/status follows it.
-        let admin_shutdown = admin_stop.subscribe();
-        tokio::spawn(async move {
-            if let Err(e) = admin.run(admin_shutdown).await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        });
+    if let Some(admin) = proxy.admin_addr()? {
+        tracing::info!(%admin, "admin endpoints ready");
     }
     proxy.run(shutdown).await;
-    let _ = admin_stop.send(true);
     // The exporter flushes with blocking calls.
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(tracer) = &ctx.telemetry.tracer {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 
 use crate::backend::{HostState, ServerPool};
-use crate::frontend::ProxyContext;
+use crate::context::ProxyContext;
 use crate::gate::{DEFAULT_MAX_HOLD, DEFAULT_PAUSE_DEADLINE, PauseError, PauseOptions, Scope};
 use crate::tls::PgStream;
 use crate::wire::extended::{put_command_complete, put_empty};

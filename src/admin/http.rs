@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::parse_duration;
-use crate::frontend::ProxyContext;
+use crate::context::ProxyContext;
 use crate::gate::{
     DEFAULT_MAX_HOLD, DEFAULT_PAUSE_DEADLINE, GateStatus, PauseError, PauseOptions, Scope,
 };

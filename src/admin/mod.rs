@@ -7,3 +7,6 @@ pub mod console;
 mod http;
 
 pub use http::{AdminServer, Status};
+
+/// The virtual database that opens the admin console instead of a pool.
+pub const ADMIN_DATABASE: &str = "pgsidecar";

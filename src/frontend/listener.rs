@@ -4,43 +4,22 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::cancel::ClientInfo;
 use super::login::{Admission, LoginError, admission, authenticate};
 use super::negotiate::negotiate;
 use super::params::ClientParams;
 use super::session::Session;
-use super::{ADMIN_DATABASE, ProxyContext};
-use crate::admin::console;
+use crate::admin::{ADMIN_DATABASE, console};
 use crate::auth::ScramKeys;
 use crate::backend::{Intent, PoolKey, ServerPool};
-use crate::config::Config;
-use crate::gate::fleet::{FleetSettings, FleetSide, run_member};
-use crate::health;
-use crate::telemetry::TracingError;
+use crate::context::{ClientInfo, ProxyContext};
 use crate::tls::{ClientTlsMode, PgStream};
 use crate::wire::sqlstate;
 use crate::wire::startup::StartupRequest;
-
-/// Why the proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The client listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The configured address.
-        addr: SocketAddr,
-        /// The bind error.
-        source: std::io::Error,
-    },
-    /// The OTLP exporter could not be set up.
-    #[error(transparent)]
-    Tracing(#[from] TracingError),
-}
 
 /// Counts a logged-in client in its pool's metrics while it lives.
 struct PoolClient(Arc<ServerPool>);
@@ -58,13 +37,6 @@ impl Drop for PoolClient {
     }
 }
 
-/// A bound, not yet running proxy.
-pub struct Proxy {
-    ctx: Arc<ProxyContext>,
-    /// `listen` first, then the extra listeners; the index selects the TLS policy.
-    listeners: Vec<TcpListener>,
-}
-
 /// Counts a client connection for `max_client_conn` while it lives.
 struct ClientCount(Arc<ProxyContext>);
 
@@ -74,145 +46,10 @@ impl Drop for ClientCount {
     }
 }
 
-impl Proxy {
-    /// Binds the client listeners.
-    ///
-    /// # Errors
-    /// The bind error, e.g. the address is in use.
-    pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let mut listeners = Vec::new();
-        for addr in config.listen_addresses() {
-            listeners.push(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Listen { addr, source })?,
-            );
-        }
-        Ok(Self {
-            ctx: ProxyContext::new(config)?,
-            listeners,
-        })
-    }
-
-    /// The address clients connect to (useful when configured with port 0).
-    ///
-    /// # Errors
-    /// The socket's error.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners[0].local_addr()
-    }
-
-    /// Every listener's address, `listen` first.
-    ///
-    /// # Errors
-    /// The socket's error.
-    pub fn local_addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
-        self.listeners.iter().map(TcpListener::local_addr).collect()
-    }
-
-    /// The shared context, for the admin side.
-    #[must_use]
-    pub fn context(&self) -> Arc<ProxyContext> {
-        Arc::clone(&self.ctx)
-    }
-
-    /// Accepts clients until `shutdown` turns true or the gate starts draining; then drains:
-    /// no new connections, each session ends at its next transaction boundary, and those left
-    /// at the drain deadline are closed (their transactions roll back). Returns when no
-    /// session is left.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut member = None;
-        if let Some(fleet) = &self.ctx.config().fleet {
-            let side: Arc<dyn FleetSide> = Arc::clone(&self.ctx) as _;
-            member = Some(run_member(
-                Arc::clone(&self.ctx.gate),
-                side,
-                FleetSettings {
-                    control_url: fleet.url.clone(),
-                    id: fleet.id.clone(),
-                    host: fleet.host.clone(),
-                    heartbeat: fleet.heartbeat,
-                    control_role: fleet.control_role.clone(),
-                    max_pause_hold: self.ctx.config().control.max_pause_hold,
-                    max_pause_deadline: self.ctx.config().control.max_pause_deadline,
-                    schema_version: self.ctx.config().schema_version,
-                },
-            ));
-            if !fleet.health_interval.is_zero() {
-                let metrics = Arc::clone(&self.ctx.telemetry.metrics);
-                let checks = health::monitor::spawn(
-                    fleet.url.clone(),
-                    fleet.health_interval,
-                    move |checks| {
-                        for check in checks {
-                            metrics.health(check.name, check.status.as_metric(), check.value);
-                        }
-                    },
-                );
-                let gate = Arc::clone(&self.ctx.gate);
-                tokio::spawn(async move {
-                    gate.drain_started().await;
-                    checks.abort();
-                });
-            }
-        }
-        let (stop_accepting, stop) = watch::channel(false);
-        let mut accepting = tokio::task::JoinSet::new();
-        for (index, listener) in self.listeners.into_iter().enumerate() {
-            accepting.spawn(accept_clients(
-                Arc::clone(&self.ctx),
-                listener,
-                index,
-                stop.clone(),
-            ));
-        }
-        loop {
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        break;
-                    }
-                }
-                () = self.ctx.gate.drain_started() => break,
-            }
-        }
-        let _ = stop_accepting.send(true);
-        while accepting.join_next().await.is_some() {}
-        self.ctx
-            .gate
-            .drain(Instant::now() + self.ctx.config().drain_timeout);
-        // Idle sessions wait on their own wake-up only, not on the gate: wake them to leave.
-        self.ctx.nudge_all();
-        let deadline = self.ctx.gate.drain_deadline().unwrap_or_else(Instant::now);
-        tracing::info!(
-            clients = self.ctx.clients.load(Ordering::Relaxed),
-            "draining: no new connections; sessions end at their next transaction boundary"
-        );
-        if !wait_for_sessions(&self.ctx, deadline).await {
-            let left = self.ctx.clients.load(Ordering::Relaxed);
-            tracing::warn!(
-                left,
-                "drain deadline reached: closing the remaining sessions"
-            );
-            self.ctx.abort_all("pgsidecar's drain deadline was reached");
-            wait_for_sessions(&self.ctx, Instant::now() + ABORT_GRACE).await;
-        }
-        self.ctx.pools.close_all().await;
-        // The member leaves the fleet registry when the drain starts; the process must not end
-        // before it has, or the registry lists a gone sidecar as live until its heartbeat is
-        // stale (and `migrate complete` waits for it).
-        if let Some(member) = member
-            && tokio::time::timeout(DEREGISTER_GRACE, member)
-                .await
-                .is_err()
-        {
-            tracing::warn!("leaving the fleet registry took too long; its row goes stale instead");
-        }
-    }
-}
-
-/// Accepts clients on one listener until told to stop; the listener closes when this returns.
-async fn accept_clients(
+/// Accepts clients on one listener until told to stop, each in a task of its own; the listener
+/// closes when this returns. `index` is the listener's place in the configuration (`listen`
+/// first), which selects its TLS policy.
+pub async fn accept_clients(
     ctx: Arc<ProxyContext>,
     listener: TcpListener,
     index: usize,
@@ -237,23 +74,6 @@ async fn accept_clients(
 
 /// How long a refused connection is kept to let the client read why.
 const CLOSE_LINGER: Duration = Duration::from_millis(250);
-
-/// How long the fleet member gets to leave the registry once sessions are gone.
-const DEREGISTER_GRACE: Duration = Duration::from_secs(5);
-
-/// How long sessions that were told to end get to close before the pools are closed under them.
-const ABORT_GRACE: Duration = Duration::from_secs(2);
-
-/// Waits until no client is connected; false if `deadline` came first.
-async fn wait_for_sessions(ctx: &ProxyContext, deadline: Instant) -> bool {
-    while ctx.clients.load(Ordering::Relaxed) > 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
 
 async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, listener: usize) {
     let _ = tcp.set_nodelay(true);

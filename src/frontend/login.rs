@@ -7,7 +7,6 @@ use bytes::{Bytes, BytesMut};
 use pgwire::messages::startup::Authentication;
 use rand::RngExt;
 
-use super::ProxyContext;
 use super::params::ClientParams;
 use super::secrets::lookup_secret;
 use crate::auth::{
@@ -15,6 +14,7 @@ use crate::auth::{
     ScramVerifier, Secret,
 };
 use crate::config::AuthMethod;
+use crate::context::ProxyContext;
 use crate::tls::{ClientTlsMode, PgStream};
 use crate::wire::messages::{
     Severity, error, put_authentication, put_negotiate_protocol, take_cstr,

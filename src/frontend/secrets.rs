@@ -2,10 +2,10 @@
 //! users the file does not list, the upstream itself through `auth_query`, run as `auth_user`
 //! on that user's pool so that users need not be duplicated in the sidecar's configuration.
 
-use super::ProxyContext;
 use super::login::LoginError;
 use crate::auth::Secret;
 use crate::backend::{AcquireError, BackendError, PoolKey};
+use crate::context::ProxyContext;
 use crate::wire::sqlstate;
 
 /// The stored secret of `user` for a login to `database`; `None` when the user is unknown or

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use pgsidecar::frontend::ProxyContext;
+use pgsidecar::context::ProxyContext;
 
 use crate::support::otlp::{Collector, attribute};
 use crate::support::{

@@ -14,8 +14,6 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::ProxyContext;
-use super::cancel::CancelSlot;
 use super::cycles::CycleLog;
 use super::params::ClientParams;
 use super::passthrough::remaining_of_large_message;
@@ -29,6 +27,8 @@ use crate::backend::{
     AcquireError, BackendError, ChannelHub, Checkout, MAILBOX_SIZE, Mailbox, ServerConn, ServerPool,
 };
 use crate::config::{Config, PoolMode, SessionTimeouts};
+use crate::context::CancelSlot;
+use crate::context::ProxyContext;
 use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::{FinishedQuery, SessionFacts};
 use crate::tls::PgStream;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pgsidecar::config::{Config, ConfigSource, Overrides};
 use pgsidecar::dev::{LocalCluster, free_port};
-use pgsidecar::frontend::Proxy;
 use pgsidecar::pgbin::pg_bindir;
+use pgsidecar::proxy::Proxy;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
@@ -176,7 +176,7 @@ pub struct TestProxy {
     /// The ports of `[[listeners]]`, in order.
     pub extra_ports: Vec<u16>,
     /// The proxy's shared state, for the admin side.
-    pub ctx: std::sync::Arc<pgsidecar::frontend::ProxyContext>,
+    pub ctx: std::sync::Arc<pgsidecar::context::ProxyContext>,
     /// The configuration file it was started with, which a reload reads again.
     pub config_path: Option<std::path::PathBuf>,
     _shutdown: watch::Sender<bool>,
