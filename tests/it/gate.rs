@@ -411,17 +411,12 @@ async fn pool_status(admin_port: u16) -> Option<serde_json::Value> {
     status["pools"].get(0).cloned()
 }
 
-/// Waits until the pool's status satisfies `done`, or panics after ten seconds.
+/// Waits until the pool's status satisfies `done`.
 async fn wait_for_pool(admin_port: u16, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let mut last = None;
-    for _ in 0..200 {
-        last = pool_status(admin_port).await;
-        if last.as_ref().is_some_and(&done) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the pool never reached {what}: {last:?}");
+    wait_until(what, async || {
+        pool_status(admin_port).await.as_ref().is_some_and(&done)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use pgsidecar::health::{self, Status, Thresholds};
 
 use crate::support::{
-    connect, direct, fresh_database, leave_invalid_index, overrides, start_proxy_with,
+    connect, direct, fresh_database, leave_invalid_index, overrides, start_proxy_with, wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +31,22 @@ async fn lock_waits_long_transactions_and_invalid_indexes_are_reported() {
         .unwrap();
     let waiting =
         tokio::spawn(async move { waiter.simple_query("SELECT count(*) FROM queue").await });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The checks below flag waits and transactions older than 1 s.
+    wait_until(
+        "the waiter waits on the lock for more than a second",
+        async || {
+            let row = setup
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'waiter-app' \
+                 AND wait_event_type = 'Lock' AND now() - query_start > interval '1100 ms'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0) == 1
+        },
+    )
+    .await;
 
     let thresholds = Thresholds {
         lock_wait: (Duration::from_secs(1), Duration::from_secs(60)),
@@ -84,7 +99,11 @@ async fn a_saturated_sidecar_pool_is_critical() {
         let client = connect(&url).await.unwrap();
         client.simple_query("SELECT 1").await.map(|_| ())
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(
+        "the second client queues for the only connection",
+        async || proxy.ctx.pools.all().iter().any(|p| p.usage().waiting > 0),
+    )
+    .await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
         .args(["health", "--json", "--admin", &admin.addr.to_string()])
         .args(["--database-url", &crate::support::cluster().url(&db)])

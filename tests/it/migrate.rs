@@ -12,7 +12,9 @@ use pgsidecar::migrate::{
 };
 
 use crate::gate::{ledger, stop_writers, writers};
-use crate::support::{ProxyProcess, cluster, direct, fresh_database, leave_invalid_index};
+use crate::support::{
+    ProxyProcess, cluster, direct, fresh_database, leave_invalid_index, wait_until,
+};
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
@@ -67,6 +69,15 @@ async fn migrator(db: &str, dir: &Dir) -> Migrator {
 
 async fn count(db: &str, sql: &str) -> i64 {
     direct(db).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Lets the writers commit `more` rows through the sidecars.
+async fn let_writers_commit(db: &str, more: i64) {
+    let start = ledger(db).await;
+    wait_until("the writers commit through the sidecars", async || {
+        ledger(db).await >= start + more
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +238,33 @@ async fn a_lock_timeout_is_retried_until_the_holder_lets_go() {
     };
     let m = migrator(&db, &dir).await;
     let apply = tokio::spawn(async move { m.apply(&options).await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A retry is a new attempt at the lock: a waiting ALTER whose statement started later than
+    // the first one seen.
+    let watcher = direct(&db).await;
+    let attempt = async || -> Option<f64> {
+        watcher
+            .query_opt(
+                "SELECT extract(epoch FROM query_start)::float8 FROM pg_stat_activity \
+                 WHERE query LIKE 'ALTER TABLE busy%' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0))
+    };
+    let mut first = None;
+    wait_until(
+        "the migration waits for the lock a second time",
+        async || match (first, attempt().await) {
+            (None, now) => {
+                first = now;
+                false
+            }
+            (Some(first), Some(now)) => now > first,
+            (Some(_), None) => false,
+        },
+    )
+    .await;
     holder.batch_execute("COMMIT").await.unwrap();
     let report = apply.await.unwrap().unwrap();
     assert!(report.applied[0].lock_retries >= 1, "{report:?}");
@@ -369,7 +406,7 @@ async fn a_blocking_step_under_live_traffic_pauses_the_fleet_and_no_client_errs(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = writers(clients, &stop);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let_writers_commit(&db, 20).await;
     let dir = Dir::new(&[(
         "0001_rewrite.sql",
         "-- pgsidecar:blocking reason=\"the ledger is small; the rewrite takes milliseconds\"\n\
@@ -415,7 +452,7 @@ async fn a_blocking_step_under_live_traffic_pauses_the_fleet_and_no_client_errs(
         "blocking step behind a fleet pause: {:.3} s in all, fleet paused {:.3} s",
         applied.seconds, applied.paused_seconds
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let_writers_commit(&db, 20).await;
     let committed = stop_writers(tasks, &stop).await;
     assert_eq!(ledger(&db).await, i64::try_from(committed).unwrap());
     assert_eq!(

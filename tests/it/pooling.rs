@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 
-use crate::support::{direct, fresh_database, overrides, sqlstate, start_proxy, start_proxy_with};
+use crate::support::{
+    direct, fresh_database, overrides, sqlstate, start_proxy, start_proxy_with, wait_until,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_clients_share_five_server_connections() {
@@ -122,7 +124,18 @@ async fn session_mode_resets_state_before_reuse() {
         .unwrap()
         .get(0);
     drop(first);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(
+        "the server connection is reset and back in the pool",
+        async || {
+            proxy
+                .ctx
+                .pools
+                .all()
+                .iter()
+                .any(|p| p.usage().available > 0)
+        },
+    )
+    .await;
     let second = proxy.connect(&db).await.unwrap();
     let row = second
         .query_one(

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::support::{connect, fresh_database, sqlstate, start_proxy};
+use crate::support::{connect, direct, fresh_database, sqlstate, start_proxy, wait_until};
 
 async fn setting(client: &tokio_postgres::Client, name: &str) -> String {
     client
@@ -189,7 +189,21 @@ async fn pinned_client_leaving_leaves_nothing_behind() {
         .await
         .unwrap();
     drop(locker);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let watcher = direct(&db).await;
+    wait_until(
+        "the advisory lock of the client that left is released",
+        async || {
+            let row = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 77",
+                    &[],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0) == 0
+        },
+    )
+    .await;
     let next = proxy.connect(&db).await.unwrap();
     let row = next
         .query_one(
