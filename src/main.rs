@@ -152,6 +152,9 @@ struct ProxyArgs {
     /// Largest client message (e.g. 64MiB).
     #[arg(long, env = "PGSIDECAR_MAX_MESSAGE_SIZE")]
     max_message_size: Option<String>,
+    /// Threads that run the proxy (1 = one thread, as PgBouncer; more for a saturated core).
+    #[arg(long, env = "PGSIDECAR_THREADS")]
+    threads: Option<String>,
     /// On SIGTERM, how long sessions get to finish their transaction (e.g. 30s).
     #[arg(long, env = "PGSIDECAR_DRAIN_TIMEOUT")]
     drain_timeout: Option<String>,
@@ -257,6 +260,7 @@ impl ProxyArgs {
             client_login_timeout: self.client_login_timeout,
             max_client_conn: self.max_client_conn,
             max_message_size: self.max_message_size,
+            threads: self.threads,
             drain_timeout: self.drain_timeout,
             schema_version: self.schema_version,
             fleet_url: self.fleet_url,
@@ -382,64 +386,91 @@ async fn run_proxy(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+/// The runtime the proxy runs on: one thread (tokio's current-thread scheduler, no cross-thread
+/// wake-ups) or `threads` work-stealing workers.
+fn proxy_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
+/// Runs the proxy on the runtime its configuration asks for.
+fn proxy_main(args: ProxyArgs) -> ExitCode {
+    let source = args.source();
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("pgsidecar: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match proxy_runtime(config.threads) {
+        Ok(runtime) => exit_code(runtime.block_on(run_proxy(config, source))),
         Err(e) => {
             eprintln!("pgsidecar: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let result = match cli.command {
-        Command::Proxy(args) => {
-            let source = args.source();
-            match source.load() {
-                Ok(config) => runtime.block_on(run_proxy(config, source)),
-                Err(e) => {
-                    eprintln!("pgsidecar: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            }
-        }
-        Command::Dev(args) => {
-            init_logging(None);
-            runtime
-                .block_on(pgsidecar::dev::run(
-                    &args.dir,
-                    &args.listen,
-                    shutdown_on_signal,
-                ))
-                .map_err(anyhow::Error::from)
-        }
-        Command::Passwd {
-            password,
-            user,
-            md5,
-        } => passwd(password, user.as_deref(), md5),
-        Command::Gate(args) => {
-            return runtime.block_on(cli::gate::run(args));
-        }
-        Command::Health(args) => {
-            return runtime.block_on(cli::health::run(*args));
-        }
-        Command::Backup(args) => {
-            init_logging(None);
-            return runtime.block_on(cli::backup::run(args));
-        }
-        Command::Migrate(args) => {
-            init_logging(None);
-            return runtime.block_on(cli::migrate::run(args));
-        }
-    };
+    }
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgsidecar: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a tool subcommand (migrations, backups, checks) to completion on tokio's default
+/// runtime.
+fn run_tool(tool: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(tool),
+        Err(e) => {
+            eprintln!("pgsidecar: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy(args) => proxy_main(*args),
+        Command::Passwd {
+            password,
+            user,
+            md5,
+        } => exit_code(passwd(password, user.as_deref(), md5)),
+        Command::Dev(args) => {
+            init_logging(None);
+            run_tool(async move {
+                exit_code(
+                    pgsidecar::dev::run(&args.dir, &args.listen, shutdown_on_signal)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            })
+        }
+        Command::Gate(args) => run_tool(cli::gate::run(args)),
+        Command::Health(args) => run_tool(cli::health::run(*args)),
+        Command::Backup(args) => {
+            init_logging(None);
+            run_tool(cli::backup::run(args))
+        }
+        Command::Migrate(args) => {
+            init_logging(None);
+            run_tool(cli::migrate::run(args))
         }
     }
 }

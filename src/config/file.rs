@@ -57,6 +57,7 @@ pub(super) struct FileConfig {
     max_client_conn: Option<Scalar>,
     max_user_connections: Option<Scalar>,
     max_message_size: Option<Scalar>,
+    threads: Option<Scalar>,
     drain_timeout: Option<Scalar>,
     schema_version: Option<Scalar>,
     fleet_url: Option<Scalar>,
@@ -119,6 +120,7 @@ pub struct Overrides {
     pub client_login_timeout: Option<String>,
     pub max_client_conn: Option<String>,
     pub max_message_size: Option<String>,
+    pub threads: Option<String>,
     pub drain_timeout: Option<String>,
     pub schema_version: Option<String>,
     pub fleet_url: Option<String>,
@@ -176,6 +178,7 @@ impl Overrides {
             ("client_login_timeout", &self.client_login_timeout),
             ("max_client_conn", &self.max_client_conn),
             ("max_message_size", &self.max_message_size),
+            ("threads", &self.threads),
             ("drain_timeout", &self.drain_timeout),
             ("schema_version", &self.schema_version),
             ("health_interval", &self.health_interval),
@@ -248,6 +251,7 @@ impl Overrides {
             self.max_user_connections.as_ref(),
         );
         set(&mut file.max_message_size, self.max_message_size.as_ref());
+        set(&mut file.threads, self.threads.as_ref());
         set(&mut file.drain_timeout, self.drain_timeout.as_ref());
         set(&mut file.schema_version, self.schema_version.as_ref());
         set(&mut file.fleet_url, self.fleet_url.as_ref());
@@ -408,6 +412,7 @@ impl FileConfig {
             max_client_conn,
             max_user_connections,
             max_message_size,
+            threads: field("threads", self.threads.as_ref(), 1, ranged(1, 256))?,
         })
     }
 }
@@ -705,6 +710,19 @@ mod tests {
         assert!(err.to_string().contains("pool_sise"), "{err}");
         let err = load_str("auth = \"trust\"\n", &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("`upstream`"), "{err}");
+    }
+
+    #[test]
+    fn one_thread_unless_asked_for_more() {
+        let config = load_str(BASE, &Overrides::default()).unwrap();
+        assert_eq!(config.threads, 1);
+        let more = Overrides {
+            threads: Some("4".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(load_str(BASE, &more).unwrap().threads, 4);
+        let err = load_str(&format!("{BASE}threads = 0\n"), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
     }
 
     #[test]

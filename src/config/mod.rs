@@ -382,6 +382,10 @@ pub struct Config {
     pub max_user_connections: Option<usize>,
     /// Largest client message accepted, in bytes.
     pub max_message_size: usize,
+    /// Threads that run the proxy. One (the default) runs everything on one thread, as
+    /// PgBouncer does, with no cross-thread wake-ups: the least CPU per transaction. More spread
+    /// sessions over that many worker threads, for a proxy whose one core is saturated.
+    pub threads: usize,
     /// On SIGTERM (or a drain request), how long sessions get to reach a transaction boundary.
     pub drain_timeout: Duration,
     /// Fleet membership, when `fleet_url` is set.

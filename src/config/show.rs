@@ -123,6 +123,7 @@ impl Config {
                 self.max_user_connections.unwrap_or(0).to_string(),
             ),
             ("max_message_size", self.max_message_size.to_string()),
+            ("threads", self.threads.to_string()),
             ("drain_timeout", duration(self.drain_timeout)),
             (
                 "schema_version",

@@ -102,6 +102,7 @@ impl ProxyContext {
                 old.listen_addresses() != config.listen_addresses(),
             ),
             ("admin_listen", old.admin_listen != config.admin_listen),
+            ("threads", old.threads != config.threads),
             ("telemetry", old.telemetry != config.telemetry),
         ] {
             if changed {
