@@ -1,15 +1,16 @@
 //! What a span says about a statement (its name, operation, table, summary and sanitised text),
-//! worked out once per distinct statement text and shared by every span of it: an application
-//! that sends its values as parameters runs the same few hundred texts over and over. A text with
-//! literals in it is usually one execution's own and is described afresh, never remembered (a
-//! cache of such texts only churns).
+//! worked out once per distinct statement and shared by every span of it. An application that
+//! sends its values as parameters runs the same few hundred texts over and over: those are
+//! remembered by their text, and a repeat costs one lookup. A text with literals in it is
+//! usually one execution's own (a cache of such texts only churns), but its sanitised text is
+//! not: those are remembered by the sanitised text, so a repeat costs the sanitising only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use opentelemetry::{KeyValue, StringValue};
 
-use super::sql_text::shape;
+use super::sql_text::{QueryShape, shape};
 
 /// Distinct statements remembered; beyond this the memory starts over.
 const STATEMENTS_MAX: usize = 2048;
@@ -35,8 +36,11 @@ impl StatementFacts {
     /// Works out the facts of `sql`.
     #[must_use]
     pub fn of(sql: &[u8]) -> Self {
+        Self::of_shape(&shape(&String::from_utf8_lossy(sql)))
+    }
+
+    fn of_shape(shape: &QueryShape) -> Self {
         let shared = |s: &str| StringValue::from(Arc::<str>::from(s));
-        let shape = shape(&String::from_utf8_lossy(sql));
         let summary = shape.summary();
         let mut attributes = Vec::with_capacity(4);
         if let Some(operation) = &shape.operation {
@@ -59,10 +63,44 @@ impl StatementFacts {
     }
 }
 
-/// The facts of the statements seen lately, by their text.
+/// A bounded memory of facts; beyond [`STATEMENTS_MAX`] entries it starts over.
+#[derive(Debug)]
+struct Remembered<K>(RwLock<HashMap<K, Arc<StatementFacts>>>);
+
+impl<K> Default for Remembered<K> {
+    fn default() -> Self {
+        Self(RwLock::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Remembered<K> {
+    fn get<Q>(&self, key: &Q) -> Option<Arc<StatementFacts>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0
+            .read()
+            .expect("statement cache lock")
+            .get(key)
+            .cloned()
+    }
+
+    fn insert(&self, key: K, facts: &Arc<StatementFacts>) {
+        let mut known = self.0.write().expect("statement cache lock");
+        if known.len() >= STATEMENTS_MAX {
+            known.clear();
+        }
+        known.insert(key, Arc::clone(facts));
+    }
+}
+
+/// The facts of the statements seen lately: by their text for texts without literals, by their
+/// sanitised text for the others.
 #[derive(Debug, Default)]
 pub struct StatementCache {
-    known: RwLock<HashMap<Box<[u8]>, Arc<StatementFacts>>>,
+    by_text: Remembered<Box<[u8]>>,
+    by_sanitised_text: Remembered<Box<str>>,
 }
 
 impl StatementCache {
@@ -71,16 +109,22 @@ impl StatementCache {
     /// # Panics
     /// If the lock was poisoned.
     pub fn facts(&self, sql: &[u8]) -> Arc<StatementFacts> {
-        if let Some(facts) = self.known.read().expect("statement cache lock").get(sql) {
-            return Arc::clone(facts);
+        if let Some(facts) = self.by_text.get(sql) {
+            return facts;
         }
-        let facts = Arc::new(StatementFacts::of(sql));
-        if facts.reusable && sql.len() <= LONGEST_REMEMBERED {
-            let mut known = self.known.write().expect("statement cache lock");
-            if known.len() >= STATEMENTS_MAX {
-                known.clear();
+        let shape = shape(&String::from_utf8_lossy(sql));
+        if shape.has_literals
+            && let Some(facts) = self.by_sanitised_text.get(shape.text.as_str())
+        {
+            return facts;
+        }
+        let facts = Arc::new(StatementFacts::of_shape(&shape));
+        if sql.len() <= LONGEST_REMEMBERED {
+            if facts.reusable {
+                self.by_text.insert(sql.into(), &facts);
+            } else {
+                self.by_sanitised_text.insert(shape.text.into(), &facts);
             }
-            known.insert(sql.into(), Arc::clone(&facts));
         }
         facts
     }
@@ -112,11 +156,13 @@ mod tests {
         let literal = cache.facts(b"SELECT * FROM documents WHERE id = 42");
         let sanitised = text(&literal, "db.query.text").unwrap();
         assert!(!sanitised.contains("42"), "{sanitised}");
-        let again = cache.facts(b"SELECT * FROM documents WHERE id = 42");
+        let other_value = cache.facts(b"SELECT * FROM documents WHERE id = 7");
         assert!(
-            !Arc::ptr_eq(&literal, &again),
-            "a text with literals is not remembered"
+            Arc::ptr_eq(&literal, &other_value),
+            "texts that differ only in their literals share their facts"
         );
+        let other_table = cache.facts(b"SELECT * FROM chunks WHERE id = 7");
+        assert_eq!(&*other_table.name, "SELECT chunks");
     }
 
     #[test]
