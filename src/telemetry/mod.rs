@@ -4,6 +4,8 @@
 mod hosts;
 pub mod metrics;
 mod notifications;
+mod otlp_encode;
+mod otlp_http;
 pub mod spans;
 pub mod sql_text;
 pub mod statements;

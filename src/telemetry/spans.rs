@@ -12,9 +12,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
-use opentelemetry_otlp::{
-    ExporterBuildError, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
-};
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -23,6 +21,7 @@ use opentelemetry_sdk::trace::{
 };
 
 use super::metrics::Metrics;
+use super::otlp_http::HttpTraceExporter;
 use super::statements::{StatementCache, StatementFacts};
 use super::traceparent::{self, TraceParent};
 use crate::config::{OtlpProtocol, RootSampling, SamplerSettings, TelemetrySettings};
@@ -34,8 +33,17 @@ use crate::tls::CollectorTls;
 /// thousands of queries per second costs only a few MiB.
 const DEFAULT_QUEUE: usize = 8192;
 
-/// How long one export request to the collector may take (the SDK's default).
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one export request to the collector may take: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`
+/// or `OTEL_EXPORTER_OTLP_TIMEOUT` in milliseconds, else the SDK's default of 10 s.
+fn export_timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .into_iter()
+    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis)
+}
 
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -194,16 +202,22 @@ impl QueryTracer {
         // process-wide one (ring, as everywhere in pgsidecar); one already installed is kept.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = settings.collector_tls.as_ref();
-        let exporter = match settings.otlp_protocol {
+        let limit = queue_size();
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(limit)
+            .build();
+        let provider = match settings.otlp_protocol {
             OtlpProtocol::Grpc => {
                 let builder = opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint.clone());
-                if https {
+                let exporter = if https {
                     builder.with_tls_config(grpc_tls(tls)).build()
                 } else {
                     builder.build()
                 }
+                .map_err(|e| failed(e.to_string()))?;
+                budgeted_provider(exporter, batch, limit, metrics)
             }
             OtlpProtocol::HttpProtobuf => {
                 // A general endpoint gets the signal path; a traces endpoint already has it.
@@ -213,31 +227,24 @@ impl QueryTracer {
                     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
                 };
                 // The blocking HTTP client owns a runtime of its own: build it off this one.
-                std::thread::scope(|scope| {
+                let client = std::thread::scope(|scope| {
                     scope
-                        .spawn(|| {
-                            let builder = opentelemetry_otlp::SpanExporter::builder()
-                                .with_http()
-                                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                                .with_endpoint(url);
-                            match tls {
-                                Some(tls) => builder.with_http_client(http_client(tls)?).build(),
-                                None => builder.build(),
-                            }
+                        .spawn(|| match tls {
+                            Some(tls) => http_client(tls),
+                            None => reqwest::blocking::Client::builder()
+                                .timeout(export_timeout())
+                                .build()
+                                .map_err(|e| e.to_string()),
                         })
                         .join()
                 })
                 .map_err(|_| failed("the HTTP client could not be built".into()))?
+                .map_err(failed)?;
+                budgeted_provider(HttpTraceExporter::new(client, url), batch, limit, metrics)
             }
         }
-        .map_err(|e| failed(e.to_string()))?;
-        let limit = queue_size();
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(limit)
-            .build();
-        let provider = budgeted_provider(exporter, batch, limit, metrics)
-            .with_resource(resource(settings.service_name.as_deref()))
-            .build();
+        .with_resource(resource(settings.service_name.as_deref()))
+        .build();
         let tracer = provider.tracer("pgsidecar");
         Ok(Some(Self {
             provider,
@@ -393,9 +400,9 @@ fn grpc_tls(tls: Option<&CollectorTls>) -> ClientTlsConfig {
 }
 
 /// The HTTP client for a collector with its own CA (then trusted alone) or a client identity.
-fn http_client(tls: &CollectorTls) -> Result<reqwest::blocking::Client, ExporterBuildError> {
-    let built = |e: reqwest::Error| ExporterBuildError::InternalFailure(e.to_string());
-    let mut builder = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+fn http_client(tls: &CollectorTls) -> Result<reqwest::blocking::Client, String> {
+    let built = |e: reqwest::Error| e.to_string();
+    let mut builder = reqwest::blocking::Client::builder().timeout(export_timeout());
     if let Some(config) = tls.http_config() {
         builder = builder.tls_backend_preconfigured(config);
     } else if let Some((cert, key)) = tls.identity_pem() {
