@@ -5,6 +5,8 @@ mod hosts;
 pub mod metrics;
 mod notifications;
 mod otlp_encode;
+mod otlp_env;
+mod otlp_grpc;
 mod otlp_http;
 pub mod spans;
 pub mod sql_text;

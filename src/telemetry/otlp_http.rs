@@ -1,8 +1,7 @@
 //! The OTLP/HTTP (protobuf) span exporter: each batch encoded by [`TraceEncoder`] straight into
 //! the request body and posted with the blocking HTTP client on the batch processor's thread.
 //! Headers for the collector's authentication come from the OpenTelemetry environment
-//! (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TRACES_HEADERS`), as the SDK's exporter
-//! takes them.
+//! ([`super::otlp_env`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::otlp_encode::TraceEncoder;
+use super::otlp_env::headers_from_env;
 
 /// Posts batches of spans to a collector's `/v1/traces`.
 #[derive(Debug)]
@@ -74,78 +74,5 @@ impl SpanExporter for HttpTraceExporter {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = resource.clone();
-    }
-}
-
-/// The headers of `OTEL_EXPORTER_OTLP_HEADERS`, then those of
-/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, which win for a name given in both.
-fn headers_from_env() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for variable in [
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    ] {
-        if let Ok(list) = std::env::var(variable) {
-            for (name, value) in parse_headers(&list) {
-                headers.insert(name, value);
-            }
-        }
-    }
-    headers
-}
-
-/// `name=value` pairs separated by commas, values percent-encoded (the OpenTelemetry
-/// environment's W3C baggage-like format). Pairs that do not make a valid header are skipped.
-fn parse_headers(list: &str) -> Vec<(HeaderName, HeaderValue)> {
-    list.split(',')
-        .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            let name = HeaderName::try_from(name.trim()).ok()?;
-            let value = HeaderValue::from_bytes(&percent_decode(value.trim())).ok()?;
-            Some((name, value))
-        })
-        .collect()
-}
-
-/// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let escape = (bytes[at] == b'%')
-            .then(|| bytes.get(at + 1..at + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        if let Some(byte) = escape {
-            decoded.push(byte);
-            at += 3;
-        } else {
-            decoded.push(bytes[at]);
-            at += 1;
-        }
-    }
-    decoded
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_are_pairs_with_percent_encoded_values() {
-        let headers = parse_headers("x-token=s3cret%20value, api-key = a%2Cb ,broken,=x,ok=100%");
-        let as_text: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
-        assert_eq!(
-            as_text,
-            vec![
-                ("x-token".to_owned(), b"s3cret value".to_vec()),
-                ("api-key".to_owned(), b"a,b".to_vec()),
-                ("ok".to_owned(), b"100%".to_vec()),
-            ]
-        );
     }
 }

@@ -11,16 +11,17 @@ use opentelemetry::trace::{
     TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, StringValue};
-use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfig, BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData,
     SpanExporter, SpanProcessor,
 };
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::metrics::Metrics;
+use super::otlp_env::export_timeout;
+use super::otlp_grpc::GrpcTraceExporter;
 use super::otlp_http::HttpTraceExporter;
 use super::statements::{StatementCache, StatementFacts};
 use super::traceparent::{self, TraceParent};
@@ -32,18 +33,6 @@ use crate::tls::CollectorTls;
 /// query, and a queue that absorbs a collector's hiccup of a fraction of a second at tens of
 /// thousands of queries per second costs only a few MiB.
 const DEFAULT_QUEUE: usize = 8192;
-
-/// How long one export request to the collector may take: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`
-/// or `OTEL_EXPORTER_OTLP_TIMEOUT` in milliseconds, else the SDK's default of 10 s.
-fn export_timeout() -> Duration {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-    ]
-    .into_iter()
-    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
-    .map_or(Duration::from_secs(10), Duration::from_millis)
-}
 
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -208,15 +197,16 @@ impl QueryTracer {
             .build();
         let provider = match settings.otlp_protocol {
             OtlpProtocol::Grpc => {
-                let builder = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.clone());
-                let exporter = if https {
-                    builder.with_tls_config(grpc_tls(tls)).build()
-                } else {
-                    builder.build()
+                let mut channel = Endpoint::from_shared(endpoint.clone())
+                    .map_err(|e| failed(e.to_string()))?
+                    .timeout(export_timeout())
+                    .connect_timeout(export_timeout());
+                if https {
+                    channel = channel
+                        .tls_config(grpc_tls(tls))
+                        .map_err(|e| failed(e.to_string()))?;
                 }
-                .map_err(|e| failed(e.to_string()))?;
+                let exporter = GrpcTraceExporter::new(channel.connect_lazy());
                 budgeted_provider(exporter, batch, limit, metrics)
             }
             OtlpProtocol::HttpProtobuf => {

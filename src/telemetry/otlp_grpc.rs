@@ -1,0 +1,123 @@
+//! The OTLP/gRPC span exporter: each batch encoded by [`TraceEncoder`] straight into the
+//! request, sent as the collector's `TraceService/Export` call over a tonic channel. Headers,
+//! compression and the timeout follow the OpenTelemetry environment ([`super::otlp_env`]).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Buf as _, BufMut as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+
+use super::otlp_encode::TraceEncoder;
+use super::otlp_env::{gzip_requested, headers_from_env};
+
+/// The collector's trace service method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Sends batches of spans to a collector's gRPC trace service.
+#[derive(Debug)]
+pub struct GrpcTraceExporter {
+    channel: Channel,
+    metadata: MetadataMap,
+    gzip: bool,
+    resource: Resource,
+    encoder: Mutex<TraceEncoder>,
+    /// The last request's size, so that the next one is allocated once.
+    last_request: AtomicUsize,
+}
+
+impl GrpcTraceExporter {
+    /// An exporter over `channel`, with the headers and compression the environment asks for.
+    #[must_use]
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            metadata: MetadataMap::from_headers(headers_from_env()),
+            gzip: gzip_requested(),
+            resource: Resource::builder_empty().build(),
+            encoder: Mutex::default(),
+            last_request: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl SpanExporter for GrpcTraceExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut message = Vec::with_capacity(self.last_request.load(Ordering::Relaxed));
+        self.encoder
+            .lock()
+            .map_err(|_| OTelSdkError::InternalFailure("encoder lock poisoned".into()))?
+            .encode(&self.resource, &batch, &mut message);
+        drop(batch);
+        self.last_request.store(message.len(), Ordering::Relaxed);
+        let mut grpc = Grpc::new(self.channel.clone());
+        if self.gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        let failed = |e: &dyn std::fmt::Display| {
+            OTelSdkError::InternalFailure(format!("OTLP export failed: {e}"))
+        };
+        grpc.ready().await.map_err(|e| failed(&e))?;
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = self.metadata.clone();
+        grpc.unary(
+            request,
+            PathAndQuery::from_static(EXPORT_PATH),
+            EncodedCodec,
+        )
+        .await
+        .map(drop)
+        .map_err(|e| failed(&e))
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.clone();
+    }
+}
+
+/// Sends an already encoded message and ignores the answer's content (the service answers an
+/// `ExportTraceServiceResponse` whose partial-success counts pgsidecar does not act on).
+#[derive(Debug, Clone, Copy)]
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for EncodedCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
