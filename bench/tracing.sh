@@ -3,7 +3,10 @@
 # PostgreSQL — tracing off, 1% sampling, 100% sampling — alternating, spans exported over
 # OTLP/HTTP to a local sink. Reports each instance's throughput, its CPU time (all threads) per
 # transaction, and the spans exported and dropped by reason.
-# Run by hand (not in CI): [QUERY_MODE=simple|extended|prepared] bench/tracing.sh [seconds] [rounds]
+# OTLP/gRPC to a local tonic sink with PROTOCOL=grpc (the default protocol), else OTLP/HTTP to a
+# Python one.
+# Run by hand (not in CI): [QUERY_MODE=simple|extended|prepared] [PROTOCOL=grpc|http/protobuf]
+#   [SIDECAR=path/to/an/older/pgsidecar] bench/tracing.sh [seconds] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,18 +16,24 @@ CLIENTS=${CLIENTS:-16}
 POOL=20
 source bench/common.sh
 
+PROTOCOL=${PROTOCOL:-http/protobuf}
 cargo build --release --quiet
 PGPORT=$(free_port); SINK_PORT=$(free_port)
 start_postgres "$PGPORT" 200
 
-python3 bench/otlp_sink.py "$SINK_PORT" >"$work/sink.log" 2>&1 &
+if [ "$PROTOCOL" = grpc ]; then
+  cargo build --release --quiet --example otlp_grpc_sink
+  ./target/release/examples/otlp_grpc_sink "$SINK_PORT" >"$work/sink.log" 2>&1 &
+else
+  python3 bench/otlp_sink.py "$SINK_PORT" >"$work/sink.log" 2>&1 &
+fi
 bench_pids+=($!)
 
 declare -A port admin pid
 start_sidecar() { # name, extra args...
   local name=$1; shift
   port[$name]=$(free_port); admin[$name]=$(free_port)
-  ./target/release/pgsidecar proxy --listen "127.0.0.1:${port[$name]}" \
+  "${SIDECAR:-./target/release/pgsidecar}" proxy --listen "127.0.0.1:${port[$name]}" \
     --admin-listen "127.0.0.1:${admin[$name]}" \
     --upstream "postgres://postgres@127.0.0.1:$PGPORT" --auth trust --pool-mode transaction \
     --pool-size "$POOL" "$@" 2>"$work/$name.log" &
@@ -32,9 +41,9 @@ start_sidecar() { # name, extra args...
   bench_pids+=($!)
 }
 start_sidecar off
-start_sidecar sampled_1pct --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol http/protobuf \
+start_sidecar sampled_1pct --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol "$PROTOCOL" \
   --traces-sampler traceidratio --traces-sampler-arg 0.01
-start_sidecar sampled_100pct --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol http/protobuf \
+start_sidecar sampled_100pct --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol "$PROTOCOL" \
   --traces-sampler always_on
 sleep 1
 
