@@ -237,6 +237,28 @@ fn is_modifier(word: &str) -> bool {
         .any(|k| word.eq_ignore_ascii_case(k))
 }
 
+/// The sanitized text of `sql` alone (as [`shape`] has it), and whether it had literals: what
+/// the statement cache looks a literal-laden text up by, without working out the rest.
+#[must_use]
+pub fn sanitised(sql: &str) -> (String, bool) {
+    let mut text = String::with_capacity(sql.len().min(MAX_TEXT));
+    let mut has_literals = false;
+    for (spaced, token) in (Tokens { sql, at: 0 }) {
+        if spaced && !text.is_empty() && text.len() < MAX_TEXT {
+            text.push(' ');
+        }
+        let piece = match token {
+            Token::Literal | Token::Number => {
+                has_literals = true;
+                "?"
+            }
+            Token::Word(w) | Token::QuotedName(w) | Token::Param(w) | Token::Symbol(w) => w,
+        };
+        push_bounded(&mut text, piece);
+    }
+    (text, has_literals)
+}
+
 /// Describes `sql` for a span: sanitized text, operation and tables.
 #[must_use]
 pub fn shape(sql: &str) -> QueryShape {
@@ -308,6 +330,20 @@ fn push_bounded(text: &mut String, piece: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sanitised_text_alone_is_the_shapes() {
+        for sql in [
+            "SELECT * FROM users WHERE email = 'a@b.c' AND id IN (1, 2.5e-3, .5)",
+            "select d.id from public.documents d join chunks c on c.document_id = d.id",
+            "UPDATE ONLY accounts SET balance = balance - 10 WHERE id = $1",
+            "/* traceparent='00-ab' */ SELECT 1;",
+            "",
+        ] {
+            let shape = shape(sql);
+            assert_eq!(sanitised(sql), (shape.text, shape.has_literals), "{sql}");
+        }
+    }
 
     #[test]
     fn literals_never_survive() {

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use opentelemetry::{KeyValue, StringValue};
 
-use super::sql_text::{QueryShape, shape};
+use super::sql_text::{QueryShape, sanitised, shape};
 
 /// Distinct statements remembered; beyond this the memory starts over.
 const STATEMENTS_MAX: usize = 2048;
@@ -112,12 +112,12 @@ impl StatementCache {
         if let Some(facts) = self.by_text.get(sql) {
             return facts;
         }
-        let shape = shape(&String::from_utf8_lossy(sql));
-        if shape.has_literals
-            && let Some(facts) = self.by_sanitised_text.get(shape.text.as_str())
-        {
+        let text = String::from_utf8_lossy(sql);
+        let (sanitised_text, has_literals) = sanitised(&text);
+        if has_literals && let Some(facts) = self.by_sanitised_text.get(sanitised_text.as_str()) {
             return facts;
         }
+        let shape = shape(&text);
         let facts = Arc::new(StatementFacts::of_shape(&shape));
         if sql.len() <= LONGEST_REMEMBERED {
             if facts.reusable {
