@@ -5,6 +5,7 @@
 //! most of the export thread's work. Here each field goes from the span to the wire once. The
 //! bytes are the same message (tested against the SDK's own conversion).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
@@ -18,62 +19,85 @@ const FLAG_HAS_IS_REMOTE: u32 = 0x100;
 /// The span flag bit saying the parent is remote.
 const FLAG_IS_REMOTE: u32 = 0x200;
 
-/// Encodes batches of spans for one resource; keeps its scratch space between batches.
-#[derive(Debug, Default)]
-pub struct TraceEncoder {
-    span_lengths: Vec<usize>,
+/// The request bodies of one resource's batches, for both exporters: each body is allocated
+/// once, at the size of the one before.
+#[derive(Debug)]
+pub struct TraceRequests {
+    resource: Resource,
+    last_len: AtomicUsize,
 }
 
-impl TraceEncoder {
-    /// Appends the request carrying `spans` of `resource` to `out`, the spans grouped by their
-    /// instrumentation scope.
-    pub fn encode(&mut self, resource: &Resource, spans: &[SpanData], out: &mut Vec<u8>) {
-        self.span_lengths.clear();
-        self.span_lengths.extend(spans.iter().map(span_len));
-        let mut scopes: Vec<(&InstrumentationScope, usize)> = Vec::new();
-        for (span, len) in spans.iter().zip(&self.span_lengths) {
-            let spans_len = key_len(2) + encoded_len_varint(*len as u64) + len;
-            match scopes
-                .iter_mut()
-                .find(|(scope, _)| *scope == &span.instrumentation_scope)
-            {
-                Some((_, total)) => *total += spans_len,
-                None => scopes.push((&span.instrumentation_scope, spans_len)),
-            }
+impl Default for TraceRequests {
+    fn default() -> Self {
+        Self {
+            resource: Resource::builder_empty().build(),
+            last_len: AtomicUsize::new(0),
         }
-        let resource_len = resource_len(resource);
-        let scope_lengths: Vec<usize> = scopes
-            .iter()
-            .map(|(scope, spans_len)| {
-                message_field_len(1, scope_len(scope))
-                    + spans_len
-                    + string_field_len(3, scope.schema_url().unwrap_or_default())
-            })
-            .collect();
-        let resource_spans_len = message_field_len(1, resource_len)
-            + scope_lengths
-                .iter()
-                .map(|len| message_field_len(2, *len))
-                .sum::<usize>()
-            + string_field_len(3, resource.schema_url().unwrap_or_default());
-        out.reserve(message_field_len(1, resource_spans_len));
-        put_message_header(out, 1, resource_spans_len);
-        put_message_header(out, 1, resource_len);
-        put_resource(out, resource);
-        for ((scope, _), scope_len) in scopes.iter().zip(&scope_lengths) {
-            put_message_header(out, 2, *scope_len);
-            put_message_header(out, 1, self::scope_len(scope));
-            put_scope(out, scope);
-            for (span, len) in spans.iter().zip(&self.span_lengths) {
-                if &span.instrumentation_scope == *scope {
-                    put_message_header(out, 2, *len);
-                    put_span(out, span);
-                }
-            }
-            put_string_field(out, 3, scope.schema_url().unwrap_or_default());
-        }
-        put_string_field(out, 3, resource.schema_url().unwrap_or_default());
     }
+}
+
+impl TraceRequests {
+    /// The `ExportTraceServiceRequest` carrying `spans`.
+    pub fn body(&self, spans: &[SpanData]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.last_len.load(Ordering::Relaxed));
+        encode_request(&self.resource, spans, &mut body);
+        self.last_len.store(body.len(), Ordering::Relaxed);
+        body
+    }
+
+    /// The resource the SDK gives the exporter.
+    pub fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.clone();
+    }
+}
+
+/// Appends the request carrying `spans` of `resource` to `out`, the spans grouped by their
+/// instrumentation scope.
+fn encode_request(resource: &Resource, spans: &[SpanData], out: &mut Vec<u8>) {
+    let span_lengths: Vec<usize> = spans.iter().map(span_len).collect();
+    let mut scopes: Vec<(&InstrumentationScope, usize)> = Vec::new();
+    for (span, len) in spans.iter().zip(&span_lengths) {
+        let spans_len = key_len(2) + encoded_len_varint(*len as u64) + len;
+        match scopes
+            .iter_mut()
+            .find(|(scope, _)| *scope == &span.instrumentation_scope)
+        {
+            Some((_, total)) => *total += spans_len,
+            None => scopes.push((&span.instrumentation_scope, spans_len)),
+        }
+    }
+    let resource_len = resource_len(resource);
+    let scope_lengths: Vec<usize> = scopes
+        .iter()
+        .map(|(scope, spans_len)| {
+            message_field_len(1, scope_len(scope))
+                + spans_len
+                + string_field_len(3, scope.schema_url().unwrap_or_default())
+        })
+        .collect();
+    let resource_spans_len = message_field_len(1, resource_len)
+        + scope_lengths
+            .iter()
+            .map(|len| message_field_len(2, *len))
+            .sum::<usize>()
+        + string_field_len(3, resource.schema_url().unwrap_or_default());
+    out.reserve(message_field_len(1, resource_spans_len));
+    put_message_header(out, 1, resource_spans_len);
+    put_message_header(out, 1, resource_len);
+    put_resource(out, resource);
+    for ((scope, _), scope_len) in scopes.iter().zip(&scope_lengths) {
+        put_message_header(out, 2, *scope_len);
+        put_message_header(out, 1, self::scope_len(scope));
+        put_scope(out, scope);
+        for (span, len) in spans.iter().zip(&span_lengths) {
+            if &span.instrumentation_scope == *scope {
+                put_message_header(out, 2, *len);
+                put_span(out, span);
+            }
+        }
+        put_string_field(out, 3, scope.schema_url().unwrap_or_default());
+    }
+    put_string_field(out, 3, resource.schema_url().unwrap_or_default());
 }
 
 fn nanos(time: SystemTime) -> u64 {
@@ -534,7 +558,7 @@ mod tests {
             query_span(&proxy, 0x78, Status::Ok),
         ];
         let mut ours = Vec::new();
-        TraceEncoder::default().encode(&resource, &spans, &mut ours);
+        encode_request(&resource, &spans, &mut ours);
         let sdk = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(
                 spans,
@@ -547,28 +571,13 @@ mod tests {
     }
 
     #[test]
-    fn the_encoder_reuses_its_scratch_space_between_batches() {
-        let resource = Resource::builder_empty().build();
+    fn one_batch_after_another_makes_the_same_requests() {
         let scope = InstrumentationScope::builder("pgsidecar").build();
-        let mut encoder = TraceEncoder::default();
-        let mut first = Vec::new();
-        encoder.encode(
-            &resource,
-            &[query_span(&scope, 0, Status::Unset)],
-            &mut first,
-        );
-        let mut second = Vec::new();
-        encoder.encode(
-            &resource,
-            &[query_span(&scope, 0, Status::Unset)],
-            &mut second,
-        );
+        let requests = TraceRequests::default();
+        let first = requests.body(&[query_span(&scope, 0, Status::Unset)]);
+        let second = requests.body(&[query_span(&scope, 0, Status::Unset)]);
         assert_eq!(first, second);
-        let empty_batch = {
-            let mut out = Vec::new();
-            encoder.encode(&resource, &[], &mut out);
-            out
-        };
+        let empty_batch = requests.body(&[]);
         let decoded = ExportTraceServiceRequest::decode(empty_batch.as_slice()).unwrap();
         assert!(decoded.resource_spans[0].scope_spans.is_empty());
     }

@@ -2,9 +2,6 @@
 //! request, sent as the collector's `TraceService/Export` call over a tonic channel. Headers,
 //! compression and the timeout follow the OpenTelemetry environment ([`super::otlp_env`]).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use bytes::{Buf as _, BufMut as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -15,7 +12,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
-use super::otlp_encode::TraceEncoder;
+use super::otlp_encode::TraceRequests;
 use super::otlp_env::{gzip_requested, headers_from_env};
 
 /// The collector's trace service method.
@@ -27,10 +24,7 @@ pub struct GrpcTraceExporter {
     channel: Channel,
     metadata: MetadataMap,
     gzip: bool,
-    resource: Resource,
-    encoder: Mutex<TraceEncoder>,
-    /// The last request's size, so that the next one is allocated once.
-    last_request: AtomicUsize,
+    requests: TraceRequests,
 }
 
 impl GrpcTraceExporter {
@@ -41,22 +35,15 @@ impl GrpcTraceExporter {
             channel,
             metadata: MetadataMap::from_headers(headers_from_env()),
             gzip: gzip_requested(),
-            resource: Resource::builder_empty().build(),
-            encoder: Mutex::default(),
-            last_request: AtomicUsize::new(0),
+            requests: TraceRequests::default(),
         }
     }
 }
 
 impl SpanExporter for GrpcTraceExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut message = Vec::with_capacity(self.last_request.load(Ordering::Relaxed));
-        self.encoder
-            .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("encoder lock poisoned".into()))?
-            .encode(&self.resource, &batch, &mut message);
+        let message = self.requests.body(&batch);
         drop(batch);
-        self.last_request.store(message.len(), Ordering::Relaxed);
         let mut grpc = Grpc::new(self.channel.clone());
         if self.gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
@@ -78,7 +65,7 @@ impl SpanExporter for GrpcTraceExporter {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.clone();
+        self.requests.set_resource(resource);
     }
 }
 

@@ -3,15 +3,12 @@
 //! Headers for the collector's authentication come from the OpenTelemetry environment
 //! ([`super::otlp_env`]).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::otlp_encode::TraceEncoder;
+use super::otlp_encode::TraceRequests;
 use super::otlp_env::headers_from_env;
 
 /// Posts batches of spans to a collector's `/v1/traces`.
@@ -20,10 +17,7 @@ pub struct HttpTraceExporter {
     client: reqwest::blocking::Client,
     url: String,
     headers: HeaderMap,
-    resource: Resource,
-    encoder: Mutex<TraceEncoder>,
-    /// The last body's size, so that the next one is allocated once.
-    last_body: AtomicUsize,
+    requests: TraceRequests,
 }
 
 impl HttpTraceExporter {
@@ -39,22 +33,15 @@ impl HttpTraceExporter {
             client,
             url,
             headers,
-            resource: Resource::builder_empty().build(),
-            encoder: Mutex::default(),
-            last_body: AtomicUsize::new(0),
+            requests: TraceRequests::default(),
         }
     }
 }
 
 impl SpanExporter for HttpTraceExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut body = Vec::with_capacity(self.last_body.load(Ordering::Relaxed));
-        self.encoder
-            .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("encoder lock poisoned".into()))?
-            .encode(&self.resource, &batch, &mut body);
+        let body = self.requests.body(&batch);
         drop(batch);
-        self.last_body.store(body.len(), Ordering::Relaxed);
         let response = self
             .client
             .post(&self.url)
@@ -73,6 +60,6 @@ impl SpanExporter for HttpTraceExporter {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.clone();
+        self.requests.set_resource(resource);
     }
 }

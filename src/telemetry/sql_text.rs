@@ -244,19 +244,22 @@ pub fn sanitised(sql: &str) -> (String, bool) {
     let mut text = String::with_capacity(sql.len().min(MAX_TEXT));
     let mut has_literals = false;
     for (spaced, token) in (Tokens { sql, at: 0 }) {
-        if spaced && !text.is_empty() && text.len() < MAX_TEXT {
-            text.push(' ');
-        }
-        let piece = match token {
-            Token::Literal | Token::Number => {
-                has_literals = true;
-                "?"
-            }
-            Token::Word(w) | Token::QuotedName(w) | Token::Param(w) | Token::Symbol(w) => w,
-        };
-        push_bounded(&mut text, piece);
+        has_literals |= append_sanitised(&mut text, spaced, token);
     }
     (text, has_literals)
+}
+
+/// Appends `token` to a sanitized text (a literal as `?`); true when it was a literal.
+fn append_sanitised(text: &mut String, spaced: bool, token: Token<'_>) -> bool {
+    if spaced && !text.is_empty() && text.len() < MAX_TEXT {
+        text.push(' ');
+    }
+    let (piece, literal) = match token {
+        Token::Literal | Token::Number => ("?", true),
+        Token::Word(w) | Token::QuotedName(w) | Token::Param(w) | Token::Symbol(w) => (w, false),
+    };
+    push_bounded(text, piece);
+    literal
 }
 
 /// Describes `sql` for a span: sanitized text, operation and tables.
@@ -270,17 +273,7 @@ pub fn shape(sql: &str) -> QueryShape {
     let mut name = String::new();
     let mut tokens = Tokens { sql, at: 0 }.peekable();
     while let Some((spaced, token)) = tokens.next() {
-        if spaced && !shape.text.is_empty() && shape.text.len() < MAX_TEXT {
-            shape.text.push(' ');
-        }
-        let piece = match token {
-            Token::Literal | Token::Number => {
-                shape.has_literals = true;
-                "?"
-            }
-            Token::Word(w) | Token::QuotedName(w) | Token::Param(w) | Token::Symbol(w) => w,
-        };
-        push_bounded(&mut shape.text, piece);
+        shape.has_literals |= append_sanitised(&mut shape.text, spaced, token);
         match token {
             Token::Word(w) if shape.operation.is_none() => {
                 shape.operation = Some(w.to_ascii_uppercase());
