@@ -192,7 +192,7 @@ fn show_clients(ctx: &ProxyContext) -> Table {
             text(timestamp(info.connected_at)),
             text(&info.application_name),
             server.map(|s| s.pid.to_string()),
-            info.tls.clone(),
+            info.tls.as_deref().map(str::to_owned),
         ]);
     }
     table

@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use rand::RngExt;
 
@@ -18,9 +19,9 @@ use crate::backend::CancelTarget;
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Client-facing user.
-    pub user: String,
+    pub user: Box<str>,
     /// Client-facing database.
-    pub database: String,
+    pub database: Box<str>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The proxy address it connected to.
@@ -28,9 +29,9 @@ pub struct ClientInfo {
     /// When it connected.
     pub connected_at: SystemTime,
     /// `application_name` from its startup packet.
-    pub application_name: String,
+    pub application_name: Box<str>,
     /// The TLS protocol and cipher suite, when the connection is encrypted.
-    pub tls: Option<String>,
+    pub tls: Option<Box<str>>,
 }
 
 /// The cancel key the proxy gave one client, and where its query runs right now.
@@ -48,8 +49,14 @@ pub struct CancelSlot {
     /// when it has none.
     transaction_since: AtomicU64,
     epoch: Instant,
-    abort_reason: Mutex<Option<&'static str>>,
-    abort: Notify,
+    /// Why the session must end, once something asked it to.
+    abort_reason: OnceLock<&'static str>,
+    /// A nudge not yet seen by the session.
+    nudged: AtomicBool,
+    /// The session's task, woken by an abort or a nudge. One slot is enough: only the session's
+    /// own task waits on it, and a wait registers no future of its own (an idle session stays
+    /// small).
+    waker: AtomicWaker,
 }
 
 impl CancelSlot {
@@ -104,48 +111,41 @@ impl CancelSlot {
         }
     }
 
-    /// Asks the session to end now (its transaction, if any, is rolled back), for `reason`.
-    ///
-    /// # Panics
-    /// If the slot's lock was poisoned.
+    /// Asks the session to end now (its transaction, if any, is rolled back), for `reason`. The
+    /// first reason given is the one the client is told.
     pub fn abort(&self, reason: &'static str) {
-        self.abort_reason
-            .lock()
-            .expect("cancel slot lock")
-            .get_or_insert(reason);
-        self.abort.notify_one();
+        let _ = self.abort_reason.set(reason);
+        self.waker.wake();
     }
 
     /// Wakes the session if it waits between transactions, without ending it: it then looks at
-    /// the gate again (a drain that started). One signal for both keeps an idle wait to one
-    /// registration.
+    /// the gate again (a drain that started).
     pub fn nudge(&self) {
-        self.abort.notify_one();
+        self.nudged.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
-    /// Resolves with the abort reason, or with `None` when [`CancelSlot::nudge`] woke the
-    /// session (or a wake-up was left over): the caller then checks what changed.
-    ///
-    /// # Panics
-    /// If the slot's lock was poisoned.
-    pub async fn interrupted(&self) -> Option<&'static str> {
-        if let Some(reason) = *self.abort_reason.lock().expect("cancel slot lock") {
-            return Some(reason);
+    /// Ready with the abort reason, or with `None` when [`CancelSlot::nudge`] woke the session
+    /// (the nudge is then used up): the caller checks what changed. Polled from the session's
+    /// own task only.
+    pub fn poll_interrupted(&self, cx: &mut Context<'_>) -> Poll<Option<&'static str>> {
+        self.waker.register(cx.waker());
+        if let Some(reason) = self.abort_reason.get() {
+            return Poll::Ready(Some(reason));
         }
-        self.abort.notified().await;
-        *self.abort_reason.lock().expect("cancel slot lock")
+        if self.nudged.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
-    /// Resolves with the reason once [`CancelSlot::abort`] was called.
-    ///
-    /// # Panics
-    /// If the slot's lock was poisoned.
-    pub async fn aborted(&self) -> &'static str {
-        loop {
-            if let Some(reason) = *self.abort_reason.lock().expect("cancel slot lock") {
-                return reason;
-            }
-            self.abort.notified().await;
+    /// Ready with the reason once [`CancelSlot::abort`] was called; a nudge is left for the
+    /// next wait between transactions. Polled from the session's own task only.
+    pub fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<&'static str> {
+        self.waker.register(cx.waker());
+        match self.abort_reason.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
         }
     }
 }
@@ -178,8 +178,9 @@ impl CancelRegistry {
             waiting: AtomicBool::new(false),
             transaction_since: AtomicU64::new(0),
             epoch: Instant::now(),
-            abort_reason: Mutex::new(None),
-            abort: Notify::new(),
+            abort_reason: OnceLock::new(),
+            nudged: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         });
         slots.insert(pid, Arc::clone(&slot));
         slot
@@ -230,18 +231,72 @@ impl CancelRegistry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_the_right_secret_resolves() {
-        let registry = CancelRegistry::default();
-        let slot = registry.issue(ClientInfo {
+    fn client() -> ClientInfo {
+        ClientInfo {
             user: "u".into(),
             database: "d".into(),
             peer: "127.0.0.1:40000".parse().unwrap(),
             local: None,
             connected_at: SystemTime::now(),
-            application_name: String::new(),
+            application_name: Box::default(),
             tls: None,
-        });
+        }
+    }
+
+    /// Polls with a waker that counts its wake-ups.
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counted_waker() -> (std::task::Waker, Arc<std::sync::atomic::AtomicUsize>) {
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (Arc::new(Counted(Arc::clone(&count))).into(), count)
+    }
+
+    #[test]
+    fn a_nudge_wakes_the_waiting_session_once_and_is_used_up() {
+        let slot = CancelRegistry::default().issue(client());
+        let (waker, wake_count) = counted_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(slot.poll_interrupted(&mut cx), Poll::Pending);
+        slot.nudge();
+        assert_eq!(wake_count.load(Ordering::SeqCst), 1);
+        assert_eq!(slot.poll_interrupted(&mut cx), Poll::Ready(None));
+        assert_eq!(slot.poll_interrupted(&mut cx), Poll::Pending);
+    }
+
+    #[test]
+    fn a_nudge_during_a_transaction_waits_for_the_next_idle_wait() {
+        let slot = CancelRegistry::default().issue(client());
+        let (waker, _) = counted_waker();
+        let mut cx = Context::from_waker(&waker);
+        slot.nudge();
+        assert_eq!(slot.poll_aborted(&mut cx), Poll::Pending);
+        assert_eq!(slot.poll_interrupted(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn an_abort_ends_every_wait_with_its_first_reason() {
+        let slot = CancelRegistry::default().issue(client());
+        let (waker, wake_count) = counted_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(slot.poll_aborted(&mut cx), Poll::Pending);
+        slot.abort("first");
+        slot.abort("second");
+        assert!(wake_count.load(Ordering::SeqCst) >= 1);
+        assert_eq!(slot.poll_aborted(&mut cx), Poll::Ready("first"));
+        assert_eq!(slot.poll_interrupted(&mut cx), Poll::Ready(Some("first")));
+        assert_eq!(slot.poll_interrupted(&mut cx), Poll::Ready(Some("first")));
+    }
+
+    #[test]
+    fn only_the_right_secret_resolves() {
+        let registry = CancelRegistry::default();
+        let slot = registry.issue(client());
         let target = CancelTarget {
             addr: "127.0.0.1:5432".parse().unwrap(),
             pid: 42,

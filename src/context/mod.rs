@@ -40,6 +40,31 @@ pub struct ProxyContext {
     source: OnceLock<ConfigSource>,
 }
 
+/// Counts a client connection in [`ProxyContext::clients`] (for `max_client_conn`) while it
+/// lives: from accept, through login, to the end of its session.
+#[derive(Debug)]
+pub struct ClientCount(Arc<ProxyContext>);
+
+impl ClientCount {
+    /// Counts one more client; the guard and the count including it.
+    #[must_use]
+    pub fn new(ctx: &Arc<ProxyContext>) -> (Self, usize) {
+        let count = ctx
+            .clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        (Self(Arc::clone(ctx)), count)
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Why a reload left the running configuration in place.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -204,9 +229,9 @@ impl Stragglers for ProxyContext {
             .filter_map(|c| {
                 let age = c.transaction_age()?;
                 Some(Straggler {
-                    database: c.info.database.clone(),
-                    user: c.info.user.clone(),
-                    application_name: c.info.application_name.clone(),
+                    database: c.info.database.to_string(),
+                    user: c.info.user.to_string(),
+                    application_name: c.info.application_name.to_string(),
                     client_addr: c.info.peer.to_string(),
                     server_pid: c.current().map(|s| s.pid),
                     transaction_seconds: age.as_secs_f64(),

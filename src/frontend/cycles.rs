@@ -3,8 +3,9 @@
 //! entry its ReadyForQuery answers, so COPY-swallowed Syncs and stale-plan replays keep the
 //! accounting straight; finished cycles wait in the log until the session reports them.
 //!
-//! The SQL text is kept only when spans are exported, in buffers recycled from cycle to cycle,
-//! so that a session reporting only metrics allocates nothing per query.
+//! A log lives for one checkout of a server connection (an idle session holds none). The SQL
+//! text is kept only when spans are exported, in buffers recycled from cycle to cycle, so that a
+//! session reporting only metrics allocates nothing per query.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -111,8 +112,11 @@ pub struct CycleLog {
     replaying: bool,
     /// The pending request's arrival and pool wait, for the next cycle.
     request: Option<(Instant, Duration)>,
-    /// Finished cycles not yet reported.
-    done: VecDeque<Cycle>,
+    /// The oldest finished cycle not yet reported: held inline, as a transaction usually
+    /// finishes one cycle at a time, so that reporting allocates nothing.
+    done: Option<Cycle>,
+    /// Further finished cycles of a pipeline, after `done`.
+    more_done: VecDeque<Cycle>,
     spare: Vec<Vec<u8>>,
     /// Session mode: statement texts by client name.
     named: HashMap<Box<str>, Bytes>,
@@ -128,7 +132,8 @@ impl CycleLog {
             carried: None,
             replaying: false,
             request: None,
-            done: VecDeque::new(),
+            done: None,
+            more_done: VecDeque::new(),
             spare: Vec::new(),
             named: HashMap::new(),
         }
@@ -256,7 +261,11 @@ impl CycleLog {
         }
         cycle.finished = now;
         cycle.status = status;
-        self.done.push_back(cycle);
+        if self.done.is_none() && self.more_done.is_empty() {
+            self.done = Some(cycle);
+        } else {
+            self.more_done.push_back(cycle);
+        }
     }
 
     /// Starts or ends the replay of a batch: its messages belong to the carried cycle.
@@ -266,7 +275,7 @@ impl CycleLog {
 
     /// The next finished cycle to report.
     pub fn next_done(&mut self) -> Option<Cycle> {
-        self.done.pop_front()
+        self.done.take().or_else(|| self.more_done.pop_front())
     }
 
     /// Takes a reported cycle's buffer back for the next one.
@@ -276,14 +285,6 @@ impl CycleLog {
         {
             self.spare.push(buf);
         }
-    }
-
-    /// Forgets everything in flight (the server connection was given up).
-    pub fn reset(&mut self) {
-        self.building = None;
-        self.carried = None;
-        self.replaying = false;
-        self.request = None;
     }
 }
 
@@ -312,6 +313,22 @@ mod tests {
         assert_eq!(done.sqlstate(), Some("42P01"));
         log.recycle(done);
         assert!(log.query(b"SELECT 1", t0).unwrap().sql() == b"SELECT 1");
+    }
+
+    #[test]
+    fn pipelined_cycles_are_reported_in_the_order_they_finished() {
+        let mut log = CycleLog::new(true);
+        let t0 = Instant::now();
+        let first = log.query(b"SELECT 1", t0).unwrap();
+        let second = log.query(b"SELECT 2", t0).unwrap();
+        let third = log.query(b"SELECT 3", t0).unwrap();
+        log.finish(first, status::IDLE, false, t0);
+        log.finish(second, status::IDLE, false, t0);
+        assert_eq!(log.next_done().unwrap().sql(), b"SELECT 1");
+        log.finish(third, status::IDLE, false, t0);
+        assert_eq!(log.next_done().unwrap().sql(), b"SELECT 2");
+        assert_eq!(log.next_done().unwrap().sql(), b"SELECT 3");
+        assert!(log.next_done().is_none());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -15,36 +14,11 @@ use super::params::ClientParams;
 use super::session::Session;
 use crate::admin::{ADMIN_DATABASE, console};
 use crate::auth::ScramKeys;
-use crate::backend::{Intent, PoolKey, ServerPool};
-use crate::context::{ClientInfo, ProxyContext};
+use crate::backend::{Intent, PoolKey};
+use crate::context::{ClientCount, ClientInfo, ProxyContext};
 use crate::tls::{ClientTlsMode, PgStream};
 use crate::wire::sqlstate;
 use crate::wire::startup::StartupRequest;
-
-/// Counts a logged-in client in its pool's metrics while it lives.
-struct PoolClient(Arc<ServerPool>);
-
-impl PoolClient {
-    fn new(pool: Arc<ServerPool>) -> Self {
-        pool.metrics().client_connected();
-        Self(pool)
-    }
-}
-
-impl Drop for PoolClient {
-    fn drop(&mut self) {
-        self.0.metrics().client_disconnected();
-    }
-}
-
-/// Counts a client connection for `max_client_conn` while it lives.
-struct ClientCount(Arc<ProxyContext>);
-
-impl Drop for ClientCount {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Accepts clients on one listener until told to stop, each in a task of its own; the listener
 /// closes when this returns. `index` is the listener's place in the configuration (`listen`
@@ -78,8 +52,7 @@ const CLOSE_LINGER: Duration = Duration::from_millis(250);
 async fn handle_client(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, listener: usize) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
-    let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    let counted = ClientCount(Arc::clone(&ctx));
+    let (counted, count) = ClientCount::new(&ctx);
     let config = ctx.config();
     let policy = config.client_tls_for(listener);
     let deadline = tokio::time::Instant::now() + config.client_login_timeout;
@@ -171,14 +144,14 @@ async fn start_session(
             .params
             .wanted()
             .get("application_name")
-            .cloned()
+            .map(|name| name.as_str().into())
             .unwrap_or_default(),
-        user: login.user.clone(),
-        database: database.to_owned(),
+        user: login.user.as_str().into(),
+        database: database.into(),
         peer,
         local,
         connected_at: SystemTime::now(),
-        tls: stream.tls_description(),
+        tls: stream.tls_description().map(String::into_boxed_str),
     };
     let intent = if reads_only {
         Intent::Read
@@ -195,7 +168,6 @@ async fn start_session(
     if let Some(keys) = login.scram_keys {
         pool.offer_scram_keys(keys);
     }
-    let in_pool = PoolClient::new(Arc::clone(&pool));
     let cancel = ctx.cancels.issue(info);
     // Boxed: the task below then holds a pointer to the session, not a copy of it beside the
     // one its running future holds.
@@ -206,24 +178,17 @@ async fn start_session(
         login.params,
         cancel,
         reads_only,
+        counted,
     ));
-    let held = match session.greet().await {
-        Ok(held) => held,
-        Err(e) => {
-            tracing::info!(%peer, error = %e, "no server for a new client");
-            session.fail(&e).await;
-            session.close().await;
-            return;
-        }
-    };
+    if let Err(e) = session.greet().await {
+        tracing::info!(%peer, error = %e, "no server for a new client");
+        session.fail(&e).await;
+        session.close().await;
+        return;
+    }
     // The session runs as a task of its own so that an idle client costs only the session's
     // state, not the (larger) login state machine this task carries.
-    tokio::spawn(async move {
-        let _counted = (counted, in_pool);
-        if let Err(e) = session.run(held).await {
-            tracing::info!(%peer, error = %e, "session ended with an error");
-        }
-    });
+    tokio::spawn(session.run());
 }
 
 /// A client that has authenticated.

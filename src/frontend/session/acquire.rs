@@ -22,11 +22,12 @@ impl Session {
     /// only for its first transaction; a database or role that stopped working then fails that
     /// query with the server's own error. Otherwise the login takes a server connection, which
     /// proves the database and the client's settings acceptable and reports the server's own
-    /// errors (3D000, 28P01, ...) at login. In session mode a connection taken at login is kept.
+    /// errors (3D000, 28P01, ...) at login. In session mode a connection taken at login is kept
+    /// for the session.
     ///
     /// # Errors
     /// As [`Session::acquire`]; the caller reports it with [`Session::fail`].
-    pub(in crate::frontend) async fn greet(&mut self) -> Result<Option<Checkout>, SessionError> {
+    pub(in crate::frontend) async fn greet(&mut self) -> Result<(), SessionError> {
         let mut out = BytesMut::new();
         let known = self
             .pool
@@ -36,7 +37,7 @@ impl Session {
             });
         if known {
             self.finish_greeting(out).await?;
-            return Ok(None);
+            return Ok(());
         }
         self.admit().await?;
         let mut checkout = self.acquire().await?;
@@ -57,10 +58,10 @@ impl Session {
         self.finish_greeting(out).await?;
         if self.mode() == PoolMode::Transaction {
             self.release(checkout);
-            Ok(None)
         } else {
-            Ok(Some(checkout))
+            self.held = Some(Box::new(checkout));
         }
+        Ok(())
     }
 
     /// Sends the end of a login: the ParameterStatus messages in `out`, then the client's cancel

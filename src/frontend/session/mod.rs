@@ -27,8 +27,8 @@ use crate::backend::{
     AcquireError, BackendError, ChannelHub, Checkout, MAILBOX_SIZE, Mailbox, ServerConn, ServerPool,
 };
 use crate::config::{Config, PoolMode, SessionTimeouts};
-use crate::context::CancelSlot;
 use crate::context::ProxyContext;
+use crate::context::{CancelSlot, ClientCount};
 use crate::gate::{DatabaseGate, Ticket};
 use crate::telemetry::{FinishedQuery, SessionFacts};
 use crate::tls::PgStream;
@@ -146,8 +146,8 @@ enum Served {
     ClientEnded,
 }
 
-/// The protocol position of one checkout: what the server still owes.
-#[derive(Default)]
+/// The protocol position of one checkout: what the server still owes. It lives only while the
+/// session holds a server connection, so an idle session carries none of it.
 struct Conversation {
     tracker: Tracker,
     queue: ResponseQueue,
@@ -160,9 +160,23 @@ struct Conversation {
     new_defaults: Vec<String>,
     /// Bytes of a large DataRow or CopyData still to come, forwarded as they arrive.
     streaming: usize,
+    /// The query cycles of this checkout, for metrics and spans.
+    cycles: CycleLog,
 }
 
 impl Conversation {
+    fn new(capture_text: bool) -> Self {
+        Self {
+            tracker: Tracker::default(),
+            queue: ResponseQueue::default(),
+            effects: Vec::new(),
+            retry: StalePlanRetry::default(),
+            new_defaults: Vec::new(),
+            streaming: 0,
+            cycles: CycleLog::new(capture_text),
+        }
+    }
+
     /// Whether a statement of this conversation sets or resets `name` for the session.
     fn sets(&self, name: &str) -> bool {
         self.effects
@@ -174,6 +188,16 @@ impl Conversation {
     fn is_idle(&self) -> bool {
         self.tracker.is_idle() && self.queue.is_empty()
     }
+}
+
+/// The span attributes every query of a session shares, built once; boxed in the session, as
+/// only sessions whose queries are traced have them.
+struct SpanAttributes {
+    /// The `application_name` they were built for.
+    application_name: String,
+    /// The upstream host and its state epoch they were built for.
+    host: (usize, u64),
+    attributes: Vec<KeyValue>,
 }
 
 /// A logged-in client.
@@ -189,23 +213,32 @@ pub struct Session {
     /// Why the client keeps its server connection for the rest of its session, if it does.
     pinned: Option<&'static str>,
     cancel: Arc<CancelSlot>,
-    cycles: CycleLog,
     /// The gate of the client's database, and the admission of its current transaction.
     gate: DatabaseGate,
     ticket: Option<Ticket>,
-    /// Span attributes shared by this session's queries, and the application_name and
-    /// upstream host they name.
-    span_attributes: Option<(String, (usize, u64), Vec<KeyValue>)>,
+    /// Span attributes shared by this session's queries, once one was traced.
+    span_attributes: Option<Box<SpanAttributes>>,
     /// The client logged in through a read alias: every transaction goes to a replica.
     reads_only: bool,
     /// Where its LISTEN subscriptions live and its notifications wait, once it listens.
     notifications: Option<Box<(Arc<ChannelHub>, Mailbox)>>,
     /// The pool's limits on holding and waiting, when the session started.
     timeouts: SessionTimeouts,
+    /// In session mode, the connection the login took, until the session runs. Boxed: most
+    /// sessions never have one.
+    held: Option<Box<Checkout>>,
+    /// Keeps the client counted for `max_client_conn` until the session is gone.
+    _counted: ClientCount,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.pool.metrics().client_disconnected();
+    }
 }
 
 impl Session {
-    /// A session for an authenticated client.
+    /// A session for an authenticated client, counted in its pool's metrics while it lives.
     pub(super) fn new(
         ctx: Arc<ProxyContext>,
         client: PgStream,
@@ -213,7 +246,9 @@ impl Session {
         params: ClientParams,
         cancel: Arc<CancelSlot>,
         reads_only: bool,
+        counted: ClientCount,
     ) -> Self {
+        pool.metrics().client_connected();
         let config = ctx.config();
         let pool_timeouts = pool.settings().timeouts;
         let timeouts = config
@@ -230,11 +265,12 @@ impl Session {
             params,
             statements: ClientStatements::default(),
             pinned: None,
-            cycles: CycleLog::new(ctx.telemetry.tracer.is_some()),
             span_attributes: None,
             reads_only,
             notifications: None,
             ticket: None,
+            held: None,
+            _counted: counted,
             cancel,
             ctx,
         }
@@ -279,19 +315,25 @@ impl Session {
         checkout.release();
     }
 
-    /// Serves the client until it leaves. `held` is the connection from login in session mode.
-    ///
-    /// # Errors
-    /// The reason the session ended early; the client has been told where it can be.
-    pub async fn run(mut self: Box<Self>, mut held: Option<Checkout>) -> Result<(), SessionError> {
-        let result = self.serve_all(&mut held).await;
+    /// Serves the client until it leaves; why it ended early, if it did, is logged and the
+    /// client told where it can be.
+    pub async fn run(mut self: Box<Self>) {
+        let result = self.serve_all().await;
+        // Boxed: the ending's writes are not part of an idle session's state.
+        Box::pin(self.end(result)).await;
+    }
+
+    /// Tells the client why its session ended early, if it did, and closes its connection.
+    async fn end(&mut self, result: Result<(), SessionError>) {
         self.unlisten_all();
         match &result {
-            Err(e) => self.fail(e).await,
+            Err(e) => {
+                tracing::info!(peer = %self.cancel.info.peer, error = %e, "session ended with an error");
+                self.fail(e).await;
+            }
             Ok(()) => self.ctx.cancels.remove(self.cancel.pid),
         }
         self.close().await;
-        result
     }
 
     /// Ends the client's connection in order (close_notify over TLS).
@@ -299,13 +341,19 @@ impl Session {
         self.client.close().await;
     }
 
-    async fn serve_all(&mut self, held: &mut Option<Checkout>) -> Result<(), SessionError> {
+    async fn serve_all(&mut self) -> Result<(), SessionError> {
         loop {
+            let held = self.held.take();
             if held.is_none() {
                 if !self.wait_for_request().await? {
                     return Ok(());
                 }
-                if self.answer_prepares_locally().await? {
+                // Boxed with the answers, as below: an idle session carries no write's state.
+                if let Some(answering) = self.answer_prepares_locally()?.map(|answers| {
+                    let client = &mut self.client;
+                    Box::pin(async move { client.send(&answers).await })
+                }) {
+                    answering.await?;
                     continue;
                 }
                 if self.subscriptions_pending() {
@@ -317,7 +365,7 @@ impl Session {
             // One box per transaction for everything it needs (admission, checkout, relay):
             // an idle session's task then only holds the small waiting state, which keeps
             // thousands of idle clients cheap.
-            if Box::pin(self.serve_transaction(held.take())).await? == Served::ClientEnded {
+            if Box::pin(self.serve_transaction(held)).await? == Served::ClientEnded {
                 return Ok(());
             }
         }
@@ -325,17 +373,20 @@ impl Session {
 
     /// Runs one transaction (in session mode, the whole session) on a server connection:
     /// `held` when login kept one, otherwise one checked out once the gate admits it.
-    async fn serve_transaction(&mut self, held: Option<Checkout>) -> Result<Served, SessionError> {
+    async fn serve_transaction(
+        &mut self,
+        held: Option<Box<Checkout>>,
+    ) -> Result<Served, SessionError> {
+        let mut talk = Conversation::new(self.ctx.telemetry.tracer.is_some());
         let mut checkout = if let Some(checkout) = held {
-            checkout
+            *checkout
         } else {
             let requested = Instant::now();
             self.admit().await?;
             let checkout = self.acquire().await?;
-            self.cycles.note_request(requested, requested.elapsed());
+            talk.cycles.note_request(requested, requested.elapsed());
             checkout
         };
-        let mut talk = Conversation::default();
         match self.forward(checkout.conn(), &mut talk).await {
             Ok(Step::Released) => {
                 self.release(checkout);
@@ -358,7 +409,6 @@ impl Session {
             Err(e) => {
                 self.end_transaction();
                 self.cancel.set(None);
-                self.cycles.reset();
                 let running = !matches!(e, SessionError::ServerLost(_));
                 Box::pin(checkout.discard(running)).await;
                 Err(e)
@@ -379,10 +429,8 @@ impl Session {
         tokio::pin!(timer);
         let mut waiting: Option<Waiting> = None;
         let mut fires: Option<Timeout> = None;
-        // Registered once for the whole stretch, not at every read.
         let cancel = Arc::clone(&self.cancel);
-        let aborted = cancel.aborted();
-        tokio::pin!(aborted);
+        let mut aborted = std::future::poll_fn(|cx| cancel.poll_aborted(cx));
         loop {
             if self.ticket.is_none() && self.has_request() {
                 self.admit().await?;
@@ -441,14 +489,14 @@ impl Session {
             rename: self.pool.mode() == PoolMode::Transaction,
             pinned: self.pinned.is_some(),
             effects: &mut talk.effects,
-            cycles: &mut self.cycles,
+            cycles: &mut talk.cycles,
             metrics: self.pool.metrics(),
         }
     }
 
     /// Reports the query cycles that have finished: metrics always, a span if sampled.
-    fn report_cycles(&mut self) {
-        while let Some(cycle) = self.cycles.next_done() {
+    fn report_cycles(&mut self, cycles: &mut CycleLog) {
+        while let Some(cycle) = cycles.next_done() {
             if cycle.runs_sql {
                 let metrics = self.pool.metrics();
                 let server = cycle.server_time();
@@ -468,7 +516,7 @@ impl Session {
                     if self
                         .span_attributes
                         .as_ref()
-                        .is_none_or(|(a, h, _)| a != app || *h != host)
+                        .is_none_or(|cached| cached.application_name != app || cached.host != host)
                     {
                         let key = self.pool.key();
                         let attributes = tracer.session_attributes(&SessionFacts {
@@ -479,9 +527,16 @@ impl Session {
                             server: self.pool.address(),
                             role: self.pool.host_state().name(),
                         });
-                        self.span_attributes = Some((app.to_owned(), host, attributes));
+                        self.span_attributes = Some(Box::new(SpanAttributes {
+                            application_name: app.to_owned(),
+                            host,
+                            attributes,
+                        }));
                     }
-                    let session = self.span_attributes.as_ref().map_or(&[][..], |(_, _, a)| a);
+                    let session = self
+                        .span_attributes
+                        .as_ref()
+                        .map_or(&[][..], |c| &c.attributes[..]);
                     tracer.record(&FinishedQuery {
                         sql: cycle.sql(),
                         session,
@@ -493,7 +548,7 @@ impl Session {
                     });
                 }
             }
-            self.cycles.recycle(cycle);
+            cycles.recycle(cycle);
         }
     }
 
@@ -574,7 +629,7 @@ impl Session {
         if !self.pass_on(&chunk).await {
             return Ok(false);
         }
-        self.report_cycles();
+        self.report_cycles(&mut talk.cycles);
         if let Some(batch) = talk.retry.take_replay() {
             tracing::debug!(pool = %self.pool.key(), "stale plan: replaying the batch once");
             let again = self
