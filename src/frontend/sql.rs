@@ -396,19 +396,26 @@ fn effect_markers(initial: u8) -> &'static [&'static [u8]] {
 
 /// Whether a query string could possibly matter to [`classify`]: a cheap screen, without
 /// allocating, so that ordinary queries are not lexed on the hot path. It looks for words that
-/// start with one of the keywords involved.
+/// start with one of the keywords involved, in one pass over the bytes: only a letter that
+/// starts a word is compared, and only with the markers of its own initial.
 #[must_use]
 pub fn may_have_effects(sql: &str) -> bool {
-    // Only markers with the word's first letter are compared.
-    sql.as_bytes()
-        .split(|b| !b.is_ascii_alphabetic())
-        .any(|word| {
-            word.first().is_some_and(|initial| {
-                effect_markers(*initial)
-                    .iter()
-                    .any(|m| word.len() >= m.len() && word[..m.len()].eq_ignore_ascii_case(m))
-            })
-        })
+    let bytes = sql.as_bytes();
+    let mut after_letter = false;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let letter = byte.is_ascii_alphabetic();
+        if letter && !after_letter {
+            let rest = &bytes[at..];
+            if effect_markers(byte)
+                .iter()
+                .any(|m| rest.len() >= m.len() && rest[..m.len()].eq_ignore_ascii_case(m))
+            {
+                return true;
+            }
+        }
+        after_letter = letter;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -534,6 +541,14 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
         ));
         assert!(!may_have_effects("SELECT * FROM t OFFSET 5"));
+        assert!(
+            !may_have_effects("SELECT se"),
+            "a word shorter than the marker"
+        );
+        assert!(
+            may_have_effects("select 1;SET x=1"),
+            "a word right after punctuation"
+        );
         assert!(may_have_effects("reset all"));
         assert!(may_have_effects("SELECT pg_advisory_lock(1)"));
         assert!(may_have_effects("select set_config('a', 'b', false)"));

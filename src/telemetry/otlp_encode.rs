@@ -12,7 +12,7 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{WireType, encode_varint, encoded_len_varint, key_len};
 
 /// The span flag bit saying whether the parent's remoteness is known (OTLP `SpanFlags`).
 const FLAG_HAS_IS_REMOTE: u32 = 0x100;
@@ -137,9 +137,25 @@ fn message_field_len(field: u32, len: usize) -> usize {
     key_len(field) + encoded_len_varint(len as u64) + len
 }
 
+/// Writes a varint: most are field tags and short lengths, one byte each, which skip the
+/// general loop.
+#[inline]
+fn put_varint(value: u64, out: &mut Vec<u8>) {
+    match u8::try_from(value) {
+        Ok(byte) if byte < 0x80 => out.push(byte),
+        _ => encode_varint(value, out),
+    }
+}
+
+/// Writes a field's tag.
+#[inline]
+fn put_key(field: u32, wire_type: WireType, out: &mut Vec<u8>) {
+    put_varint(u64::from(field << 3 | wire_type as u32), out);
+}
+
 fn put_message_header(out: &mut Vec<u8>, field: u32, len: usize) {
-    encode_key(field, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
+    put_key(field, WireType::LengthDelimited, out);
+    put_varint(len as u64, out);
 }
 
 fn bytes_field_len(field: u32, bytes: &[u8]) -> usize {
@@ -175,8 +191,8 @@ fn varint_field_len(field: u32, value: u64) -> usize {
 
 fn put_varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
-        encode_key(field, WireType::Varint, out);
-        encode_varint(value, out);
+        put_key(field, WireType::Varint, out);
+        put_varint(value, out);
     }
 }
 
@@ -186,7 +202,7 @@ fn fixed64_field_len(field: u32, value: u64) -> usize {
 
 fn put_fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
-        encode_key(field, WireType::SixtyFourBit, out);
+        put_key(field, WireType::SixtyFourBit, out);
         out.extend_from_slice(&value.to_le_bytes());
     }
 }
@@ -197,7 +213,7 @@ fn fixed32_field_len(field: u32, value: u32) -> usize {
 
 fn put_fixed32_field(out: &mut Vec<u8>, field: u32, value: u32) {
     if value != 0 {
-        encode_key(field, WireType::ThirtyTwoBit, out);
+        put_key(field, WireType::ThirtyTwoBit, out);
         out.extend_from_slice(&value.to_le_bytes());
     }
 }
@@ -230,15 +246,15 @@ fn single_len(value: &Single<'_>) -> usize {
 fn put_single(out: &mut Vec<u8>, value: &Single<'_>) {
     match value {
         Single::Bool(b) => {
-            encode_key(2, WireType::Varint, out);
-            encode_varint(u64::from(*b), out);
+            put_key(2, WireType::Varint, out);
+            put_varint(u64::from(*b), out);
         }
         Single::Int(n) => {
-            encode_key(3, WireType::Varint, out);
-            encode_varint(twos_complement(*n), out);
+            put_key(3, WireType::Varint, out);
+            put_varint(twos_complement(*n), out);
         }
         Single::Double(x) => {
-            encode_key(4, WireType::SixtyFourBit, out);
+            put_key(4, WireType::SixtyFourBit, out);
             out.extend_from_slice(&x.to_bits().to_le_bytes());
         }
         Single::Text(text) => {
@@ -306,9 +322,14 @@ fn key_value_len(key: &str, value: &Value) -> usize {
 }
 
 fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    put_message_header(out, field, key_value_len(key, value));
+    let value_len = any_value_len(value);
+    put_message_header(
+        out,
+        field,
+        string_field_len(1, key) + message_field_len(2, value_len),
+    );
     put_string_field(out, 1, key);
-    put_message_header(out, 2, any_value_len(value));
+    put_message_header(out, 2, value_len);
     put_any_value(out, value);
 }
 

@@ -60,8 +60,21 @@ struct Tokens<'a> {
     at: usize,
 }
 
+/// Which bytes continue a word, by byte: the lexer's innermost loop looks each one up.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b: u8 = 0;
+    loop {
+        table[b as usize] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        if b == u8::MAX {
+            break table;
+        }
+        b += 1;
+    }
+};
+
 fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    WORD_BYTES[usize::from(b)]
 }
 
 impl<'a> Tokens<'a> {

@@ -666,7 +666,7 @@ impl Session {
         let transaction_started = self
             .timeouts
             .transaction
-            .and(self.cancel.transaction_age())
+            .and_then(|_| self.cancel.transaction_age())
             .and_then(|age| now.checked_sub(age));
         let (at, timeout) = timeouts::deadline(&self.timeouts, waiting, now, transaction_started)?;
         timer.as_mut().reset(at);
