@@ -129,7 +129,7 @@ impl PoolRegistry {
         for pool in self.all() {
             let key = pool.key();
             pool.reconfigure(
-                config.pool_for(&key.database).clone(),
+                config.pool_for_user(&key.database, &key.user),
                 target(&config, key, pool.host()),
             );
         }
@@ -156,7 +156,7 @@ impl PoolRegistry {
                 topology: Arc::clone(&self.topology),
                 host,
             },
-            config.pool_for(&key.database).clone(),
+            config.pool_for_user(&key.database, &key.user),
             self.metrics.pool(&key.database, &key.user, &address),
         );
         pools.insert((key.clone(), host), Arc::clone(&pool));

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -433,10 +434,10 @@ fn default_pool() -> PoolSettings {
         server_connect_timeout: Duration::from_secs(5),
         max_prepared_statements: 200,
         max_db_connections: None,
-        timeouts: SessionTimeouts {
+        timeouts: Arc::new(SessionTimeouts {
             idle_transaction: Some(Duration::from_secs(3600)),
             ..SessionTimeouts::default()
-        },
+        }),
     }
 }
 
@@ -509,7 +510,7 @@ impl PoolFile {
                 base.max_db_connections,
                 optional_count,
             )?,
-            timeouts: self.timeouts(prefix, &base.timeouts)?,
+            timeouts: Arc::new(self.timeouts(prefix, &base.timeouts)?),
         };
         if settings.min_idle > settings.size {
             return Err(invalid(

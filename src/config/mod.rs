@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -160,8 +161,9 @@ pub struct PoolSettings {
     pub server_connect_timeout: Duration,
     /// Statements each server connection keeps prepared for transaction-mode clients (LRU).
     pub max_prepared_statements: usize,
-    /// How long a client may hold or wait (PgBouncer's timeouts).
-    pub timeouts: SessionTimeouts,
+    /// How long a client may hold or wait (PgBouncer's timeouts). Shared: every session of a
+    /// pool keeps a pointer to them, not a copy.
+    pub timeouts: Arc<SessionTimeouts>,
     /// Most server connections to this database across all its users' pools.
     pub max_db_connections: Option<usize>,
 }
@@ -447,6 +449,19 @@ impl Config {
     #[must_use]
     pub fn pool_for(&self, database: &str) -> &PoolSettings {
         self.databases.get(database).unwrap_or(&self.pool)
+    }
+
+    /// The settings of the pool of `user` on `database`: `database`'s, with the user's own
+    /// timeouts where it sets them.
+    #[must_use]
+    pub fn pool_for_user(&self, database: &str, user: &str) -> PoolSettings {
+        let mut settings = self.pool_for(database).clone();
+        if let Some(secret) = self.users.get(user)
+            && secret.timeouts != UserTimeouts::default()
+        {
+            settings.timeouts = Arc::new(settings.timeouts.for_user(&secret.timeouts));
+        }
+        settings
     }
 
     /// Loads the file (if any), applies the overrides and validates.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,6 +34,10 @@ pub struct ClientInfo {
     pub tls: Option<Box<str>>,
 }
 
+/// The instant transaction ages count from, one for all clients (a slot then need not carry
+/// its own).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 /// The cancel key the proxy gave one client, and where its query runs right now.
 #[derive(Debug)]
 pub struct CancelSlot {
@@ -45,10 +49,9 @@ pub struct CancelSlot {
     pub info: ClientInfo,
     running_on: Mutex<Option<CancelTarget>>,
     waiting: AtomicBool,
-    /// When its current transaction was admitted, in microseconds since `epoch` plus one; 0
+    /// When its current transaction was admitted, in microseconds since [`EPOCH`] plus one; 0
     /// when it has none.
     transaction_since: AtomicU64,
-    epoch: Instant,
     /// Why the session must end, once something asked it to.
     abort_reason: OnceLock<&'static str>,
     /// A nudge not yet seen by the session.
@@ -91,7 +94,7 @@ impl CancelSlot {
     /// Records that the client's transaction was admitted now, or ended (`false`).
     pub fn set_in_transaction(&self, in_transaction: bool) {
         let since = if in_transaction {
-            u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1
+            u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1
         } else {
             0
         };
@@ -104,7 +107,7 @@ impl CancelSlot {
         match self.transaction_since.load(Ordering::Relaxed) {
             0 => None,
             since => Some(
-                self.epoch
+                EPOCH
                     .elapsed()
                     .saturating_sub(Duration::from_micros(since - 1)),
             ),
@@ -177,7 +180,6 @@ impl CancelRegistry {
             running_on: Mutex::new(None),
             waiting: AtomicBool::new(false),
             transaction_since: AtomicU64::new(0),
-            epoch: Instant::now(),
             abort_reason: OnceLock::new(),
             nudged: AtomicBool::new(false),
             waker: AtomicWaker::new(),

@@ -2,9 +2,13 @@
 //! every server connection that serves the client.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::backend::Settings;
+
+/// The startup settings of every client that sent none, shared: such a client then keeps no
+/// map of its own (a change copies it first).
+static NO_SETTINGS: LazyLock<Settings> = LazyLock::new(Settings::default);
 
 /// Startup keys that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -80,7 +84,11 @@ impl ClientParams {
         {
             return Err(format!("invalid parameter name \"{bad}\""));
         }
-        let startup = Arc::new(wanted);
+        let startup = if wanted.is_empty() {
+            Arc::clone(&NO_SETTINGS)
+        } else {
+            Arc::new(wanted)
+        };
         Ok(Self {
             wanted: Arc::clone(&startup),
             startup,

@@ -39,9 +39,9 @@ impl Session {
             self.finish_greeting(out).await?;
             return Ok(());
         }
-        self.admit().await?;
+        let ticket = self.admit().await?;
         let mut checkout = self.acquire().await?;
-        self.end_transaction();
+        self.end_transaction(Some(ticket));
         let reported = &checkout.conn().params.reported;
         // How the server spelled what the client asked for: later clients asking the same are
         // greeted without a server connection.

@@ -162,6 +162,8 @@ struct Conversation {
     streaming: usize,
     /// The query cycles of this checkout, for metrics and spans.
     cycles: CycleLog,
+    /// The gate's admission of the client's current transaction, while it has one.
+    ticket: Option<Ticket>,
 }
 
 impl Conversation {
@@ -174,6 +176,7 @@ impl Conversation {
             new_defaults: Vec::new(),
             streaming: 0,
             cycles: CycleLog::new(capture_text),
+            ticket: None,
         }
     }
 
@@ -213,17 +216,17 @@ pub struct Session {
     /// Why the client keeps its server connection for the rest of its session, if it does.
     pinned: Option<&'static str>,
     cancel: Arc<CancelSlot>,
-    /// The gate of the client's database, and the admission of its current transaction.
+    /// The gate of the client's database.
     gate: DatabaseGate,
-    ticket: Option<Ticket>,
     /// Span attributes shared by this session's queries, once one was traced.
     span_attributes: Option<Box<SpanAttributes>>,
     /// The client logged in through a read alias: every transaction goes to a replica.
     reads_only: bool,
     /// Where its LISTEN subscriptions live and its notifications wait, once it listens.
     notifications: Option<Box<(Arc<ChannelHub>, Mailbox)>>,
-    /// The pool's limits on holding and waiting, when the session started.
-    timeouts: SessionTimeouts,
+    /// The pool's limits on holding and waiting (with its user's own), when the session
+    /// started.
+    timeouts: Arc<SessionTimeouts>,
     /// In session mode, the connection the login took, until the session runs. Boxed: most
     /// sessions never have one.
     held: Option<Box<Checkout>>,
@@ -250,11 +253,7 @@ impl Session {
     ) -> Self {
         pool.metrics().client_connected();
         let config = ctx.config();
-        let pool_timeouts = pool.settings().timeouts;
-        let timeouts = config
-            .users
-            .get(&pool.key().user)
-            .map_or(pool_timeouts, |user| pool_timeouts.for_user(&user.timeouts));
+        let timeouts = pool.settings().timeouts;
         Self {
             timeouts,
             config,
@@ -268,7 +267,6 @@ impl Session {
             span_attributes: None,
             reads_only,
             notifications: None,
-            ticket: None,
             held: None,
             _counted: counted,
             cancel,
@@ -288,24 +286,23 @@ impl Session {
         self.pool.mode()
     }
 
-    /// Waits at the gate until the client's next transaction may start.
-    async fn admit(&mut self) -> Result<(), SessionError> {
-        if self.ticket.is_none() {
-            let ticket = self
-                .ctx
-                .gate
-                .admit(&self.gate)
-                .await
-                .map_err(|_| SessionError::Shutdown)?;
-            self.ticket = Some(ticket);
-            self.cancel.set_in_transaction(true);
-        }
-        Ok(())
+    /// Waits at the gate until the client's next transaction may start; the admission lasts
+    /// as long as the ticket.
+    async fn admit(&self) -> Result<Ticket, SessionError> {
+        let ticket = self
+            .ctx
+            .gate
+            .admit(&self.gate)
+            .await
+            .map_err(|_| SessionError::Shutdown)?;
+        self.cancel.set_in_transaction(true);
+        Ok(ticket)
     }
 
-    /// The client's transaction is over: the gate may pause its database.
-    fn end_transaction(&mut self) {
-        if self.ticket.take().is_some() {
+    /// The client's transaction, if it had one, is over: the gate may pause its database.
+    fn end_transaction(&self, ticket: Option<Ticket>) {
+        if let Some(admission) = ticket {
+            drop(admission);
             self.cancel.set_in_transaction(false);
         }
     }
@@ -382,7 +379,7 @@ impl Session {
             *checkout
         } else {
             let requested = Instant::now();
-            self.admit().await?;
+            talk.ticket = Some(self.admit().await?);
             let checkout = self.acquire().await?;
             talk.cycles.note_request(requested, requested.elapsed());
             checkout
@@ -402,12 +399,12 @@ impl Session {
             }
             Ok(Step::TimedOut(timeout)) => {
                 self.timed_out(timeout);
-                self.end_transaction();
+                self.end_transaction(talk.ticket.take());
                 Box::pin(self.finish(checkout, &talk)).await;
                 Err(SessionError::TimedOut(timeout))
             }
             Err(e) => {
-                self.end_transaction();
+                self.end_transaction(talk.ticket.take());
                 self.cancel.set(None);
                 let running = !matches!(e, SessionError::ServerLost(_));
                 Box::pin(checkout.discard(running)).await;
@@ -432,8 +429,8 @@ impl Session {
         let cancel = Arc::clone(&self.cancel);
         let mut aborted = std::future::poll_fn(|cx| cancel.poll_aborted(cx));
         loop {
-            if self.ticket.is_none() && self.has_request() {
-                self.admit().await?;
+            if talk.ticket.is_none() && self.has_request() {
+                talk.ticket = Some(self.admit().await?);
             }
             if self.forward_client_messages(server, talk).await? {
                 return Ok(Step::ClientEnded);
@@ -442,7 +439,7 @@ impl Session {
                 return Ok(step);
             }
             let now_waiting = Waiting::of(talk);
-            if waiting != Some(now_waiting) && self.timeouts != SessionTimeouts::default() {
+            if waiting != Some(now_waiting) && *self.timeouts != SessionTimeouts::default() {
                 waiting = Some(now_waiting);
                 fires = self.arm(&mut timer, now_waiting);
             }

@@ -29,7 +29,7 @@ impl Session {
             let effects = std::mem::take(&mut talk.effects);
             self.settle(server, effects).await?;
         }
-        self.end_transaction();
+        self.end_transaction(talk.ticket.take());
         if self.ctx.gate.is_draining() {
             return Ok(Some(Step::Drained));
         }
