@@ -12,6 +12,7 @@ mod pool;
 mod prepared;
 mod registry;
 mod server;
+mod shared_settings;
 mod topology;
 
 pub use error::BackendError;

@@ -8,6 +8,8 @@ use deadpool::Runtime;
 use deadpool::managed::{self, Object, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 
 use super::limits::{self, ConnectionCap};
+use super::params::Settings;
+use super::shared_settings::SharedSettings;
 use super::topology::{HostState, Topology};
 use super::{
     BackendError, CancelTarget, FIXED_PARAMS_SQL, FixedParams, Greeting, KnownStatements,
@@ -165,6 +167,8 @@ pub struct ServerPool {
     pool: Pool<ServerManager>,
     known: KnownStatements,
     metrics: PoolMetrics,
+    /// The startup settings its clients sent, one copy per distinct set.
+    startup_settings: SharedSettings,
 }
 
 /// Where a new pool's connections go and what they count against.
@@ -212,6 +216,7 @@ impl ServerPool {
             pool,
             known: KnownStatements::default(),
             metrics,
+            startup_settings: SharedSettings::default(),
         });
         for cap in &pool.pool.manager().caps {
             cap.share(&pool);
@@ -286,6 +291,11 @@ impl ServerPool {
     #[must_use]
     pub fn mode(&self) -> PoolMode {
         self.mode
+    }
+
+    /// The shared copy of a client's startup settings (see [`SharedSettings`]).
+    pub fn share_settings(&self, settings: Settings) -> Settings {
+        self.startup_settings.share(settings)
     }
 
     /// The pool's settings now.

@@ -105,6 +105,16 @@ impl ClientParams {
         }
     }
 
+    /// Swaps the client's startup settings, while it has not changed them, for the copy
+    /// `share` gives (one map for every client that sent the same).
+    pub fn share_startup(&mut self, share: impl FnOnce(Settings) -> Settings) {
+        if Arc::ptr_eq(&self.startup, &self.wanted) && !self.startup.is_empty() {
+            let shared = share(Arc::clone(&self.startup));
+            self.wanted = Arc::clone(&shared);
+            self.startup = shared;
+        }
+    }
+
     /// The settings in effect for this client.
     #[must_use]
     pub fn wanted(&self) -> &BTreeMap<String, String> {
@@ -178,6 +188,24 @@ mod tests {
             ]
         );
         assert!(parse_options("-d 5").is_err());
+    }
+
+    #[test]
+    fn shared_startup_settings_are_copied_before_a_client_changes_them() {
+        let mut startup = BTreeMap::new();
+        startup.insert("application_name".to_owned(), "app".to_owned());
+        let mut first = ClientParams::from_startup(&startup).unwrap();
+        let mut second = ClientParams::from_startup(&startup).unwrap();
+        let shared = Arc::clone(first.settings());
+        first.share_startup(|_| Arc::clone(&shared));
+        second.share_startup(|_| Arc::clone(&shared));
+        assert!(Arc::ptr_eq(first.settings(), second.settings()));
+        first.observe("application_name", "changed");
+        let app = |client: &ClientParams| client.wanted().get("application_name").cloned();
+        assert_eq!(app(&second).as_deref(), Some("app"));
+        assert_eq!(app(&first).as_deref(), Some("changed"));
+        first.reset_all();
+        assert_eq!(app(&first).as_deref(), Some("app"));
     }
 
     #[test]

@@ -252,6 +252,8 @@ impl Session {
         counted: ClientCount,
     ) -> Self {
         pool.metrics().client_connected();
+        let mut params = params;
+        params.share_startup(|settings| pool.share_settings(settings));
         let config = ctx.config();
         let timeouts = pool.settings().timeouts;
         Self {
