@@ -246,13 +246,12 @@ impl Session {
         ctx: Arc<ProxyContext>,
         client: PgStream,
         pool: Arc<ServerPool>,
-        params: ClientParams,
+        mut params: ClientParams,
         cancel: Arc<CancelSlot>,
         reads_only: bool,
         counted: ClientCount,
     ) -> Self {
         pool.metrics().client_connected();
-        let mut params = params;
         params.share_startup(|settings| pool.share_settings(settings));
         let config = ctx.config();
         let timeouts = pool.settings().timeouts;
