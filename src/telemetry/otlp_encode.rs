@@ -8,16 +8,22 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use opentelemetry::InstrumentationScope;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
-use prost::encoding::{WireType, encode_varint, encoded_len_varint, key_len};
+
+use super::otlp_fields::{
+    attributes_len, bytes_field_len, fixed32_field_len, fixed64_field_len, key_value_len,
+    message_field_len, put_attributes, put_bytes_field, put_fixed32_field, put_fixed64_field,
+    put_key_value, put_message_header, put_string_field, put_varint_field, string_field_len,
+    varint_field_len,
+};
 
 /// The span flag bit saying whether the parent's remoteness is known (OTLP `SpanFlags`).
-const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+pub(super) const FLAG_HAS_IS_REMOTE: u32 = 0x100;
 /// The span flag bit saying the parent is remote.
-const FLAG_IS_REMOTE: u32 = 0x200;
+pub(super) const FLAG_IS_REMOTE: u32 = 0x200;
 
 /// The request bodies of one resource's batches, for both exporters: each body is allocated
 /// once, at the size of the one before.
@@ -57,7 +63,7 @@ fn encode_request(resource: &Resource, spans: &[SpanData], out: &mut Vec<u8>) {
     let span_lengths: Vec<usize> = spans.iter().map(span_len).collect();
     let mut scopes: Vec<(&InstrumentationScope, usize)> = Vec::new();
     for (span, len) in spans.iter().zip(&span_lengths) {
-        let spans_len = key_len(2) + encoded_len_varint(*len as u64) + len;
+        let spans_len = message_field_len(2, *len);
         match scopes
             .iter_mut()
             .find(|(scope, _)| *scope == &span.instrumentation_scope)
@@ -66,6 +72,24 @@ fn encode_request(resource: &Resource, spans: &[SpanData], out: &mut Vec<u8>) {
             None => scopes.push((&span.instrumentation_scope, spans_len)),
         }
     }
+    put_request(out, resource, &scopes, |out, scope| {
+        for (span, len) in spans.iter().zip(&span_lengths) {
+            if &span.instrumentation_scope == scope {
+                put_message_header(out, 2, *len);
+                put_span(out, span);
+            }
+        }
+    });
+}
+
+/// Appends the request of `resource` whose spans come in `scopes`, each with the length of its
+/// spans' fields; `put_spans` writes those fields for one scope.
+pub(super) fn put_request(
+    out: &mut Vec<u8>,
+    resource: &Resource,
+    scopes: &[(&InstrumentationScope, usize)],
+    mut put_spans: impl FnMut(&mut Vec<u8>, &InstrumentationScope),
+) {
     let resource_len = resource_len(resource);
     let scope_lengths: Vec<usize> = scopes
         .iter()
@@ -89,18 +113,13 @@ fn encode_request(resource: &Resource, spans: &[SpanData], out: &mut Vec<u8>) {
         put_message_header(out, 2, *scope_len);
         put_message_header(out, 1, self::scope_len(scope));
         put_scope(out, scope);
-        for (span, len) in spans.iter().zip(&span_lengths) {
-            if &span.instrumentation_scope == *scope {
-                put_message_header(out, 2, *len);
-                put_span(out, span);
-            }
-        }
+        put_spans(out, scope);
         put_string_field(out, 3, scope.schema_url().unwrap_or_default());
     }
     put_string_field(out, 3, resource.schema_url().unwrap_or_default());
 }
 
-fn nanos(time: SystemTime) -> u64 {
+pub(super) fn nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -122,227 +141,11 @@ fn kind_number(kind: &SpanKind) -> u64 {
 }
 
 /// `(code, message)` of a span's status.
-fn status_parts(status: &Status) -> (u64, &str) {
+pub(super) fn status_parts(status: &Status) -> (u64, &str) {
     match status {
         Status::Unset => (0, ""),
         Status::Ok => (1, ""),
         Status::Error { description } => (2, description),
-    }
-}
-
-// Field helpers. Proto3 leaves out scalar fields at their default, except inside a oneof;
-// message fields the SDK always sets are always written, even when empty.
-
-fn message_field_len(field: u32, len: usize) -> usize {
-    key_len(field) + encoded_len_varint(len as u64) + len
-}
-
-/// Writes a varint: most are field tags and short lengths, one byte each, which skip the
-/// general loop.
-#[inline]
-fn put_varint(value: u64, out: &mut Vec<u8>) {
-    match u8::try_from(value) {
-        Ok(byte) if byte < 0x80 => out.push(byte),
-        _ => encode_varint(value, out),
-    }
-}
-
-/// Writes a field's tag.
-#[inline]
-fn put_key(field: u32, wire_type: WireType, out: &mut Vec<u8>) {
-    put_varint(u64::from(field << 3 | wire_type as u32), out);
-}
-
-fn put_message_header(out: &mut Vec<u8>, field: u32, len: usize) {
-    put_key(field, WireType::LengthDelimited, out);
-    put_varint(len as u64, out);
-}
-
-fn bytes_field_len(field: u32, bytes: &[u8]) -> usize {
-    if bytes.is_empty() {
-        0
-    } else {
-        message_field_len(field, bytes.len())
-    }
-}
-
-fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    if !bytes.is_empty() {
-        put_message_header(out, field, bytes.len());
-        out.extend_from_slice(bytes);
-    }
-}
-
-fn string_field_len(field: u32, text: &str) -> usize {
-    bytes_field_len(field, text.as_bytes())
-}
-
-fn put_string_field(out: &mut Vec<u8>, field: u32, text: &str) {
-    put_bytes_field(out, field, text.as_bytes());
-}
-
-fn varint_field_len(field: u32, value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        key_len(field) + encoded_len_varint(value)
-    }
-}
-
-fn put_varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
-    if value != 0 {
-        put_key(field, WireType::Varint, out);
-        put_varint(value, out);
-    }
-}
-
-fn fixed64_field_len(field: u32, value: u64) -> usize {
-    if value == 0 { 0 } else { key_len(field) + 8 }
-}
-
-fn put_fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
-    if value != 0 {
-        put_key(field, WireType::SixtyFourBit, out);
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-}
-
-fn fixed32_field_len(field: u32, value: u32) -> usize {
-    if value == 0 { 0 } else { key_len(field) + 4 }
-}
-
-fn put_fixed32_field(out: &mut Vec<u8>, field: u32, value: u32) {
-    if value != 0 {
-        put_key(field, WireType::ThirtyTwoBit, out);
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-}
-
-// AnyValue { string_value = 1; bool_value = 2; int_value = 3; double_value = 4;
-// array_value = 5 (ArrayValue { repeated AnyValue values = 1 }) }: a oneof, always written.
-
-/// An attribute value as OTLP has it: the array kinds are lists of single values.
-enum Single<'a> {
-    Bool(bool),
-    Int(i64),
-    Double(f64),
-    Text(&'a str),
-}
-
-/// An `int64` on the wire: its two's complement bits as a varint.
-fn twos_complement(n: i64) -> u64 {
-    u64::from_le_bytes(n.to_le_bytes())
-}
-
-fn single_len(value: &Single<'_>) -> usize {
-    match value {
-        Single::Bool(_) => key_len(2) + 1,
-        Single::Int(n) => key_len(3) + encoded_len_varint(twos_complement(*n)),
-        Single::Double(_) => key_len(4) + 8,
-        Single::Text(text) => message_field_len(1, text.len()),
-    }
-}
-
-fn put_single(out: &mut Vec<u8>, value: &Single<'_>) {
-    match value {
-        Single::Bool(b) => {
-            put_key(2, WireType::Varint, out);
-            put_varint(u64::from(*b), out);
-        }
-        Single::Int(n) => {
-            put_key(3, WireType::Varint, out);
-            put_varint(twos_complement(*n), out);
-        }
-        Single::Double(x) => {
-            put_key(4, WireType::SixtyFourBit, out);
-            out.extend_from_slice(&x.to_bits().to_le_bytes());
-        }
-        Single::Text(text) => {
-            put_message_header(out, 1, text.len());
-            out.extend_from_slice(text.as_bytes());
-        }
-    }
-}
-
-/// Calls `each` with every element of an array value.
-fn for_each_element(array: &Array, mut each: impl FnMut(&Single<'_>)) {
-    match array {
-        Array::Bool(values) => values.iter().for_each(|b| each(&Single::Bool(*b))),
-        Array::I64(values) => values.iter().for_each(|n| each(&Single::Int(*n))),
-        Array::F64(values) => values.iter().for_each(|x| each(&Single::Double(*x))),
-        Array::String(values) => values
-            .iter()
-            .for_each(|s| each(&Single::Text(StringValue::as_str(s)))),
-        other => each(&Single::Text(&other.to_string())),
-    }
-}
-
-fn array_len(array: &Array) -> usize {
-    let mut len = 0;
-    for_each_element(array, |element| {
-        len += message_field_len(1, single_len(element));
-    });
-    len
-}
-
-fn with_single<T>(value: &Value, f: impl FnOnce(&Single<'_>) -> T) -> Option<T> {
-    match value {
-        Value::Bool(b) => Some(f(&Single::Bool(*b))),
-        Value::I64(n) => Some(f(&Single::Int(*n))),
-        Value::F64(x) => Some(f(&Single::Double(*x))),
-        Value::String(s) => Some(f(&Single::Text(s.as_str()))),
-        Value::Array(_) => None,
-        other => Some(f(&Single::Text(&other.as_str()))),
-    }
-}
-
-fn any_value_len(value: &Value) -> usize {
-    match value {
-        Value::Array(array) => message_field_len(5, array_len(array)),
-        other => with_single(other, single_len).unwrap_or_default(),
-    }
-}
-
-fn put_any_value(out: &mut Vec<u8>, value: &Value) {
-    if let Value::Array(array) = value {
-        put_message_header(out, 5, array_len(array));
-        for_each_element(array, |element| {
-            put_message_header(out, 1, single_len(element));
-            put_single(out, element);
-        });
-    } else {
-        with_single(value, |single| put_single(out, single));
-    }
-}
-
-// KeyValue { key = 1; value = 2 }
-
-fn key_value_len(key: &str, value: &Value) -> usize {
-    string_field_len(1, key) + message_field_len(2, any_value_len(value))
-}
-
-fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    let value_len = any_value_len(value);
-    put_message_header(
-        out,
-        field,
-        string_field_len(1, key) + message_field_len(2, value_len),
-    );
-    put_string_field(out, 1, key);
-    put_message_header(out, 2, value_len);
-    put_any_value(out, value);
-}
-
-fn attributes_len(field: u32, attributes: &[KeyValue]) -> usize {
-    attributes
-        .iter()
-        .map(|kv| message_field_len(field, key_value_len(kv.key.as_str(), &kv.value)))
-        .sum()
-}
-
-fn put_attributes(out: &mut Vec<u8>, field: u32, attributes: &[KeyValue]) {
-    for kv in attributes {
-        put_key_value(out, field, kv.key.as_str(), &kv.value);
     }
 }
 
@@ -389,7 +192,7 @@ fn parent_id(span: &SpanData) -> Option<[u8; 8]> {
     (span.parent_span_id != SpanId::INVALID).then(|| span.parent_span_id.to_bytes())
 }
 
-fn status_len(status: &Status) -> usize {
+pub(super) fn status_len(status: &Status) -> usize {
     let (code, message) = status_parts(status);
     string_field_len(2, message) + varint_field_len(3, code)
 }
@@ -494,6 +297,7 @@ mod tests {
     use std::time::Duration;
 
     use opentelemetry::trace::{Event, Link, SpanContext, TraceFlags, TraceId, TraceState};
+    use opentelemetry::{Array, KeyValue, Value};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;

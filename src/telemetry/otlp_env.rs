@@ -6,6 +6,45 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::span_lane::BatchSettings;
+
+/// Spans queued or being exported before new ones are dropped, unless
+/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise. Four times the SDK's 2048: a proxy emits a span per
+/// query, and a queue that absorbs a collector's hiccup of a fraction of a second at tens of
+/// thousands of queries per second costs only a few MiB.
+const DEFAULT_QUEUE: usize = 8192;
+
+/// `OTEL_BSP_MAX_QUEUE_SIZE`: spans queued or being exported at most.
+#[must_use]
+pub fn queue_size() -> usize {
+    positive("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or(DEFAULT_QUEUE)
+}
+
+/// How query spans are batched, as `OTEL_BSP_SCHEDULE_DELAY` (default 5 s),
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (default 512, at most `queue_size`) and
+/// `OTEL_BSP_EXPORT_TIMEOUT` (default 30 s, how long a flush waits) say.
+#[must_use]
+pub fn batch_settings(queue_size: usize) -> BatchSettings {
+    let millis = |name, default| Duration::from_millis(positive::<u64>(name).unwrap_or(default));
+    BatchSettings {
+        delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000),
+        max_batch: positive::<usize>("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+            .unwrap_or(512)
+            .min(queue_size),
+        flush_timeout: millis("OTEL_BSP_EXPORT_TIMEOUT", 30_000),
+    }
+}
+
+/// A positive number from the environment variable `name`.
+fn positive<T: std::str::FromStr + Default + PartialOrd>(name: &str) -> Option<T> {
+    std::env::var(name)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > T::default())
+}
+
 /// How long one export request to the collector may take: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`
 /// or `OTEL_EXPORTER_OTLP_TIMEOUT` in milliseconds, else the SDK's default of 10 s.
 #[must_use]

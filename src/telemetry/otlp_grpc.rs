@@ -1,58 +1,53 @@
-//! The OTLP/gRPC span exporter: each batch encoded by [`TraceEncoder`] straight into the
-//! request, sent as the collector's `TraceService/Export` call over a tonic channel. Headers,
+//! OTLP/gRPC: each encoded request sent as the collector's `TraceService/Export` call over a
+//! tonic channel, from an export thread that waits on the runtime for the answer. Headers,
 //! compression and the timeout follow the OpenTelemetry environment ([`super::otlp_env`]).
 
 use bytes::{Buf as _, BufMut as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use tokio::runtime::Handle;
 use tonic::client::Grpc;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
-use super::otlp_encode::TraceRequests;
 use super::otlp_env::{gzip_requested, headers_from_env};
+use super::span_lane::{Collector, ExportError};
 
-/// The collector's trace service method.
+/// The service method OTLP/gRPC exports traces with.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Sends batches of spans to a collector's gRPC trace service.
+/// A collector's `TraceService`.
 #[derive(Debug)]
-pub struct GrpcTraceExporter {
+pub struct GrpcCollector {
     channel: Channel,
+    /// The runtime the channel's connection lives on.
+    runtime: Handle,
     metadata: MetadataMap,
     gzip: bool,
-    requests: TraceRequests,
 }
 
-impl GrpcTraceExporter {
-    /// An exporter over `channel`, with the headers and compression the environment asks for.
+impl GrpcCollector {
+    /// Calls over `channel`, with the headers and compression of the OpenTelemetry environment.
+    /// Must be created inside the runtime the channel runs on.
     #[must_use]
     pub fn new(channel: Channel) -> Self {
         Self {
             channel,
+            runtime: Handle::current(),
             metadata: MetadataMap::from_headers(headers_from_env()),
             gzip: gzip_requested(),
-            requests: TraceRequests::default(),
         }
     }
-}
 
-impl SpanExporter for GrpcTraceExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let message = self.requests.body(&batch);
-        drop(batch);
+    async fn export(&self, body: Vec<u8>) -> Result<(), ExportError> {
         let mut grpc = Grpc::new(self.channel.clone());
         if self.gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
-        let failed = |e: &dyn std::fmt::Display| {
-            OTelSdkError::InternalFailure(format!("OTLP export failed: {e}"))
-        };
-        grpc.ready().await.map_err(|e| failed(&e))?;
-        let mut request = tonic::Request::new(message);
+        grpc.ready()
+            .await
+            .map_err(|e| ExportError::Unreachable(e.to_string()))?;
+        let mut request = tonic::Request::new(body);
         *request.metadata_mut() = self.metadata.clone();
         grpc.unary(
             request,
@@ -61,11 +56,18 @@ impl SpanExporter for GrpcTraceExporter {
         )
         .await
         .map(drop)
-        .map_err(|e| failed(&e))
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                ExportError::Unreachable(status.to_string())
+            }
+            _ => ExportError::Refused(status.to_string()),
+        })
     }
+}
 
-    fn set_resource(&mut self, resource: &Resource) {
-        self.requests.set_resource(resource);
+impl Collector for GrpcCollector {
+    fn send(&self, body: Vec<u8>) -> Result<(), ExportError> {
+        self.runtime.block_on(self.export(body))
     }
 }
 

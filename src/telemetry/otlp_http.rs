@@ -1,27 +1,22 @@
-//! The OTLP/HTTP (protobuf) span exporter: each batch encoded by [`TraceEncoder`] straight into
-//! the request body and posted with the blocking HTTP client on the batch processor's thread.
-//! Headers for the collector's authentication come from the OpenTelemetry environment
-//! ([`super::otlp_env`]).
+//! OTLP/HTTP (protobuf): each encoded request posted to the collector's `/v1/traces` with the
+//! blocking HTTP client, from an export thread. Headers for the collector's authentication come
+//! from the OpenTelemetry environment ([`super::otlp_env`]).
 
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::otlp_encode::TraceRequests;
 use super::otlp_env::headers_from_env;
+use super::span_lane::{Collector, ExportError};
 
-/// Posts batches of spans to a collector's `/v1/traces`.
+/// A collector's `/v1/traces`.
 #[derive(Debug)]
-pub struct HttpTraceExporter {
+pub struct HttpCollector {
     client: reqwest::blocking::Client,
     url: String,
     headers: HeaderMap,
-    requests: TraceRequests,
 }
 
-impl HttpTraceExporter {
-    /// An exporter posting to `url` with `client`, with the headers the environment asks for.
+impl HttpCollector {
+    /// Posts to `url` with `client`, with the headers of the OpenTelemetry environment.
     #[must_use]
     pub fn new(client: reqwest::blocking::Client, url: String) -> Self {
         let mut headers = headers_from_env();
@@ -33,33 +28,24 @@ impl HttpTraceExporter {
             client,
             url,
             headers,
-            requests: TraceRequests::default(),
         }
     }
 }
 
-impl SpanExporter for HttpTraceExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = self.requests.body(&batch);
-        drop(batch);
+impl Collector for HttpCollector {
+    fn send(&self, body: Vec<u8>) -> Result<(), ExportError> {
         let response = self
             .client
             .post(&self.url)
             .headers(self.headers.clone())
             .body(body)
             .send()
-            .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP export failed: {e}")))?;
+            .map_err(|e| ExportError::Unreachable(e.to_string()))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(OTelSdkError::InternalFailure(format!(
-                "the collector refused the spans: HTTP {status}"
-            )))
+            Err(ExportError::Refused(format!("HTTP {status}")))
         }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.requests.set_resource(resource);
     }
 }

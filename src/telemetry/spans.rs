@@ -1,18 +1,17 @@
 //! One OpenTelemetry CLIENT span per query, built after the query completed (so the sampling
 //! decision can keep every error and every slow query) with its real start time, and exported
-//! over OTLP by a batch processor that never makes the data path wait.
+//! over OTLP by an export thread that never makes the data path wait. The process's own
+//! `tracing` spans, a few per minute, go through the SDK's batch processor to the same
+//! collector; the queries' spans take their own lane ([`super::span_lane`]), which skips the
+//! SDK's span objects altogether.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue, StringValue};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
     BatchConfig, BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData,
     SpanExporter, SpanProcessor,
@@ -20,19 +19,16 @@ use opentelemetry_sdk::trace::{
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::metrics::Metrics;
-use super::otlp_env::export_timeout;
-use super::otlp_grpc::GrpcTraceExporter;
-use super::otlp_http::HttpTraceExporter;
+use super::otlp_encode::TraceRequests;
+use super::otlp_env::{batch_settings, export_timeout, queue_size};
+use super::otlp_grpc::GrpcCollector;
+use super::otlp_http::HttpCollector;
+use super::query_spans::{EncodedAttributes, QueryRequests, QuerySpan};
+use super::span_lane::{Collector, ExportBudget, SpanLane};
 use super::statements::{StatementCache, StatementFacts};
 use super::traceparent::{self, TraceParent};
 use crate::config::{OtlpProtocol, RootSampling, SamplerSettings, TelemetrySettings};
 use crate::tls::CollectorTls;
-
-/// Spans queued or being exported before new ones are dropped, unless
-/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise. Four times the SDK's 2048: a proxy emits a span per
-/// query, and a queue that absorbs a collector's hiccup of a fraction of a second at tens of
-/// thousands of queries per second costs only a few MiB.
-const DEFAULT_QUEUE: usize = 8192;
 
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +45,7 @@ pub struct FinishedQuery<'a> {
     /// The SQL as the client sent it (empty when unknown).
     pub sql: &'a [u8],
     /// The attributes every span of this session carries, from [`QueryTracer::session_attributes`].
-    pub session: &'a [KeyValue],
+    pub session: &'a EncodedAttributes,
     /// When the request reached the proxy.
     pub started: Instant,
     /// Time spent waiting for a server connection.
@@ -62,16 +58,8 @@ pub struct FinishedQuery<'a> {
     pub rows: u64,
 }
 
-/// Spans allowed in the export pipeline at once; counts what is dropped for want of room.
-#[derive(Debug)]
-struct ExportBudget {
-    in_flight: AtomicUsize,
-    limit: usize,
-    metrics: Arc<Metrics>,
-}
-
-/// The batch processor behind a budget check: a full pipeline drops the span at once (and counts
-/// it) instead of queueing without bound.
+/// The SDK's batch processor behind the budget both lanes share: a full pipeline drops the span
+/// at once (and counts it) instead of queueing without bound.
 #[derive(Debug)]
 struct BudgetedProcessor {
     inner: BatchSpanProcessor,
@@ -84,13 +72,9 @@ impl SpanProcessor for BudgetedProcessor {
     }
 
     fn on_end(&self, span: SpanData) {
-        let budget = &self.budget;
-        if budget.in_flight.fetch_add(1, Ordering::AcqRel) >= budget.limit {
-            budget.in_flight.fetch_sub(1, Ordering::AcqRel);
-            budget.metrics.spans_dropped("queue_full", 1);
-            return;
+        if self.budget.admit() {
+            self.inner.on_end(span);
         }
-        self.inner.on_end(span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -106,39 +90,24 @@ impl SpanProcessor for BudgetedProcessor {
     }
 }
 
-/// The OTLP exporter, reporting each batch's fate to the budget and the metrics.
+/// The SDK's spans encoded and sent to the collector, each batch's fate reported to the budget.
 #[derive(Debug)]
-struct CountingExporter<E> {
-    inner: E,
+struct SdkSpanExporter {
+    collector: Arc<dyn Collector>,
+    requests: TraceRequests,
     budget: Arc<ExportBudget>,
 }
 
-impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+impl SpanExporter for SdkSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let count = batch.len();
-        let result = self.inner.export(batch).await;
-        self.budget.in_flight.fetch_sub(count, Ordering::AcqRel);
-        let metrics = &self.budget.metrics;
-        match &result {
-            Ok(()) => metrics.spans_exported(count as u64),
-            Err(e) => {
-                metrics.spans_dropped("export_failed", count as u64);
-                tracing::debug!(error = %e, spans = count, "OTLP export failed");
-            }
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+        let body = self.requests.body(&batch);
+        let result = self.collector.send(body);
+        self.budget.settle(batch.len(), result.as_ref().map(drop));
+        result.map_err(|e| OTelSdkError::InternalFailure(e.to_string()))
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        self.requests.set_resource(resource);
     }
 }
 
@@ -162,8 +131,11 @@ pub struct SessionFacts<'a> {
 /// Turns completed queries into spans.
 #[derive(Debug)]
 pub struct QueryTracer {
+    /// The process's own spans.
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// The queries' spans.
+    lane: SpanLane,
     sampler: SamplerSettings,
     slow: Duration,
     statements: StatementCache,
@@ -186,59 +158,28 @@ impl QueryTracer {
             endpoint: endpoint.clone(),
             message,
         };
-        let https = endpoint.starts_with("https://");
-        // The HTTP client is built on rustls without a provider of its own: it takes the
-        // process-wide one (ring, as everywhere in pgsidecar); one already installed is kept.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = settings.collector_tls.as_ref();
+        let collector = collector(settings, &endpoint).map_err(failed)?;
         let limit = queue_size();
+        let budget = Arc::new(ExportBudget::new(limit, metrics));
+        let resource = resource(settings.service_name.as_deref());
+        let lane = SpanLane::start(
+            Arc::clone(&collector),
+            QueryRequests::new(resource.clone()),
+            batch_settings(limit),
+            Arc::clone(&budget),
+        )
+        .map_err(|e| failed(format!("cannot start the export thread: {e}")))?;
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(limit)
             .build();
-        let provider = match settings.otlp_protocol {
-            OtlpProtocol::Grpc => {
-                let mut channel = Endpoint::from_shared(endpoint.clone())
-                    .map_err(|e| failed(e.to_string()))?
-                    .timeout(export_timeout())
-                    .connect_timeout(export_timeout());
-                if https {
-                    channel = channel
-                        .tls_config(grpc_tls(tls))
-                        .map_err(|e| failed(e.to_string()))?;
-                }
-                let exporter = GrpcTraceExporter::new(channel.connect_lazy());
-                budgeted_provider(exporter, batch, limit, metrics)
-            }
-            OtlpProtocol::HttpProtobuf => {
-                // A general endpoint gets the signal path; a traces endpoint already has it.
-                let url = if endpoint.ends_with("/v1/traces") {
-                    endpoint.clone()
-                } else {
-                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-                };
-                // The blocking HTTP client owns a runtime of its own: build it off this one.
-                let client = std::thread::scope(|scope| {
-                    scope
-                        .spawn(|| match tls {
-                            Some(tls) => http_client(tls),
-                            None => reqwest::blocking::Client::builder()
-                                .timeout(export_timeout())
-                                .build()
-                                .map_err(|e| e.to_string()),
-                        })
-                        .join()
-                })
-                .map_err(|_| failed("the HTTP client could not be built".into()))?
-                .map_err(failed)?;
-                budgeted_provider(HttpTraceExporter::new(client, url), batch, limit, metrics)
-            }
-        }
-        .with_resource(resource(settings.service_name.as_deref()))
-        .build();
+        let provider = sdk_provider(collector, batch, budget)
+            .with_resource(resource)
+            .build();
         let tracer = provider.tracer("pgsidecar");
         Ok(Some(Self {
             provider,
             tracer,
+            lane,
             sampler: settings.sampler,
             slow: settings.slow_query_threshold,
             statements: StatementCache::default(),
@@ -251,11 +192,9 @@ impl QueryTracer {
         self.tracer.clone()
     }
 
-    /// The attributes shared by the spans of one session on one upstream host, built once:
-    /// their strings are reference-counted, so copying them into each span allocates nothing.
+    /// The attributes shared by the spans of one session on one upstream host, encoded once.
     #[must_use]
-    pub fn session_attributes(&self, session: &SessionFacts<'_>) -> Vec<KeyValue> {
-        let shared = |s: &str| StringValue::from(Arc::<str>::from(s));
+    pub fn session_attributes(&self, session: &SessionFacts<'_>) -> EncodedAttributes {
         let (host, port) = session
             .server
             .rsplit_once(':')
@@ -264,24 +203,23 @@ impl QueryTracer {
             });
         let mut attributes = vec![
             KeyValue::new("db.system.name", "postgresql"),
-            KeyValue::new("db.namespace", shared(session.database)),
-            KeyValue::new("server.address", shared(host)),
+            KeyValue::new("db.namespace", session.database.to_owned()),
+            KeyValue::new("server.address", host.to_owned()),
             KeyValue::new("server.port", i64::from(port)),
             KeyValue::new("pgsidecar.server.role", session.role),
             KeyValue::new(
                 "pgsidecar.pool",
-                shared(&format!("{}/{}", session.database, session.user)),
+                format!("{}/{}", session.database, session.user),
             ),
             KeyValue::new(
                 "pgsidecar.application_name",
-                shared(session.application_name),
+                session.application_name.to_owned(),
             ),
         ];
-        let schema_version = session.schema_version;
-        if let Some(version) = schema_version {
+        if let Some(version) = session.schema_version {
             attributes.push(KeyValue::new("pgsidecar.schema_version", version));
         }
-        attributes
+        EncodedAttributes::new(&attributes)
     }
 
     /// Records `query` as a span if the sampler keeps it.
@@ -291,60 +229,24 @@ impl QueryTracer {
             return;
         }
         // A statement carrying a traceparent is unique to one execution: not worth remembering.
-        let facts = if parent.is_some() {
+        let statement = if parent.is_some() {
             Arc::new(StatementFacts::of(query.sql))
         } else {
             self.statements.facts(query.sql)
         };
-        let mut attributes = Vec::with_capacity(query.session.len() + facts.attributes.len() + 5);
-        attributes.extend_from_slice(query.session);
-        attributes.extend([
-            KeyValue::new(
-                "db.response.status_code",
-                query.sqlstate.map_or(StringValue::from("00000"), |code| {
-                    StringValue::from(code.to_owned())
-                }),
-            ),
-            KeyValue::new(
-                "db.response.returned_rows",
-                i64::try_from(query.rows).unwrap_or(i64::MAX),
-            ),
-            KeyValue::new("pgsidecar.pool.wait_seconds", query.wait.as_secs_f64()),
-            KeyValue::new(
-                "pgsidecar.server.duration_seconds",
-                query.server.as_secs_f64(),
-            ),
-        ]);
-        attributes.extend_from_slice(&facts.attributes);
-        if let Some(code) = query.sqlstate {
-            attributes.push(KeyValue::new("error.type", code.to_owned()));
-        }
-        let elapsed = query.wait + query.server;
-        let start = SystemTime::now() - query.started.elapsed();
-        let cx = parent.map_or_else(Context::new, |p| {
-            Context::new().with_remote_span_context(SpanContext::new(
-                TraceId::from(p.trace_id),
-                SpanId::from(p.span_id),
-                if p.sampled {
-                    TraceFlags::SAMPLED
-                } else {
-                    TraceFlags::default()
-                },
-                true,
-                TraceState::default(),
-            ))
+        self.lane.push(QuerySpan {
+            trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
+            span_id: new_span_id(),
+            parent_span_id: parent.map(|p| p.span_id),
+            started: query.started,
+            elapsed: query.wait + query.server,
+            session: query.session.clone(),
+            statement,
+            sqlstate: query.sqlstate.map(Box::from),
+            rows: i64::try_from(query.rows).unwrap_or(i64::MAX),
+            wait: query.wait,
+            server: query.server,
         });
-        let mut span = self
-            .tracer
-            .span_builder(facts.name.to_string())
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &cx);
-        if let Some(code) = query.sqlstate {
-            span.set_status(Status::error(format!("SQLSTATE {code}")));
-        }
-        span.end_with_timestamp(start + elapsed);
     }
 
     fn keep(&self, query: &FinishedQuery<'_>, parent: Option<TraceParent>) -> bool {
@@ -366,13 +268,80 @@ impl QueryTracer {
 
     /// Exports what is queued now. Blocks: call it from a blocking context.
     pub fn flush(&self) {
+        self.lane.flush();
         let _ = self.provider.force_flush();
     }
 
-    /// Exports what is queued and stops the exporter. Blocks: call it from a blocking context.
+    /// Exports what is queued and stops the exporters. Blocks: call it from a blocking context.
     pub fn shutdown(&self) {
+        self.lane.shutdown();
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// A random trace id, never the invalid all-zero one.
+fn new_trace_id() -> u128 {
+    loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A random span id, never the invalid all-zero one.
+fn new_span_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// The collector `endpoint` over the configured protocol.
+fn collector(settings: &TelemetrySettings, endpoint: &str) -> Result<Arc<dyn Collector>, String> {
+    let https = endpoint.starts_with("https://");
+    // The HTTP client is built on rustls without a provider of its own: it takes the
+    // process-wide one (ring, as everywhere in pgsidecar); one already installed is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = settings.collector_tls.as_ref();
+    match settings.otlp_protocol {
+        OtlpProtocol::Grpc => {
+            let mut channel = Endpoint::from_shared(endpoint.to_owned())
+                .map_err(|e| e.to_string())?
+                .timeout(export_timeout())
+                .connect_timeout(export_timeout());
+            if https {
+                channel = channel
+                    .tls_config(grpc_tls(tls))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Arc::new(GrpcCollector::new(channel.connect_lazy())))
+        }
+        OtlpProtocol::HttpProtobuf => {
+            // A general endpoint gets the signal path; a traces endpoint already has it.
+            let url = if endpoint.ends_with("/v1/traces") {
+                endpoint.to_owned()
+            } else {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            };
+            // The blocking HTTP client owns a runtime of its own: build it off this one.
+            let client = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| match tls {
+                        Some(tls) => http_client(tls),
+                        None => reqwest::blocking::Client::builder()
+                            .timeout(export_timeout())
+                            .build()
+                            .map_err(|e| e.to_string()),
+                    })
+                    .join()
+            })
+            .map_err(|_| "the HTTP client could not be built".to_owned())??;
+            Ok(Arc::new(HttpCollector::new(client, url)))
         }
     }
 }
@@ -402,38 +371,25 @@ fn http_client(tls: &CollectorTls) -> Result<reqwest::blocking::Client, String> 
     builder.build().map_err(built)
 }
 
-/// A provider whose spans go through a batch processor within a budget of `limit` spans in
-/// flight, exported by `exporter`.
-fn budgeted_provider<E: SpanExporter + 'static>(
-    exporter: E,
+/// A provider whose spans go through the SDK's batch processor within `budget`, sent to
+/// `collector`.
+fn sdk_provider(
+    collector: Arc<dyn Collector>,
     batch: BatchConfig,
-    limit: usize,
-    metrics: Arc<Metrics>,
+    budget: Arc<ExportBudget>,
 ) -> opentelemetry_sdk::trace::TracerProviderBuilder {
-    let budget = Arc::new(ExportBudget {
-        in_flight: AtomicUsize::new(0),
-        limit,
-        metrics,
-    });
+    let exporter = SdkSpanExporter {
+        collector,
+        requests: TraceRequests::default(),
+        budget: Arc::clone(&budget),
+    };
     let processor = BudgetedProcessor {
-        inner: BatchSpanProcessor::builder(CountingExporter {
-            inner: exporter,
-            budget: Arc::clone(&budget),
-        })
-        .with_batch_config(batch)
-        .build(),
+        inner: BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch)
+            .build(),
         budget,
     };
     SdkTracerProvider::builder().with_span_processor(processor)
-}
-
-/// `OTEL_BSP_MAX_QUEUE_SIZE`, which the batch processor also reads.
-fn queue_size() -> usize {
-    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(DEFAULT_QUEUE)
 }
 
 /// The resource from `OTEL_RESOURCE_ATTRIBUTES` / `OTEL_SERVICE_NAME`, with `service.name`
@@ -457,46 +413,83 @@ fn resource(service_name: Option<&str>) -> Resource {
 mod tests {
     use std::sync::Mutex;
 
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+
+    use super::super::span_lane::BatchSettings;
     use super::*;
 
-    /// Keeps what it is sent.
-    #[derive(Debug, Default, Clone)]
-    struct Keeper(Arc<Mutex<Vec<String>>>);
+    /// Keeps the names of the spans it is sent.
+    #[derive(Debug, Default)]
+    struct Keeper(Mutex<Vec<String>>);
 
-    impl SpanExporter for Keeper {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            let names = batch.iter().map(|s| s.name.to_string());
-            self.0.lock().unwrap().extend(names);
+    impl Collector for Keeper {
+        fn send(&self, body: Vec<u8>) -> Result<(), super::super::span_lane::ExportError> {
+            let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            let mut names = self.0.lock().unwrap();
+            for scope in &request.resource_spans[0].scope_spans {
+                names.extend(scope.spans.iter().map(|s| s.name.clone()));
+            }
             Ok(())
         }
     }
 
     #[test]
-    fn a_full_pipeline_drops_and_counts_instead_of_queueing() {
+    fn the_process_spans_and_the_query_spans_share_one_budget() {
         let metrics = Arc::new(Metrics::new());
-        let keeper = Keeper::default();
+        let keeper = Arc::new(Keeper::default());
+        let collector: Arc<dyn Collector> = Arc::clone(&keeper) as Arc<dyn Collector>;
+        let budget = Arc::new(ExportBudget::new(2, Arc::clone(&metrics)));
         // No scheduled export during the test: spans stay in flight until the flush.
+        let delay = Duration::from_secs(600);
+        let settings = BatchSettings {
+            delay,
+            max_batch: 100,
+            flush_timeout: Duration::from_secs(30),
+        };
+        let resource = Resource::builder_empty().build();
+        let requests = QueryRequests::new(resource);
+        let lane = SpanLane::start(
+            Arc::clone(&collector),
+            requests,
+            settings,
+            Arc::clone(&budget),
+        )
+        .unwrap();
         let batch = BatchConfigBuilder::default()
-            .with_scheduled_delay(Duration::from_secs(600))
+            .with_scheduled_delay(delay)
             .build();
-        let provider = budgeted_provider(keeper.clone(), batch, 2, Arc::clone(&metrics)).build();
+        let provider = sdk_provider(collector, batch, budget).build();
         let tracer = provider.tracer("test");
-        for i in 0..5 {
-            tracer.start(format!("q{i}")).end();
+        lane.push(QuerySpan {
+            trace_id: 1,
+            span_id: 1,
+            parent_span_id: None,
+            started: Instant::now(),
+            elapsed: Duration::ZERO,
+            session: EncodedAttributes::default(),
+            statement: Arc::new(StatementFacts::of(b"SELECT * FROM documents")),
+            sqlstate: None,
+            rows: 0,
+            wait: Duration::ZERO,
+            server: Duration::ZERO,
+        });
+        for name in ["migrate", "dropped"] {
+            tracer.start(name).end();
         }
-        assert_eq!(metrics.spans_dropped_count("queue_full"), 3);
+        assert_eq!(metrics.spans_dropped_count("queue_full"), 1);
+        lane.flush();
         provider.force_flush().unwrap();
-        assert_eq!(*keeper.0.lock().unwrap(), ["q0", "q1"]);
-        // Room again once exported.
-        tracer.start("q5").end();
-        provider.force_flush().unwrap();
-        assert_eq!(keeper.0.lock().unwrap().len(), 3);
-        assert_eq!(metrics.spans_dropped_count("queue_full"), 3);
+        let mut names = keeper.0.lock().unwrap().clone();
+        names.sort();
+        assert_eq!(names, ["SELECT documents", "migrate"]);
         assert!(
             metrics
                 .encode()
-                .contains("pgsidecar_spans_exported_total 3")
+                .contains("pgsidecar_spans_exported_total 2")
         );
+        lane.shutdown();
         provider.shutdown().unwrap();
     }
 }

@@ -9,8 +9,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use opentelemetry::{KeyValue, StringValue};
+use opentelemetry::KeyValue;
 
+use super::query_spans::EncodedAttributes;
 use super::sql_text::{QueryShape, sanitised, shape};
 
 /// Distinct statements remembered; beyond this the memory starts over.
@@ -28,9 +29,8 @@ pub struct StatementFacts {
     /// The span's name: the query summary, or `postgresql` when there is none.
     pub name: Arc<str>,
     /// `db.operation.name`, `db.collection.name`, `db.query.summary`, `db.query.text`, as the
-    /// statement has them; their strings are shared, so copying them into a span allocates
-    /// nothing.
-    pub attributes: Vec<KeyValue>,
+    /// statement has them, encoded once for every span of the statement.
+    pub attributes: EncodedAttributes,
 }
 
 impl StatementFacts {
@@ -41,25 +41,24 @@ impl StatementFacts {
     }
 
     fn of_shape(shape: &QueryShape) -> Self {
-        let shared = |s: &str| StringValue::from(Arc::<str>::from(s));
         let summary = shape.summary();
         let mut attributes = Vec::with_capacity(4);
         if let Some(operation) = &shape.operation {
-            attributes.push(KeyValue::new("db.operation.name", shared(operation)));
+            attributes.push(KeyValue::new("db.operation.name", operation.clone()));
         }
         if let Some(collection) = shape.collection() {
-            attributes.push(KeyValue::new("db.collection.name", shared(collection)));
+            attributes.push(KeyValue::new("db.collection.name", collection.to_owned()));
         }
         if let Some(summary) = &summary {
-            attributes.push(KeyValue::new("db.query.summary", shared(summary)));
+            attributes.push(KeyValue::new("db.query.summary", summary.clone()));
         }
         if !shape.text.is_empty() {
-            attributes.push(KeyValue::new("db.query.text", shared(&shape.text)));
+            attributes.push(KeyValue::new("db.query.text", shape.text.clone()));
         }
         Self {
             reusable: !shape.has_literals,
             name: Arc::from(summary.as_deref().unwrap_or("postgresql")),
-            attributes,
+            attributes: EncodedAttributes::new(&attributes),
         }
     }
 }
@@ -141,12 +140,28 @@ impl StatementCache {
 mod tests {
     use super::*;
 
-    fn text(facts: &StatementFacts, key: &str) -> Option<String> {
-        facts
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message as _;
+
+    /// The attributes as a collector decodes them.
+    fn decoded(facts: &StatementFacts) -> Vec<(String, Option<Value>)> {
+        Span::decode(facts.attributes.bytes())
+            .unwrap()
             .attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.as_str().into_owned())
+            .into_iter()
+            .map(|kv| (kv.key, kv.value.and_then(|v| v.value)))
+            .collect()
+    }
+
+    fn text(facts: &StatementFacts, key: &str) -> Option<String> {
+        decoded(facts)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, value)| match value {
+                Some(Value::StringValue(text)) => Some(text),
+                _ => None,
+            })
     }
 
     #[test]
@@ -176,6 +191,6 @@ mod tests {
     fn without_a_summary_the_span_is_named_after_the_system() {
         let facts = StatementFacts::of(b"");
         assert_eq!(&*facts.name, "postgresql");
-        assert!(facts.attributes.is_empty());
+        assert!(decoded(&facts).is_empty());
     }
 }

@@ -30,12 +30,11 @@ use crate::config::{Config, PoolMode, SessionTimeouts};
 use crate::context::ProxyContext;
 use crate::context::{CancelSlot, ClientCount};
 use crate::gate::{DatabaseGate, Ticket};
-use crate::telemetry::{FinishedQuery, SessionFacts};
+use crate::telemetry::{EncodedAttributes, FinishedQuery, SessionFacts};
 use crate::tls::PgStream;
 use crate::wire::messages::{Severity, error, parse_parameter_status};
 use crate::wire::tag::status;
 use crate::wire::{WireError, sqlstate};
-use opentelemetry::KeyValue;
 pub use timeouts::Timeout;
 use timeouts::Waiting;
 
@@ -200,7 +199,7 @@ struct SpanAttributes {
     application_name: String,
     /// The upstream host and its state epoch they were built for.
     host: (usize, u64),
-    attributes: Vec<KeyValue>,
+    attributes: EncodedAttributes,
 }
 
 /// A logged-in client.
@@ -531,19 +530,17 @@ impl Session {
                             attributes,
                         }));
                     }
-                    let session = self
-                        .span_attributes
-                        .as_ref()
-                        .map_or(&[][..], |c| &c.attributes[..]);
-                    tracer.record(&FinishedQuery {
-                        sql: cycle.sql(),
-                        session,
-                        started: cycle.started,
-                        wait: cycle.wait,
-                        server,
-                        sqlstate: cycle.sqlstate(),
-                        rows: cycle.rows,
-                    });
+                    if let Some(cached) = &self.span_attributes {
+                        tracer.record(&FinishedQuery {
+                            sql: cycle.sql(),
+                            session: &cached.attributes,
+                            started: cycle.started,
+                            wait: cycle.wait,
+                            server,
+                            sqlstate: cycle.sqlstate(),
+                            rows: cycle.rows,
+                        });
+                    }
                 }
             }
             cycles.recycle(cycle);
