@@ -2,6 +2,8 @@
 //! leave the process), and the low-cardinality summary the span is named after
 //! (`SELECT documents`). Runs only for queries whose span is kept.
 
+use std::hash::Hasher;
+
 /// Longest `db.query.text` exported; longer texts are cut at a character boundary.
 const MAX_TEXT: usize = 2048;
 /// Tables named in a summary.
@@ -157,6 +159,13 @@ impl<'a> Iterator for Tokens<'a> {
     type Item = (bool, Token<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_token().map(|(spaced, _, token)| (spaced, token))
+    }
+}
+
+impl<'a> Tokens<'a> {
+    /// The next token, whether blanks preceded it, and where it starts.
+    fn next_token(&mut self) -> Option<(bool, usize, Token<'a>)> {
         let spaced = self.skip_blank();
         let b = self.peek_at(self.at)?;
         let start = self.at;
@@ -232,7 +241,7 @@ impl<'a> Iterator for Tokens<'a> {
                 Token::Symbol(&self.sql[start..self.at])
             }
         };
-        Some((spaced, token))
+        Some((spaced, start, token))
     }
 }
 
@@ -250,16 +259,26 @@ fn is_modifier(word: &str) -> bool {
         .any(|k| word.eq_ignore_ascii_case(k))
 }
 
-/// The sanitized text of `sql` alone (as [`shape`] has it), and whether it had literals: what
-/// the statement cache looks a literal-laden text up by, without working out the rest.
-#[must_use]
-pub fn sanitised(sql: &str) -> (String, bool) {
-    let mut text = String::with_capacity(sql.len().min(MAX_TEXT));
+/// Feeds `hasher` the text of `sql` with each literal cut out, and says whether there was one:
+/// what the statement cache looks a literal-laden text up by. Texts that differ only in their
+/// literals share it, and so share their sanitized text. The text between literals goes to the
+/// hasher as it is, in long runs, and no sanitized text is built.
+pub fn fingerprint(sql: &str, hasher: &mut impl Hasher) -> bool {
+    let bytes = sql.as_bytes();
+    let mut tokens = Tokens { sql, at: 0 };
+    let mut run_start = 0;
     let mut has_literals = false;
-    for (spaced, token) in (Tokens { sql, at: 0 }) {
-        has_literals |= append_sanitised(&mut text, spaced, token);
+    while let Some((_, start, token)) = tokens.next_token() {
+        if matches!(token, Token::Literal | Token::Number) {
+            hasher.write(&bytes[run_start..start]);
+            // Where the literal was: a NUL byte, which no query text contains.
+            hasher.write_u8(0);
+            run_start = tokens.at.min(bytes.len());
+            has_literals = true;
+        }
     }
-    (text, has_literals)
+    hasher.write(&bytes[run_start..]);
+    has_literals
 }
 
 /// Appends `token` to a sanitized text (a literal as `?`); true when it was a literal.
@@ -338,17 +357,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sanitised_text_alone_is_the_shapes() {
-        for sql in [
+    fn texts_that_differ_only_in_their_literals_share_a_fingerprint() {
+        let of = |sql: &str| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            let literals = fingerprint(sql, &mut hasher);
+            (hasher.finish(), literals)
+        };
+        let same = [
             "SELECT * FROM users WHERE email = 'a@b.c' AND id IN (1, 2.5e-3, .5)",
-            "select d.id from public.documents d join chunks c on c.document_id = d.id",
-            "UPDATE ONLY accounts SET balance = balance - 10 WHERE id = $1",
-            "/* traceparent='00-ab' */ SELECT 1;",
-            "",
+            "SELECT * FROM users WHERE email = E'x''s' AND id IN (7, 8, $$y$$)",
+            "SELECT * FROM users WHERE email = '' AND id IN (7e3, X'ff', .9)",
+        ];
+        assert!(same.iter().all(|sql| of(sql) == of(same[0])), "{same:?}");
+        assert!(of(same[0]).1, "literals found");
+        for different in [
+            "SELECT * FROM users WHERE email = 'a@b.c' AND id IN (1, 2.5e-3)",
+            "SELECT * FROM users2 WHERE email = 'a@b.c' AND id IN (1, 2.5e-3, .5)",
+            "SELECT * FROM users WHERE email = $1 AND id IN (1, 2.5e-3, .5)",
+            "SELECT * FROM users WHERE email='a@b.c' AND id IN (1, 2.5e-3, .5)",
         ] {
-            let shape = shape(sql);
-            assert_eq!(sanitised(sql), (shape.text, shape.has_literals), "{sql}");
+            assert_ne!(of(different), of(same[0]), "{different}");
         }
+        assert!(of("SELECT 1").1);
+        assert!(!of("SELECT $1").1, "a parameter is no literal");
     }
 
     #[test]
@@ -406,8 +437,13 @@ mod tests {
             "/* open",
             "SELECT $",
             "x$",
+            "SELECT E'abc\\",
         ] {
             let _ = shape(sql);
+            assert!(
+                fingerprint(sql, &mut std::hash::DefaultHasher::new()) || !sql.contains('\''),
+                "{sql}"
+            );
         }
     }
 }

@@ -3,16 +3,20 @@
 //! sends its values as parameters runs the same few hundred texts over and over: those are
 //! remembered by their text, and a repeat costs one lookup. A text with literals in it is
 //! usually one execution's own (a cache of such texts only churns), but its sanitised text is
-//! not: those are remembered by the sanitised text, so a repeat costs the sanitising only.
+//! not: those are remembered by a fingerprint of the sanitised text, taken as the text is lexed,
+//! so a repeat costs one pass of the lexer and builds no string.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::{Arc, RwLock};
+
+use foldhash::fast::RandomState;
 
 use opentelemetry::KeyValue;
 
 use super::query_spans::EncodedAttributes;
-use super::sql_text::{QueryShape, sanitised, shape};
+use super::sql_text::{QueryShape, fingerprint, shape};
 
 /// Distinct statements remembered; beyond this the memory starts over.
 const STATEMENTS_MAX: usize = 2048;
@@ -69,9 +73,11 @@ fn utf8_text(sql: &[u8]) -> Cow<'_, str> {
     std::str::from_utf8(sql).map_or_else(|_| String::from_utf8_lossy(sql), Cow::Borrowed)
 }
 
-/// A bounded memory of facts; beyond [`STATEMENTS_MAX`] entries it starts over.
+/// A bounded memory of facts; beyond [`STATEMENTS_MAX`] entries it starts over. Its hasher is
+/// seeded at random per process: fast on the texts a span looks up, and not predictable by a
+/// client that would like its statements to collide.
 #[derive(Debug)]
-struct Remembered<K>(RwLock<HashMap<K, Arc<StatementFacts>>>);
+struct Remembered<K>(RwLock<HashMap<K, Arc<StatementFacts>, RandomState>>);
 
 impl<K> Default for Remembered<K> {
     fn default() -> Self {
@@ -101,12 +107,15 @@ impl<K: std::hash::Hash + Eq> Remembered<K> {
     }
 }
 
-/// The facts of the statements seen lately: by their text for texts without literals, by their
-/// sanitised text for the others.
+/// The facts of the statements seen lately: by their text for texts without literals, by the
+/// fingerprint of their sanitised text for the others.
 #[derive(Debug, Default)]
 pub struct StatementCache {
     by_text: Remembered<Box<[u8]>>,
-    by_sanitised_text: Remembered<Box<str>>,
+    by_fingerprint: Remembered<u64>,
+    /// Seeds the fingerprints, at random: 64 bits of a keyed hash, so that two different
+    /// sanitised texts sharing one is as likely as guessing the key.
+    fingerprints: RandomState,
 }
 
 impl StatementCache {
@@ -119,17 +128,18 @@ impl StatementCache {
             return facts;
         }
         let text = utf8_text(sql);
-        let (sanitised_text, has_literals) = sanitised(&text);
-        if has_literals && let Some(facts) = self.by_sanitised_text.get(sanitised_text.as_str()) {
+        let mut hasher = self.fingerprints.build_hasher();
+        let has_literals = fingerprint(&text, &mut hasher);
+        let key = hasher.finish();
+        if has_literals && let Some(facts) = self.by_fingerprint.get(&key) {
             return facts;
         }
-        let shape = shape(&text);
-        let facts = Arc::new(StatementFacts::of_shape(&shape));
+        let facts = Arc::new(StatementFacts::of_shape(&shape(&text)));
         if sql.len() <= LONGEST_REMEMBERED {
             if facts.reusable {
                 self.by_text.insert(sql.into(), &facts);
             } else {
-                self.by_sanitised_text.insert(shape.text.into(), &facts);
+                self.by_fingerprint.insert(key, &facts);
             }
         }
         facts
