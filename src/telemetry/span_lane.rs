@@ -20,6 +20,9 @@ pub enum ExportError {
     /// The collector answered with a failure.
     #[error("the collector refused the spans: {0}")]
     Refused(String),
+    /// The request could not be compressed.
+    #[error("cannot compress the spans: {0}")]
+    Compression(#[source] std::io::Error),
 }
 
 /// Where encoded `ExportTraceServiceRequest`s go: the collector over OTLP/HTTP or OTLP/gRPC.

@@ -425,3 +425,43 @@ async fn the_collector_gets_the_headers_of_the_otel_environment() {
     );
     assert!(!collector.received.tokens().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_travel_gzipped_when_the_otel_environment_asks() {
+    let db = fresh_database().await;
+    for protocol in ["grpc", "http/protobuf"] {
+        let collector = if protocol == "grpc" {
+            Collector::grpc().await
+        } else {
+            Collector::http().await
+        };
+        let proxy = crate::support::ProxyProcess::spawn_with_env(
+            &[
+                "--otlp-endpoint",
+                &collector.endpoint,
+                "--traces-sampler",
+                "always_on",
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ],
+        );
+        let client = proxy.connect(&db).await;
+        client
+            .simple_query("SELECT count(*) FROM pg_class WHERE relname = 'x'")
+            .await
+            .unwrap();
+        let spans = collector
+            .received
+            .wait_for(&format!("the gzipped span ({protocol})"), |s| !s.is_empty())
+            .await;
+        assert_eq!(spans[0].name, "SELECT pg_class", "{protocol}");
+        let encodings = collector.received.encodings();
+        assert!(
+            !encodings.is_empty() && encodings.iter().all(|e| e == "gzip"),
+            "{protocol}: {encodings:?}"
+        );
+    }
+}

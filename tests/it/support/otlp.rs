@@ -19,9 +19,13 @@ use tokio::sync::watch;
 /// The request header a test collector records, as a collector's authentication would read it.
 pub const TOKEN_HEADER: &str = "x-collector-token";
 
-/// Spans received so far, and the token header of each request.
+/// Spans received so far, the token header of each request, and each request's compression.
 #[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<String>>>);
+pub struct Received(
+    Arc<Mutex<Vec<Span>>>,
+    Arc<Mutex<Vec<String>>>,
+    Arc<Mutex<Vec<String>>>,
+);
 
 impl Received {
     fn token(&self, value: Option<&str>) {
@@ -33,6 +37,18 @@ impl Received {
     /// The token header of every request that carried one.
     pub fn tokens(&self) -> Vec<String> {
         self.1.lock().unwrap().clone()
+    }
+
+    fn encoding(&self, value: Option<&str>) {
+        self.2
+            .lock()
+            .unwrap()
+            .push(value.unwrap_or("identity").to_owned());
+    }
+
+    /// How each request's body was compressed (`identity` when it was not).
+    pub fn encodings(&self) -> Vec<String> {
+        self.2.lock().unwrap().clone()
     }
 
     fn store(&self, request: ExportTraceServiceRequest) {
@@ -68,12 +84,9 @@ impl TraceService for Received {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.token(
-            request
-                .metadata()
-                .get(TOKEN_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
+        self.token(header(TOKEN_HEADER));
+        self.encoding(header("grpc-encoding"));
         self.store(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -99,7 +112,8 @@ impl Collector {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let received = Received::default();
         let (stop, stop_rx) = watch::channel(false);
-        let service = TraceServiceServer::new(received.clone());
+        let service = TraceServiceServer::new(received.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -126,7 +140,21 @@ impl Collector {
             "/v1/traces",
             axum::routing::post(
                 move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
-                    store.token(headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()));
+                    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+                    store.token(header(TOKEN_HEADER));
+                    let encoding = header("content-encoding");
+                    store.encoding(encoding);
+                    let body = match encoding {
+                        Some("gzip") => {
+                            let mut plain = Vec::new();
+                            let mut gunzip = flate2::read::GzDecoder::new(&body[..]);
+                            if std::io::Read::read_to_end(&mut gunzip, &mut plain).is_err() {
+                                return (axum::http::StatusCode::BAD_REQUEST, Vec::new());
+                            }
+                            axum::body::Bytes::from(plain)
+                        }
+                        _ => body,
+                    };
                     match ExportTraceServiceRequest::decode(body) {
                         Ok(request) => {
                             store.store(request);
