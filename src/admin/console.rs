@@ -182,8 +182,8 @@ fn show_clients(ctx: &ProxyContext) -> Table {
         };
         table.row(vec![
             text("C"),
-            text(&info.user),
-            text(&info.database),
+            text(&info.pool.user),
+            text(&info.pool.database),
             text(state),
             text(info.peer.ip()),
             text(info.peer.port()),
@@ -215,8 +215,8 @@ fn show_servers(ctx: &ProxyContext) -> Table {
             let info = &client.info;
             table.row(vec![
                 text("S"),
-                text(&info.user),
-                text(&info.database),
+                text(&info.pool.user),
+                text(&info.pool.database),
                 text("active"),
                 text(server.addr.ip()),
                 text(server.addr.port()),

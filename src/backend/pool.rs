@@ -159,7 +159,8 @@ pub enum AcquireError {
 /// One bounded pool and the settings it was built with.
 #[derive(Debug)]
 pub struct ServerPool {
-    key: PoolKey,
+    /// Shared with the pool's clients' entries in the client list.
+    key: Arc<PoolKey>,
     /// `host:port` of the upstream host its connections go to.
     address: String,
     /// Fixed for the pool's life: sessions depend on it.
@@ -210,7 +211,7 @@ impl ServerPool {
         .build()
         .expect("a runtime is set, so the pool builds");
         let pool = Arc::new(Self {
-            key,
+            key: Arc::new(key),
             address,
             mode,
             pool,
@@ -240,6 +241,12 @@ impl ServerPool {
     #[must_use]
     pub fn key(&self) -> &PoolKey {
         &self.key
+    }
+
+    /// The pool's key, for a client's entry in the client list to share instead of copying.
+    #[must_use]
+    pub fn shared_key(&self) -> Arc<PoolKey> {
+        Arc::clone(&self.key)
     }
 
     /// `host:port` of the upstream host this pool's connections go to.

@@ -13,15 +13,13 @@ use futures_util::task::AtomicWaker;
 
 use rand::RngExt;
 
-use crate::backend::CancelTarget;
+use crate::backend::{CancelTarget, PoolKey};
 
 /// Who a client is, for the admin console.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    /// Client-facing user.
-    pub user: Box<str>,
-    /// Client-facing database.
-    pub database: Box<str>,
+    /// Client-facing database and user: its pool's key, shared with the pool.
+    pub pool: Arc<PoolKey>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The proxy address it connected to.
@@ -235,8 +233,10 @@ mod tests {
 
     fn client() -> ClientInfo {
         ClientInfo {
-            user: "u".into(),
-            database: "d".into(),
+            pool: Arc::new(PoolKey {
+                database: "d".into(),
+                user: "u".into(),
+            }),
             peer: "127.0.0.1:40000".parse().unwrap(),
             local: None,
             connected_at: SystemTime::now(),

@@ -225,12 +225,12 @@ impl Stragglers for ProxyContext {
             .cancels
             .all()
             .into_iter()
-            .filter(|c| scope.covers(&c.info.database))
+            .filter(|c| scope.covers(&c.info.pool.database))
             .filter_map(|c| {
                 let age = c.transaction_age()?;
                 Some(Straggler {
-                    database: c.info.database.to_string(),
-                    user: c.info.user.to_string(),
+                    database: c.info.pool.database.clone(),
+                    user: c.info.pool.user.clone(),
                     application_name: c.info.application_name.to_string(),
                     client_addr: c.info.peer.to_string(),
                     server_pid: c.current().map(|s| s.pid),
@@ -248,7 +248,7 @@ impl Stragglers for ProxyContext {
             .cancels
             .all()
             .into_iter()
-            .filter(|c| scope.covers(&c.info.database) && c.transaction_age().is_some())
+            .filter(|c| scope.covers(&c.info.pool.database) && c.transaction_age().is_some())
             .collect();
         for client in &in_the_way {
             client.abort("the transaction was in the way of a pause (cancel stragglers)");

@@ -139,20 +139,6 @@ async fn start_session(
     // replicas.
     let config = ctx.config();
     let (database, reads_only) = config.routing.resolve(&login.database);
-    let info = ClientInfo {
-        application_name: login
-            .params
-            .wanted()
-            .get("application_name")
-            .map(|name| name.as_str().into())
-            .unwrap_or_default(),
-        user: login.user.as_str().into(),
-        database: database.into(),
-        peer,
-        local,
-        connected_at: SystemTime::now(),
-        tls: stream.tls_description().map(String::into_boxed_str),
-    };
     let intent = if reads_only {
         Intent::Read
     } else {
@@ -165,6 +151,19 @@ async fn start_session(
         },
         intent,
     );
+    let info = ClientInfo {
+        application_name: login
+            .params
+            .wanted()
+            .get("application_name")
+            .map(|name| name.as_str().into())
+            .unwrap_or_default(),
+        pool: pool.shared_key(),
+        peer,
+        local,
+        connected_at: SystemTime::now(),
+        tls: stream.tls_description().map(String::into_boxed_str),
+    };
     if let Some(keys) = login.scram_keys {
         pool.offer_scram_keys(keys);
     }
