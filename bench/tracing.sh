@@ -2,9 +2,9 @@
 # What per-query tracing costs: pgbench -S through three pgsidecar instances in front of one
 # PostgreSQL — tracing off, 1% sampling, 100% sampling — alternating, spans exported over
 # OTLP/HTTP to a local sink. Reports each instance's throughput, its CPU time (all threads) per
-# transaction, and the spans exported and dropped by reason.
-# OTLP/gRPC to a local tonic sink with PROTOCOL=grpc (the default protocol), else OTLP/HTTP to a
-# Python one.
+# transaction, the spans exported and dropped by reason, and where the 100 % instance's CPU went
+# by thread. OTLP/gRPC to a local tonic sink with PROTOCOL=grpc (the proxy's default protocol),
+# else OTLP/HTTP to a Python one.
 # Run by hand (not in CI): [QUERY_MODE=simple|extended|prepared] [PROTOCOL=grpc|http/protobuf]
 #   [SIDECAR=path/to/an/older/pgsidecar] bench/tracing.sh [seconds] [rounds]
 set -euo pipefail
@@ -83,3 +83,13 @@ for name in off sampled_1pct sampled_100pct; do
     -v ticks="${ticks[$name]}" -v txns="${txns[$name]}" -v k="$TICK" -v oc="$off_cpu" \
     'BEGIN { c = ticks / k * 1e6 / txns; printf "| %s | %.0f | %.3f | %.1f | %.2f | %s | %s / %s |\n", n, t, t / o, c, c / oc, e, f, x }'
 done
+
+# Where the traced instance's CPU went, by thread (since it started, over all its transactions):
+# the query thread, the query spans' export thread, the HTTP client's own runtime.
+echo
+echo "| thread of sampled_100pct | CPU µs/txn |"
+echo "|---|---|"
+for task in /proc/"${pid[sampled_100pct]}"/task/*; do
+  echo "$(cat "$task/comm") $(awk '{print $14 + $15}' "$task/stat")"
+done | awk -v txns="${txns[sampled_100pct]}" -v k="$TICK" \
+  '{ t[$1] += $2 } END { for (n in t) if (t[n] > 0) printf "| %s | %.2f |\n", n, t[n] / k * 1e6 / txns }'
