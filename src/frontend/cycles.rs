@@ -117,6 +117,7 @@ pub struct CycleLog {
     done: Option<Cycle>,
     /// Further finished cycles of a pipeline, after `done`.
     more_done: VecDeque<Cycle>,
+    /// Text buffers free for the next cycles.
     spare: Vec<Vec<u8>>,
     /// Session mode: statement texts by client name.
     named: HashMap<Box<str>, Bytes>,
@@ -278,6 +279,17 @@ impl CycleLog {
         self.done.take().or_else(|| self.more_done.pop_front())
     }
 
+    /// Gives the log text buffers kept from an earlier transaction.
+    pub fn lend_buffers(&mut self, buffers: Vec<Vec<u8>>) {
+        self.spare = buffers;
+    }
+
+    /// The text buffers free now, for the session to keep until its next transaction: a traced
+    /// session then copies each query's text without allocating.
+    pub fn take_buffers(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.spare)
+    }
+
     /// Takes a reported cycle's buffer back for the next one.
     pub fn recycle(&mut self, cycle: Cycle) {
         if let Text::Owned(buf) = cycle.text
@@ -313,6 +325,30 @@ mod tests {
         assert_eq!(done.sqlstate(), Some("42P01"));
         log.recycle(done);
         assert!(log.query(b"SELECT 1", t0).unwrap().sql() == b"SELECT 1");
+    }
+
+    #[test]
+    fn a_transaction_hands_its_text_buffers_to_the_next() {
+        let t0 = Instant::now();
+        let mut first = CycleLog::new(true);
+        let cycle = first
+            .query(b"SELECT * FROM documents WHERE id = 1", t0)
+            .unwrap();
+        first.finish(cycle, status::IDLE, false, t0);
+        let done = first.next_done().unwrap();
+        let held = done.sql().as_ptr();
+        first.recycle(done);
+        let buffers = first.take_buffers();
+        assert_eq!(buffers.len(), 1);
+        let mut next = CycleLog::new(true);
+        next.lend_buffers(buffers);
+        let cycle = next.query(b"SELECT 2", t0).unwrap();
+        assert_eq!(cycle.sql(), b"SELECT 2");
+        assert_eq!(
+            cycle.sql().as_ptr(),
+            held,
+            "the text went into the kept buffer"
+        );
     }
 
     #[test]

@@ -192,14 +192,17 @@ impl Conversation {
     }
 }
 
-/// The span attributes every query of a session shares, built once; boxed in the session, as
-/// only sessions whose queries are traced have them.
+/// The span attributes every query of a session shares, built once, and the buffers its query
+/// texts are copied into; boxed in the session, as only sessions whose queries are traced have
+/// them.
 struct SpanAttributes {
     /// The `application_name` they were built for.
     application_name: String,
     /// The upstream host and its state epoch they were built for.
     host: (usize, u64),
     attributes: EncodedAttributes,
+    /// Query text buffers kept from one transaction to the next.
+    text_buffers: Vec<Vec<u8>>,
 }
 
 /// A logged-in client.
@@ -375,6 +378,10 @@ impl Session {
         held: Option<Box<Checkout>>,
     ) -> Result<Served, SessionError> {
         let mut talk = Conversation::new(self.ctx.telemetry.tracer.is_some());
+        if let Some(traced) = self.span_attributes.as_mut() {
+            talk.cycles
+                .lend_buffers(std::mem::take(&mut traced.text_buffers));
+        }
         let mut checkout = if let Some(checkout) = held {
             *checkout
         } else {
@@ -387,6 +394,9 @@ impl Session {
         match self.forward(checkout.conn(), &mut talk).await {
             Ok(Step::Released) => {
                 self.release(checkout);
+                if let Some(traced) = self.span_attributes.as_mut() {
+                    traced.text_buffers = talk.cycles.take_buffers();
+                }
                 Ok(Served::Released)
             }
             Ok(Step::ClientEnded) => {
@@ -528,6 +538,8 @@ impl Session {
                             application_name: app.to_owned(),
                             host,
                             attributes,
+                            // Lent to the transaction under way, given back at its end.
+                            text_buffers: Vec::new(),
                         }));
                     }
                     if let Some(cached) = &self.span_attributes {
