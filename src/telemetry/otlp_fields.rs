@@ -197,19 +197,33 @@ pub(super) fn put_any_value(out: &mut Vec<u8>, value: &Value) {
 // KeyValue { key = 1; value = 2 }
 
 pub(super) fn key_value_len(key: &str, value: &Value) -> usize {
-    string_field_len(1, key) + message_field_len(2, any_value_len(value))
+    key_value_message_len(key, any_value_len(value))
 }
 
 pub(super) fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    let value_len = any_value_len(value);
-    put_message_header(
-        out,
-        field,
-        string_field_len(1, key) + message_field_len(2, value_len),
-    );
+    put_key_value_with(out, field, key, any_value_len(value), |out| {
+        put_any_value(out, value);
+    });
+}
+
+/// The length of a `KeyValue` message whose `AnyValue` is `value_len` long.
+fn key_value_message_len(key: &str, value_len: usize) -> usize {
+    string_field_len(1, key) + message_field_len(2, value_len)
+}
+
+/// Writes a `KeyValue` field: its header, the key, and the `AnyValue` of `value_len` bytes that
+/// `put_value` writes.
+fn put_key_value_with(
+    out: &mut Vec<u8>,
+    field: u32,
+    key: &str,
+    value_len: usize,
+    put_value: impl FnOnce(&mut Vec<u8>),
+) {
+    put_message_header(out, field, key_value_message_len(key, value_len));
     put_string_field(out, 1, key);
     put_message_header(out, 2, value_len);
-    put_any_value(out, value);
+    put_value(out);
 }
 
 pub(super) fn attributes_len(field: u32, attributes: &[KeyValue]) -> usize {
@@ -227,21 +241,12 @@ pub(super) fn put_attributes(out: &mut Vec<u8>, field: u32, attributes: &[KeyVal
 
 /// The length of a `KeyValue` field whose value is a single one, header included.
 pub(super) fn single_key_value_field_len(field: u32, key: &str, value: &Single<'_>) -> usize {
-    message_field_len(
-        field,
-        string_field_len(1, key) + message_field_len(2, single_len(value)),
-    )
+    message_field_len(field, key_value_message_len(key, single_len(value)))
 }
 
 /// Writes a `KeyValue` field whose value is a single one, without building a `Value`.
 pub(super) fn put_single_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Single<'_>) {
-    let value_len = single_len(value);
-    put_message_header(
-        out,
-        field,
-        string_field_len(1, key) + message_field_len(2, value_len),
-    );
-    put_string_field(out, 1, key);
-    put_message_header(out, 2, value_len);
-    put_single(out, value);
+    put_key_value_with(out, field, key, single_len(value), |out| {
+        put_single(out, value);
+    });
 }

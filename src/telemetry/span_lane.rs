@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::metrics::Metrics;
 use super::query_spans::{QueryRequests, QuerySpan, WallClock};
@@ -183,19 +183,13 @@ impl SpanLane {
         state.flushes_asked += 1;
         let asked = state.flushes_asked;
         self.queue.work.notify_one();
-        let deadline = Instant::now() + self.settings.flush_timeout;
-        while state.flushes_done < asked && !state.closing {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            state = self
-                .queue
-                .flushed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let _flushed = self
+            .queue
+            .flushed
+            .wait_timeout_while(state, self.settings.flush_timeout, |state| {
+                state.flushes_done < asked && !state.closing
+            })
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     /// Exports what is queued and stops the export thread. Blocks: call it from a blocking
@@ -258,23 +252,16 @@ impl Exporter {
     /// Waits for a full batch, a flush, the end or the delay, then takes everything queued.
     /// Returns the spans, the flush they answer and whether the lane is closing.
     fn next_batch(&self) -> (Vec<QuerySpan>, u64, bool) {
-        let deadline = Instant::now() + self.settings.delay;
-        let mut state = self.queue.lock();
-        while state.spans.len() < self.settings.max_batch
-            && state.flushes_done == state.flushes_asked
-            && !state.closing
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = self
-                .queue
-                .work
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let max_batch = self.settings.max_batch;
+        let (mut state, _) = self
+            .queue
+            .work
+            .wait_timeout_while(self.queue.lock(), self.settings.delay, |state| {
+                state.spans.len() < max_batch
+                    && state.flushes_done == state.flushes_asked
+                    && !state.closing
+            })
+            .unwrap_or_else(PoisonError::into_inner);
         let spans = std::mem::replace(
             &mut state.spans,
             Vec::with_capacity(self.settings.max_batch),
@@ -285,7 +272,7 @@ impl Exporter {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_sdk::Resource;
