@@ -18,6 +18,9 @@ use crate::wire::tag::{server, status};
 /// Named statements remembered for span text in session mode, before the map is reset.
 const MAX_NAMED: usize = 1024;
 
+/// The largest query-text buffer a session keeps between transactions.
+const KEPT_BUFFER_MAX: usize = 4096;
+
 /// Where a cycle's SQL text is.
 #[derive(Debug, Default)]
 enum Text {
@@ -285,9 +288,13 @@ impl CycleLog {
     }
 
     /// The text buffers free now, for the session to keep until its next transaction: a traced
-    /// session then copies each query's text without allocating.
+    /// session then copies each query's text without allocating. A buffer grown past
+    /// [`KEPT_BUFFER_MAX`] by a long statement is freed instead, so that an idle session never
+    /// holds one.
     pub fn take_buffers(&mut self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.spare)
+        let mut buffers = std::mem::take(&mut self.spare);
+        buffers.retain(|buf| buf.capacity() <= KEPT_BUFFER_MAX);
+        buffers
     }
 
     /// Takes a reported cycle's buffer back for the next one.
@@ -348,6 +355,15 @@ mod tests {
             cycle.sql().as_ptr(),
             held,
             "the text went into the kept buffer"
+        );
+        let long = vec![b'x'; KEPT_BUFFER_MAX + 1];
+        let cycle = next.query(&long, t0).unwrap();
+        next.finish(cycle, status::IDLE, false, t0);
+        let done = next.next_done().unwrap();
+        next.recycle(done);
+        assert!(
+            next.take_buffers().is_empty(),
+            "a long text's buffer is freed"
         );
     }
 
