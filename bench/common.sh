@@ -26,7 +26,7 @@ start_postgres() { # port max_connections
   "$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$1" -U postgres postgres >/dev/null 2>&1
 }
 
-start_pgbouncer() { # listen-port postgres-port pool-size [extra ini lines on stdin]
+start_pgbouncer_config() { # listen-port postgres-port pool-size [extra ini lines on stdin]
   {
     cat <<INI
 [databases]
@@ -46,6 +46,11 @@ INI
   } > "$work/pgbouncer.ini"
   echo '"postgres" ""' > "$work/userlist.txt"
   [ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
+  return 0
+}
+
+start_pgbouncer() { # listen-port postgres-port pool-size [extra ini lines on stdin]
+  start_pgbouncer_config "$@"
   # runuser starts PgBouncer with the soft descriptor limit of 1,024, which a thousand
   # clients exceed: raise it to the hard limit first.
   as_pg sh -c 'ulimit -n "$(ulimit -Hn)" && exec pgbouncer -d "$1"' sh "$work/pgbouncer.ini"
