@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# pgbench -S through nothing, pgsidecar and PgBouncer, alternating, and the proxy's memory and
-# behaviour under many clients. Run by hand (not in CI): bench/pgbench.sh [seconds] [rounds]
+# pgbench -S (and TPC-B at 16 clients) through nothing, pgsidecar and PgBouncer, alternating, and
+# both proxies' memory per idle client and behaviour under many clients.
+# Run by hand (not in CI): bench/pgbench.sh [seconds] [rounds]
 # Prints a markdown table of median TPS per target and client count, the ratios, and the
 # proxies' CPU time per transaction (user + system of the proxy process / transactions): the
 # figure that does not move with the machine's noise.
@@ -12,6 +13,7 @@ ROUNDS=${2:-3}
 CLIENT_COUNTS=${CLIENT_COUNTS:-"1 16 1000"}
 QUERY_MODES=${QUERY_MODES:-"simple extended prepared"}
 MANY_CLIENTS=${MANY_CLIENTS:-10000}
+TPCB_CLIENTS=${TPCB_CLIENTS:-16}
 POOL=20
 source bench/common.sh
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -34,14 +36,15 @@ sleep 1
 BOUNCER_PID=$(cat "$work/pgbouncer.pid")
 declare -A proxy_pid=([pgsidecar]=$SIDECAR_PID [pgbouncer]=$BOUNCER_PID)
 
-# Memory first, on the fresh proxy: a warm-up batch of idle clients, then a measured one.
-.venv/bin/python bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID"
+# Memory first, on the fresh proxies: a warm-up batch of idle clients, then a measured one.
+echo "pgsidecar: $(.venv/bin/python bench/idle_clients.py "$SIDECAR_PORT" 1000 "$SIDECAR_PID")"
+echo "PgBouncer: $(.venv/bin/python bench/idle_clients.py "$BOUNCER_PORT" 1000 "$BOUNCER_PID")"
 
 port_of() { case $1 in direct) echo "$PGPORT";; pgsidecar) echo "$SIDECAR_PORT";; pgbouncer) echo "$BOUNCER_PORT";; esac; }
-run_pgbench() { # target clients seconds [query mode] -> "tps failed cpu-µs-per-transaction"
+run_pgbench() { # target clients seconds [query mode] [builtin script] -> "tps failed cpu-µs-per-transaction"
   local out before=0 spent=0
   [ -n "${proxy_pid[$1]:-}" ] && before=$(cpu_ticks "${proxy_pid[$1]}")
-  out=$("$BIN/pgbench" -n -S -M "${4:-simple}" -c "$2" -j 2 -T "$3" -h 127.0.0.1 -p "$(port_of "$1")" -U postgres postgres 2>&1) || true
+  out=$("$BIN/pgbench" -n -b "${5:-select-only}" -M "${4:-simple}" -c "$2" -j 2 -T "$3" -h 127.0.0.1 -p "$(port_of "$1")" -U postgres postgres 2>&1) || true
   [ -n "${proxy_pid[$1]:-}" ] && spent=$(( $(cpu_ticks "${proxy_pid[$1]}") - before ))
   local tps failed aborted txns cpu
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out")
@@ -65,31 +68,34 @@ for round in $(seq "$ROUNDS"); do
       done
     done
   done
+  for target in direct pgsidecar pgbouncer; do
+    read -r tps failed cpu < <(run_pgbench "$target" "$TPCB_CLIENTS" "$SECONDS_PER_RUN" simple tpcb-like)
+    results[tpcb,$target,$TPCB_CLIENTS]+="$tps "
+    cpu_per_txn[tpcb,$target,$TPCB_CLIENTS]+="$cpu "
+    echo "round $round  TPC-B  clients $TPCB_CLIENTS  $target: tps $tps, failed $failed, proxy CPU/txn ${cpu} µs" >&2
+  done
 done
+rows() { for mode in $QUERY_MODES; do for clients in $CLIENT_COUNTS; do echo "$mode $clients"; done; done; echo "tpcb $TPCB_CLIENTS"; }
 
 echo
 echo "| -M | clients | direct | pgsidecar | PgBouncer | pgsidecar/PgBouncer | pgsidecar/direct |"
 echo "|---|---|---|---|---|---|---|"
-for mode in $QUERY_MODES; do
-  for clients in $CLIENT_COUNTS; do
-    d=$(median <<<"${results[$mode,direct,$clients]}")
-    s=$(median <<<"${results[$mode,pgsidecar,$clients]}")
-    b=$(median <<<"${results[$mode,pgbouncer,$clients]}")
-    awk -v m="$mode" -v c="$clients" -v d="$d" -v s="$s" -v b="$b" \
-      'BEGIN { printf "| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n", m, c, d, s, b, (b ? s / b : 0), (d ? s / d : 0) }'
-  done
+rows | while read -r mode clients; do
+  d=$(median <<<"${results[$mode,direct,$clients]}")
+  s=$(median <<<"${results[$mode,pgsidecar,$clients]}")
+  b=$(median <<<"${results[$mode,pgbouncer,$clients]}")
+  awk -v m="$mode" -v c="$clients" -v d="$d" -v s="$s" -v b="$b" \
+    'BEGIN { printf "| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n", m, c, d, s, b, (b ? s / b : 0), (d ? s / d : 0) }'
 done
 
 echo
 echo "| -M | clients | pgsidecar CPU µs/txn | PgBouncer CPU µs/txn | pgsidecar/PgBouncer |"
 echo "|---|---|---|---|---|"
-for mode in $QUERY_MODES; do
-  for clients in $CLIENT_COUNTS; do
-    s=$(median <<<"${cpu_per_txn[$mode,pgsidecar,$clients]}")
-    b=$(median <<<"${cpu_per_txn[$mode,pgbouncer,$clients]}")
-    awk -v m="$mode" -v c="$clients" -v s="$s" -v b="$b" \
-      'BEGIN { printf "| %s | %s | %.1f | %.1f | %.2f |\n", m, c, s, b, (b ? s / b : 0) }'
-  done
+rows | while read -r mode clients; do
+  s=$(median <<<"${cpu_per_txn[$mode,pgsidecar,$clients]}")
+  b=$(median <<<"${cpu_per_txn[$mode,pgbouncer,$clients]}")
+  awk -v m="$mode" -v c="$clients" -v s="$s" -v b="$b" \
+    'BEGIN { printf "| %s | %s | %.1f | %.1f | %.2f |\n", m, c, s, b, (b ? s / b : 0) }'
 done
 
 echo
