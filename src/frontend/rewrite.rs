@@ -197,7 +197,7 @@ impl Relay<'_> {
         match tag {
             client::PARSE if capture => {
                 let parse = ParseMessage::decode(body)?;
-                let sql = parse.query().as_bytes();
+                let sql = parse.query_bytes();
                 self.cycles.parse(parse.name, sql, !self.rename, now);
             }
             client::BIND if capture => {

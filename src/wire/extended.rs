@@ -46,6 +46,13 @@ impl<'a> ParseMessage<'a> {
     pub fn query(&self) -> &'a str {
         take_cstr(self.tail).map(|(q, _)| q).unwrap_or_default()
     }
+
+    /// The query text as sent, not checked as UTF-8: for callers that only keep or hash it,
+    /// such as the query-cycle log, which would otherwise pay for the check on every Parse.
+    #[must_use]
+    pub fn query_bytes(&self) -> &'a [u8] {
+        std::ffi::CStr::from_bytes_until_nul(self.tail).map_or(&[], std::ffi::CStr::to_bytes)
+    }
 }
 
 /// Appends a Parse of `tail` (query and parameter types) under `name`.
@@ -157,6 +164,7 @@ mod tests {
         let frame = Frame::split(&mut out, 1 << 20).unwrap().unwrap();
         let parse = ParseMessage::decode(&frame.body).unwrap();
         assert_eq!((parse.name, parse.query()), ("s1", "SELECT $1"));
+        assert_eq!(parse.query_bytes(), b"SELECT $1");
         let mut renamed = BytesMut::new();
         put_parse(&mut renamed, "pgsc_x", parse.tail);
         let again = Frame::split(&mut renamed, 1 << 20).unwrap().unwrap();
