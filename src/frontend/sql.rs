@@ -379,41 +379,75 @@ pub fn declares_read_only(sql: &str) -> bool {
     }
 }
 
-/// The word beginnings [`may_have_effects`] looks for, by their first letter.
-fn effect_markers(initial: u8) -> &'static [&'static [u8]] {
-    match initial.to_ascii_lowercase() {
-        b's' => &[b"set"],
-        b'r' => &[b"reset"],
-        b'd' => &[b"dealloc", b"discard"],
-        b'l' => &[b"listen"],
-        b'p' => &[b"prepare"],
-        b't' => &[b"temp"],
-        b'h' => &[b"hold"],
-        b'a' => &[b"advisory"],
-        _ => &[],
+/// A word beginning [`may_have_effects`] looks for, as the first eight bytes of a text would
+/// read when taken as one little-endian number with letters folded to lower case: `bits` are
+/// the marker's letters, `mask` covers as many bytes as the marker has.
+struct Marker {
+    bits: u64,
+    mask: u64,
+}
+
+impl Marker {
+    const fn new(word: &[u8]) -> Self {
+        let mut bits = 0;
+        let mut mask = 0;
+        let mut i = 0;
+        while i < word.len() {
+            bits |= (word[i] as u64) << (8 * i);
+            mask |= 0xff << (8 * i);
+            i += 1;
+        }
+        Self { bits, mask }
     }
+}
+
+/// The keywords, or beginnings of keywords and function names, that make a statement matter
+/// to [`classify`]; none is longer than eight bytes.
+const EFFECT_MARKERS: [Marker; 9] = [
+    Marker::new(b"set"),
+    Marker::new(b"reset"),
+    Marker::new(b"dealloc"),
+    Marker::new(b"discard"),
+    Marker::new(b"listen"),
+    Marker::new(b"prepare"),
+    Marker::new(b"temp"),
+    Marker::new(b"hold"),
+    Marker::new(b"advisory"),
+];
+
+/// Whether `word` (a text from a word's first letter on) begins with one of the markers,
+/// compared eight bytes at a time. Setting bit 5 of each byte folds upper-case letters to lower
+/// case and never turns anything else into a lower-case letter, so only letters can match.
+fn begins_with_marker(word: &[u8]) -> bool {
+    let mut head = [0; 8];
+    let len = word.len().min(8);
+    head[..len].copy_from_slice(&word[..len]);
+    let folded = u64::from_le_bytes(head) | 0x2020_2020_2020_2020;
+    EFFECT_MARKERS
+        .iter()
+        .any(|marker| folded & marker.mask == marker.bits)
 }
 
 /// Whether a query string could possibly matter to [`classify`]: a cheap screen, without
 /// allocating, so that ordinary queries are not lexed on the hot path. It looks for words that
-/// start with one of the keywords involved, in one pass over the bytes: only a letter that
-/// starts a word is compared, and only with the markers of its own initial.
+/// start with one of the keywords involved, in one pass over the bytes: each word's beginning is
+/// compared with all the markers at once, the rest of the word is skipped.
 #[must_use]
 pub fn may_have_effects(sql: &str) -> bool {
     let bytes = sql.as_bytes();
-    let mut after_letter = false;
-    for (at, &byte) in bytes.iter().enumerate() {
-        let letter = byte.is_ascii_alphabetic();
-        if letter && !after_letter {
-            let rest = &bytes[at..];
-            if effect_markers(byte)
-                .iter()
-                .any(|m| rest.len() >= m.len() && rest[..m.len()].eq_ignore_ascii_case(m))
-            {
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at].is_ascii_alphabetic() {
+            if begins_with_marker(&bytes[at..]) {
                 return true;
             }
+            at += 1;
+            while at < bytes.len() && bytes[at].is_ascii_alphabetic() {
+                at += 1;
+            }
+        } else {
+            at += 1;
         }
-        after_letter = letter;
     }
     false
 }
@@ -553,5 +587,42 @@ mod tests {
         assert!(may_have_effects("SELECT pg_advisory_lock(1)"));
         assert!(may_have_effects("select set_config('a', 'b', false)"));
         assert!(may_have_effects("CREATE TEMPORARY TABLE x ()"));
+        assert!(may_have_effects("DEALLOCATE ALL"));
+        assert!(may_have_effects("discard all"));
+        assert!(may_have_effects("Listen x"));
+        assert!(may_have_effects("PREPARE p AS SELECT 1"));
+        assert!(may_have_effects("DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
+        assert!(
+            !may_have_effects("SELECT offset_ FROM t"),
+            "bytes that are not letters do not fold into a match"
+        );
+        assert!(
+            !may_have_effects("SELECT [ET"),
+            "'[' folds to '{{', not to 's'"
+        );
+    }
+
+    proptest::proptest! {
+        /// The screen's rule, said plainly: a text may have effects when one of its words (a
+        /// letter not preceded by a letter, and what follows) begins with a marker, in any case.
+        #[test]
+        fn the_screen_says_yes_exactly_when_a_word_begins_with_a_marker(
+            sql in "([a-zA-Z_ ;(\\[{@`]|set|SeT|reset|dealloc|DISCARD|listen|prepare|temp|hold|advisory){0,12}"
+        ) {
+            let bytes = sql.as_bytes();
+            let markers: [&[u8]; 9] = [
+                b"set", b"reset", b"dealloc", b"discard", b"listen", b"prepare", b"temp", b"hold",
+                b"advisory",
+            ];
+            let plainly = (0..bytes.len()).any(|at| {
+                let starts_word = bytes[at].is_ascii_alphabetic()
+                    && (at == 0 || !bytes[at - 1].is_ascii_alphabetic());
+                starts_word
+                    && markers.iter().any(|m| {
+                        bytes.len() - at >= m.len() && bytes[at..at + m.len()].eq_ignore_ascii_case(m)
+                    })
+            });
+            proptest::prop_assert_eq!(may_have_effects(&sql), plainly);
+        }
     }
 }
