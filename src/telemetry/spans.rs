@@ -25,7 +25,7 @@ use super::otlp_grpc::GrpcCollector;
 use super::otlp_http::HttpCollector;
 use super::query_spans::{EncodedAttributes, QueryRequests, QuerySpan};
 use super::span_lane::{Collector, ExportBudget, SpanLane};
-use super::statements::{StatementCache, StatementFacts};
+use super::statements::{LastStatement, StatementCache, StatementFacts};
 use super::traceparent::{self, TraceParent};
 use crate::config::{OtlpProtocol, RootSampling, SamplerSettings, TelemetrySettings};
 use crate::tls::CollectorTls;
@@ -222,8 +222,9 @@ impl QueryTracer {
         EncodedAttributes::new(&attributes)
     }
 
-    /// Records `query` as a span if the sampler keeps it.
-    pub fn record(&self, query: &FinishedQuery<'_>) {
+    /// Records `query` as a span if the sampler keeps it; `last` is the session's last
+    /// literal-laden statement, which spares the lexer when the text has its layout.
+    pub fn record(&self, query: &FinishedQuery<'_>, last: &mut LastStatement) {
         let parent = traceparent::find(query.sql);
         if !self.keep(query, parent) {
             return;
@@ -232,7 +233,7 @@ impl QueryTracer {
         let statement = if parent.is_some() {
             Arc::new(StatementFacts::of(query.sql))
         } else {
-            self.statements.facts(query.sql)
+            self.statements.facts(query.sql, last)
         };
         self.lane.push(QuerySpan {
             trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),

@@ -3,6 +3,7 @@
 //! (`SELECT documents`). Runs only for queries whose span is kept.
 
 use std::hash::Hasher;
+use std::ops::Range;
 
 /// Longest `db.query.text` exported; longer texts are cut at a character boundary.
 const MAX_TEXT: usize = 2048;
@@ -262,8 +263,9 @@ fn is_modifier(word: &str) -> bool {
 /// Feeds `hasher` the text of `sql` with each literal cut out, and says whether there was one:
 /// what the statement cache looks a literal-laden text up by. Texts that differ only in their
 /// literals share it, and so share their sanitized text. The text between literals goes to the
-/// hasher as it is, in long runs, and no sanitized text is built.
-pub fn fingerprint(sql: &str, hasher: &mut impl Hasher) -> bool {
+/// hasher as it is, in long runs, and no sanitized text is built. Where the literals were is
+/// appended to `literals`, for [`has_layout_of`].
+pub fn fingerprint(sql: &str, hasher: &mut impl Hasher, literals: &mut Vec<Range<usize>>) -> bool {
     let bytes = sql.as_bytes();
     let mut tokens = Tokens { sql, at: 0 };
     let mut run_start = 0;
@@ -274,11 +276,53 @@ pub fn fingerprint(sql: &str, hasher: &mut impl Hasher) -> bool {
             // Where the literal was: a NUL byte, which no query text contains.
             hasher.write_u8(0);
             run_start = tokens.at.min(bytes.len());
+            literals.push(start..run_start);
             has_literals = true;
         }
     }
     hasher.write(&bytes[run_start..]);
     has_literals
+}
+
+/// Whether `sql` is `old` with other literals in the same places, checked without lexing the
+/// text between them: every run between `old`'s literals (`literals`, from [`fingerprint`]) is
+/// there byte for byte, and between two runs stands exactly one literal, which the lexer reads
+/// from its first byte to where the next run begins. Each literal must start with the byte
+/// `old`'s started with (any digit for a digit), so the token before it ends where it ended in
+/// `old`. The lexer reads forward from a position and nothing else, so such a text lexes into
+/// `old`'s tokens but for the literals' contents: it has `old`'s fingerprint and facts.
+#[must_use]
+pub fn has_layout_of(sql: &str, old: &[u8], literals: &[Range<usize>]) -> bool {
+    let new = sql.as_bytes();
+    let mut new_at = 0;
+    let mut old_at = 0;
+    for literal in literals {
+        let Some(run) = old.get(old_at..literal.start) else {
+            return false;
+        };
+        if !new[new_at..].starts_with(run) {
+            return false;
+        }
+        new_at += run.len();
+        let same_first_byte = match (new.get(new_at), old.get(literal.start)) {
+            (Some(&now), Some(&then)) => {
+                now == then || (now.is_ascii_digit() && then.is_ascii_digit())
+            }
+            _ => false,
+        };
+        if !same_first_byte {
+            return false;
+        }
+        let mut tokens = Tokens { sql, at: new_at };
+        match tokens.next_token() {
+            Some((_, start, Token::Literal | Token::Number)) if start == new_at => {
+                new_at = tokens.at.min(new.len());
+            }
+            _ => return false,
+        }
+        old_at = literal.end;
+    }
+    old.get(old_at..) == Some(&new[new_at..])
 }
 
 /// Appends `token` to a sanitized text (a literal as `?`); true when it was a literal.
@@ -360,7 +404,7 @@ mod tests {
     fn texts_that_differ_only_in_their_literals_share_a_fingerprint() {
         let of = |sql: &str| {
             let mut hasher = std::hash::DefaultHasher::new();
-            let literals = fingerprint(sql, &mut hasher);
+            let literals = fingerprint(sql, &mut hasher, &mut Vec::new());
             (hasher.finish(), literals)
         };
         let same = [
@@ -441,9 +485,87 @@ mod tests {
         ] {
             let _ = shape(sql);
             assert!(
-                fingerprint(sql, &mut std::hash::DefaultHasher::new()) || !sql.contains('\''),
+                fingerprint(sql, &mut std::hash::DefaultHasher::new(), &mut Vec::new())
+                    || !sql.contains('\''),
                 "{sql}"
             );
+        }
+    }
+
+    /// The literal spans of `sql` and its fingerprint.
+    fn layout(sql: &str) -> (Vec<Range<usize>>, u64) {
+        let mut hasher = std::hash::DefaultHasher::new();
+        let mut literals = Vec::new();
+        fingerprint(sql, &mut hasher, &mut literals);
+        (literals, hasher.finish())
+    }
+
+    #[test]
+    fn a_text_has_the_layout_of_another_when_only_its_literals_differ() {
+        let old = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;";
+        let (literals, _) = layout(old);
+        for same in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1e5;",
+            old,
+        ] {
+            assert!(has_layout_of(same, old.as_bytes(), &literals), "{same}");
+        }
+        for other in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = '7';",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7 ;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7; SELECT 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7",
+            "SELECT balance FROM pgbench_accounts WHERE aid = 7;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = ",
+        ] {
+            assert!(!has_layout_of(other, old.as_bytes(), &literals), "{other}");
+        }
+        let quoted = "UPDATE t SET a = 'x', b = E'y' WHERE c = $$z$$";
+        let (literals, _) = layout(quoted);
+        assert!(has_layout_of(
+            "UPDATE t SET a = 'it''s', b = E'\\n' WHERE c = $$$$",
+            quoted.as_bytes(),
+            &literals
+        ));
+        assert!(
+            !has_layout_of(
+                "UPDATE t SET a = 'x', b = Ey WHERE c = $$z$$",
+                quoted.as_bytes(),
+                &literals
+            ),
+            "a prefix letter that is no longer a literal's"
+        );
+    }
+
+    proptest::proptest! {
+        /// The rule that lets the statement cache skip the lexer: a text with the layout of
+        /// another has its fingerprint and its shape. The two texts are built from the same
+        /// pieces with different fillings, some of them not literals at all or literals that
+        /// run on into what follows.
+        #[test]
+        fn a_text_with_the_layout_of_another_has_its_fingerprint_and_shape(
+            pieces in proptest::collection::vec(
+                (
+                    "( |x|ab|SELECT|=|,|\\(|\\)|\\.|-|e|E|u|\\$1|\\$|'|--|/\\*|\\*/|\n|_|&){0,4}",
+                    "(1|23|4\\.5|1e5|1e|\\.5|'x'|'|E'y'|x'ff'|\\$\\$z\\$\\$|\\$a\\$q\\$a\\$|5abc|0x1|N'n'|ab)",
+                    "(1|23|4\\.5|1e5|1e|\\.5|'x'|'|E'y'|x'ff'|\\$\\$z\\$\\$|\\$a\\$q\\$a\\$|5abc|0x1|N'n'|ab)",
+                ),
+                1..5,
+            ),
+            tail in "( |x|;|'|\\$\\$|1|\\.|e){0,3}",
+        ) {
+            let join = |fill: fn(&(String, String, String)) -> [&str; 2]| {
+                pieces.iter().flat_map(fill).collect::<String>() + &tail
+            };
+            let old = join(|(run, a, _)| [run, a]);
+            let new = join(|(run, _, b)| [run, b]);
+            let (literals, old_fingerprint) = layout(&old);
+            if has_layout_of(&new, old.as_bytes(), &literals) {
+                proptest::prop_assert_eq!(layout(&new).1, old_fingerprint, "{} / {}", old, new);
+                proptest::prop_assert_eq!(shape(&new), shape(&old), "{} / {}", old, new);
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, Hasher as _};
+use std::ops::Range;
 use std::sync::{Arc, RwLock};
 
 use foldhash::fast::RandomState;
@@ -16,7 +17,7 @@ use foldhash::fast::RandomState;
 use opentelemetry::KeyValue;
 
 use super::query_spans::EncodedAttributes;
-use super::sql_text::{QueryShape, fingerprint, shape};
+use super::sql_text::{QueryShape, fingerprint, has_layout_of, shape};
 
 /// Distinct statements remembered; beyond this the memory starts over.
 const STATEMENTS_MAX: usize = 2048;
@@ -123,26 +124,69 @@ impl StatementCache {
     ///
     /// # Panics
     /// If the lock was poisoned.
-    pub fn facts(&self, sql: &[u8]) -> Arc<StatementFacts> {
+    pub fn facts(&self, sql: &[u8], last: &mut LastStatement) -> Arc<StatementFacts> {
         if let Some(facts) = self.by_text.get(sql) {
             return facts;
         }
         let text = utf8_text(sql);
-        let mut hasher = self.fingerprints.build_hasher();
-        let has_literals = fingerprint(&text, &mut hasher);
-        let key = hasher.finish();
-        if has_literals && let Some(facts) = self.by_fingerprint.get(&key) {
-            return facts;
+        if let Some(facts) = &last.facts
+            && has_layout_of(&text, &last.text, &last.literals)
+        {
+            return Arc::clone(facts);
         }
-        let facts = Arc::new(StatementFacts::of_shape(&shape(&text)));
-        if sql.len() <= LONGEST_REMEMBERED {
-            if facts.reusable {
-                self.by_text.insert(sql.into(), &facts);
-            } else {
-                self.by_fingerprint.insert(key, &facts);
+        let mut hasher = self.fingerprints.build_hasher();
+        let mut literals = Vec::new();
+        let has_literals = fingerprint(&text, &mut hasher, &mut literals);
+        let key = hasher.finish();
+        let remembered = if has_literals {
+            self.by_fingerprint.get(&key)
+        } else {
+            None
+        };
+        let facts = remembered.unwrap_or_else(|| {
+            let facts = Arc::new(StatementFacts::of_shape(&shape(&text)));
+            if sql.len() <= LONGEST_REMEMBERED {
+                if facts.reusable {
+                    self.by_text.insert(sql.into(), &facts);
+                } else {
+                    self.by_fingerprint.insert(key, &facts);
+                }
             }
+            facts
+        });
+        if has_literals {
+            last.remember(&text, literals, &facts);
         }
         facts
+    }
+}
+
+/// The last literal-laden text a traced session had described, where its literals were, and
+/// its facts: the session's next text that differs from it only in its literals (an
+/// application that puts its values into the text sends the same few statements over and over)
+/// gets the same facts after its literals alone are lexed, instead of the whole text
+/// ([`has_layout_of`]).
+#[derive(Debug, Default)]
+pub struct LastStatement {
+    text: Vec<u8>,
+    literals: Vec<Range<usize>>,
+    facts: Option<Arc<StatementFacts>>,
+}
+
+impl LastStatement {
+    /// Longest text remembered: a session keeps at most this much for it.
+    const TEXT_MAX: usize = 2048;
+
+    /// Remembers a literal-laden `text`, its literals' places and its facts.
+    fn remember(&mut self, text: &str, literals: Vec<Range<usize>>, facts: &Arc<StatementFacts>) {
+        if text.len() <= Self::TEXT_MAX {
+            self.text.clear();
+            self.text.extend_from_slice(text.as_bytes());
+            self.literals = literals;
+            self.facts = Some(Arc::clone(facts));
+        } else {
+            *self = Self::default();
+        }
     }
 }
 
@@ -177,24 +221,68 @@ mod tests {
     #[test]
     fn a_statement_is_described_once_and_shared() {
         let cache = StatementCache::default();
-        let first = cache.facts(b"SELECT * FROM documents WHERE id = $1");
-        let again = cache.facts(b"SELECT * FROM documents WHERE id = $1");
+        let first = cache.facts(
+            b"SELECT * FROM documents WHERE id = $1",
+            &mut LastStatement::default(),
+        );
+        let again = cache.facts(
+            b"SELECT * FROM documents WHERE id = $1",
+            &mut LastStatement::default(),
+        );
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(&*first.name, "SELECT documents");
         assert_eq!(
             text(&first, "db.collection.name").as_deref(),
             Some("documents")
         );
-        let literal = cache.facts(b"SELECT * FROM documents WHERE id = 42");
+        let literal = cache.facts(
+            b"SELECT * FROM documents WHERE id = 42",
+            &mut LastStatement::default(),
+        );
         let sanitised = text(&literal, "db.query.text").unwrap();
         assert!(!sanitised.contains("42"), "{sanitised}");
-        let other_value = cache.facts(b"SELECT * FROM documents WHERE id = 7");
+        let other_value = cache.facts(
+            b"SELECT * FROM documents WHERE id = 7",
+            &mut LastStatement::default(),
+        );
         assert!(
             Arc::ptr_eq(&literal, &other_value),
             "texts that differ only in their literals share their facts"
         );
-        let other_table = cache.facts(b"SELECT * FROM chunks WHERE id = 7");
+        let other_table = cache.facts(
+            b"SELECT * FROM chunks WHERE id = 7",
+            &mut LastStatement::default(),
+        );
         assert_eq!(&*other_table.name, "SELECT chunks");
+    }
+
+    #[test]
+    fn a_session_s_next_text_with_other_literals_gets_the_last_one_s_facts() {
+        let cache = StatementCache::default();
+        let mut last = LastStatement::default();
+        let first = cache.facts(b"SELECT * FROM documents WHERE id = 42", &mut last);
+        assert!(Arc::ptr_eq(last.facts.as_ref().unwrap(), &first));
+        // The cache's own memory is cleared: only the session's last statement can answer.
+        let fresh = StatementCache::default();
+        let next = fresh.facts(b"SELECT * FROM documents WHERE id = 7", &mut last);
+        assert!(
+            Arc::ptr_eq(&first, &next),
+            "answered from the last statement"
+        );
+        let other = fresh.facts(b"SELECT * FROM chunks WHERE id = 7", &mut last);
+        assert_eq!(&*other.name, "SELECT chunks");
+        assert!(Arc::ptr_eq(last.facts.as_ref().unwrap(), &other));
+        fresh.facts(b"SELECT * FROM chunks WHERE id = $1", &mut last);
+        assert!(
+            last.facts.is_some(),
+            "a text without literals leaves the last one alone"
+        );
+        let long = format!("SELECT {}1", " ".repeat(LastStatement::TEXT_MAX));
+        fresh.facts(long.as_bytes(), &mut last);
+        assert!(
+            last.facts.is_none() && last.text.capacity() == 0,
+            "nothing kept for a long text"
+        );
     }
 
     #[test]

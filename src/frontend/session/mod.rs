@@ -30,6 +30,7 @@ use crate::config::{Config, PoolMode, SessionTimeouts};
 use crate::context::ProxyContext;
 use crate::context::{CancelSlot, ClientCount};
 use crate::gate::{DatabaseGate, Ticket};
+use crate::telemetry::statements::LastStatement;
 use crate::telemetry::{EncodedAttributes, FinishedQuery, SessionFacts};
 use crate::tls::PgStream;
 use crate::wire::messages::{Severity, error, parse_parameter_status};
@@ -203,6 +204,8 @@ struct SpanAttributes {
     attributes: EncodedAttributes,
     /// Query text buffers kept from one transaction to the next.
     text_buffers: Vec<Vec<u8>>,
+    /// The last literal-laden statement, which describes the next text with other literals.
+    last_statement: LastStatement,
 }
 
 /// A logged-in client.
@@ -540,18 +543,22 @@ impl Session {
                             attributes,
                             // Lent to the transaction under way, given back at its end.
                             text_buffers: Vec::new(),
+                            last_statement: LastStatement::default(),
                         }));
                     }
-                    if let Some(cached) = &self.span_attributes {
-                        tracer.record(&FinishedQuery {
-                            sql: cycle.sql(),
-                            session: &cached.attributes,
-                            started: cycle.started,
-                            wait: cycle.wait,
-                            server,
-                            sqlstate: cycle.sqlstate(),
-                            rows: cycle.rows,
-                        });
+                    if let Some(cached) = self.span_attributes.as_deref_mut() {
+                        tracer.record(
+                            &FinishedQuery {
+                                sql: cycle.sql(),
+                                session: &cached.attributes,
+                                started: cycle.started,
+                                wait: cycle.wait,
+                                server,
+                                sqlstate: cycle.sqlstate(),
+                                rows: cycle.rows,
+                            },
+                            &mut cached.last_statement,
+                        );
                     }
                 }
             }
