@@ -23,6 +23,7 @@ pub use metrics::{Metrics, PoolGauges, PoolMetrics, PoolTotals};
 pub use notifications::NotifyMetrics;
 pub use query_spans::EncodedAttributes;
 pub use spans::{FinishedQuery, QueryTracer, SessionFacts, TracingError};
+pub use statements::LastStatement;
 
 use crate::config::Config;
 
